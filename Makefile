@@ -1,0 +1,39 @@
+# The two commands of the quick start, plus benchmarks. Each target sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned here (CPU build) so that no multi-GB CUDA build is pulled in;
+# the project's own requirement is a range that this version satisfies.
+TORCH_PIN := torch==2.13.0
+XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
+
+.PHONY: demo test bench bench-quick env sysdeps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[testing]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+sysdeps:
+	@bash scripts/install_system_deps.sh
+
+demo: $(STAMP) sysdeps
+	$(VENV)/bin/napari-softseg demo
+
+test: $(STAMP) sysdeps
+	$(XVFB) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP) sysdeps
+	$(XVFB) $(PY) -m benchmarks.run_all
+
+bench-quick: $(STAMP) sysdeps
+	$(XVFB) $(PY) -m benchmarks.run_all --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_output
