@@ -1,0 +1,46 @@
+"""``napari-softseg demo``: napari with the lesion phantom, the default model and the docks.
+
+With a display it opens the viewer and runs the workflow interactively. Without one it
+re-runs itself under ``xvfb-run`` (a virtual screen), performs the same workflow, saves a
+screenshot and the outputs to a folder and prints where they are.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="open napari with the sample scan, the default model and the docks",
+        description=__doc__,
+    )
+    p.add_argument("--out", default="demo_output", help="folder for the screenshot and outputs (default: %(default)s)")
+    p.add_argument("--headless", action="store_true",
+                   help="run the workflow, save a screenshot and outputs, and exit (implied without a display)")
+    p.set_defaults(run=run)
+
+
+def _has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run(args) -> int:
+    out = Path(args.out).resolve()
+    if not _has_display():
+        xvfb = shutil.which("xvfb-run")
+        if xvfb is None:
+            raise UserError("No display was found and xvfb-run is not installed; install the 'xvfb' package or run 'make demo'.")
+        cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_softseg",
+               "demo", "--headless", "--out", str(out)]
+        return subprocess.call(cmd)
+    from ..widgets.demo import run_demo
+
+    return run_demo(out, headless=args.headless)

@@ -1,0 +1,60 @@
+"""Shared fixtures. GUI tests use napari's ``make_napari_viewer`` (pytest-qt) under Xvfb."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("NAPARI_SOFTSEG_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "data", REPO / "shared" / "data"]
+    for c in candidates:
+        if (c / "README.md").exists():
+            return c
+    raise RuntimeError(
+        "The real MRI data folder (../shared/data beside the repository) was not found; "
+        "set NAPARI_SOFTSEG_SHARED_DATA to its path."
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: the real scans and annotations (see its README)."""
+    return _shared_data()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Phantom cache and autosave folders go to a per-run temporary folder."""
+    root = tmp_path_factory.mktemp("softseg-home")
+    old = {k: os.environ.get(k) for k in ("NAPARI_SOFTSEG_CACHE", "NAPARI_SOFTSEG_DATA")}
+    os.environ["NAPARI_SOFTSEG_CACHE"] = str(root / "cache")
+    os.environ["NAPARI_SOFTSEG_DATA"] = str(root / "data")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def phantom():
+    """The lesion phantom, built once per test run."""
+    from napari_softseg.phantom import build_phantom
+
+    return build_phantom()
+
+
+@pytest.fixture(scope="session")
+def phantom_paths(phantom):
+    """The phantom written as NIfTI files (built on first use, in the run's cache)."""
+    from napari_softseg.phantom import phantom_files
+
+    return phantom_files()
