@@ -281,6 +281,7 @@ def write_nifti(
         header.set_sform(np.asarray(affine, float), code=1)
 
     out_dtype = _output_dtype(data, dtype)
+    pixdim = header["pixdim"].copy()
     header.set_data_dtype(out_dtype)
     header.set_data_shape(data.shape)
     header["scl_slope"] = np.nan
@@ -295,6 +296,10 @@ def write_nifti(
     if like is None:
         img.header.set_qform(np.asarray(affine, float), code=1)
         img.header.set_sform(np.asarray(affine, float), code=1)
+    else:  # keep the source's time/extra pixdim entries (nibabel resets them to 1)
+        restored = img.header["pixdim"].copy()
+        restored[4:] = pixdim[4:]
+        img.header["pixdim"] = restored
     atomic_save(img, path)
     return path
 

@@ -254,7 +254,7 @@ def cache_dir() -> Path:
     return base / f"phantom-v{PHANTOM_VERSION}-{SEED}"
 
 
-def phantom_files(folder: Path | None = None) -> dict[str, Path]:
+def phantom_files(folder: Path | None = None, phantom: Phantom | None = None) -> dict[str, Path]:
     """Write the phantom as NIfTI on first use and return the paths.
 
     Keys: ``image``, ``truth`` and ``rater_<style>`` for each style; ``lesions`` is a JSON
@@ -271,7 +271,7 @@ def phantom_files(folder: Path | None = None) -> dict[str, Path]:
     if all(p.exists() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
-    ph = build_phantom()
+    ph = phantom if phantom is not None else build_phantom()
     write_nifti(paths["image"], ph.image, affine=ph.affine)
     write_nifti(paths["truth"], ph.truth, affine=ph.affine)
     for k, mask in ph.raters.items():

@@ -7,26 +7,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _shared_data() -> Path:
-    env = os.environ.get("NAPARI_SOFTSEG_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "data", REPO / "shared" / "data"]
-    for c in candidates:
-        if (c / "README.md").exists():
-            return c
-    raise RuntimeError(
-        "The real MRI data folder (../shared/data beside the repository) was not found; "
-        "set NAPARI_SOFTSEG_SHARED_DATA to its path."
-    )
+from _paths import REPO, shared_data_dir  # noqa: F401
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data``: the real scans and annotations (see its README)."""
-    return _shared_data()
+    return shared_data_dir()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,4 +44,4 @@ def phantom_paths(phantom):
     """The phantom written as NIfTI files (built on first use, in the run's cache)."""
     from napari_softseg.phantom import phantom_files
 
-    return phantom_files()
+    return phantom_files(phantom=phantom)
