@@ -48,7 +48,7 @@ def layer_data(path: PathOrPaths) -> list[tuple]:
 
 def _group(volumes: list[NiftiVolume]) -> list[tuple]:
     scans = [v for v in volumes if v.data.ndim == 3 and v.kind() == "image"]
-    masks = [v for v in volumes if v not in scans]
+    masks = [v for v in volumes if not any(v is s for s in scans)]
     layers: list[tuple] = []
     if scans:
         ref = scans[0]
