@@ -1,0 +1,89 @@
+"""Run every ``benchmarks/bench_*.py`` and write ``benchmarks/results/``.
+
+Each benchmark module defines ``run(quick: bool, out_dir: Path) -> dict`` and writes its
+own tables (Markdown + JSON) and figures. This runner adds ``machine.json`` (CPU, cores,
+memory, library versions, date) and ``summary.md`` (one section per benchmark).
+
+    python -m benchmarks.run_all [--quick] [--only NAME ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import pkgutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> dict:
+    import numpy
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib,
+        "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke runs")
+    parser.add_argument("--only", nargs="*", default=None, help="benchmark names (bench_<name>.py)")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
+    if args.only:
+        names = [n for n in names if n in args.only]
+    info = machine()
+    (out / "machine.json").write_text(json.dumps(info, indent=1))
+    sections, failures = [f"# Benchmarks\n\n{info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']})"
+                          + (" — quick mode" if args.quick else "") + "\n"], 0
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            module = importlib.import_module(f"benchmarks.bench_{name}")
+            module.run(quick=args.quick, out_dir=out)
+            md = out / f"{name}.md"
+            sections.append(md.read_text() if md.exists() else f"## {name}\n\n(no table written)\n")
+        except Exception:  # one failing benchmark must not hide the others
+            failures += 1
+            traceback.print_exc()
+            sections.append(f"## {name}\n\nFAILED:\n\n```\n{traceback.format_exc()[-2000:]}\n```\n")
+        print(f"   {time.perf_counter() - t0:.1f} s", flush=True)
+    (out / "summary.md").write_text("\n".join(sections))
+    print(f"results in {out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
