@@ -1,0 +1,92 @@
+"""``napari-softseg evaluate``: score a (soft) prediction against a truth, optionally raters.
+
+Prints Dice, precision, recall, AVD, RVD, soft Dice (%), MSE, Brier score, ECE, lesion
+detection (LTPR, LFDR in %, 18-connectivity) and, with ``--raters``, the entropy MAE against
+the rater average. ``--json`` writes the same numbers (NaN as null, with the reason under
+``nan_reasons``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="segmentation, calibration and lesion metrics of a prediction", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--pred", required=True, metavar="P", help="prediction: soft map in [0, 1] or mask (.nii/.nii.gz)")
+    p.add_argument("--truth", required=True, metavar="T", help="reference mask or soft map on the prediction's grid")
+    p.add_argument("--raters", nargs="+", default=None, metavar="R", help="individual raters (adds entropy MAE, Brier vs their average)")
+    p.add_argument("--threshold", type=float, default=0.5, help="binarise the prediction with > T (default 0.5)")
+    p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=18, help="lesion connectivity (default 18)")
+    p.add_argument("--min-overlap", type=int, default=3, help="voxels a truth lesion must share with the prediction to count as detected (default 3)")
+    p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    p.set_defaults(run=run)
+
+
+def json_clean(obj):
+    """NaN/inf → None and numpy scalars/arrays → Python, recursively (strict JSON)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_clean(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _check_unit(vol, what: str) -> None:
+    import numpy as np
+
+    data = vol.data
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if lo < 0 or hi > 1.0 + 1e-3:
+        from ..errors import UserError
+
+        raise UserError(f"{vol.name} ({what}) has values in [{lo:g}, {hi:g}]; evaluate expects masks or probabilities in [0, 1].")
+
+
+def run(args) -> int:
+    import json
+
+    from ..errors import UserError
+    from ..metrics import EVALUATE_UNITS, RATER_UNITS, evaluate
+    from ..nifti import check_same_grid, read_nifti
+
+    pred = read_nifti(args.pred)
+    truth = read_nifti(args.truth)
+    raters = [read_nifti(r) for r in (args.raters or [])]
+    for vol, what in [(pred, "prediction"), (truth, "truth")] + [(r, "rater") for r in raters]:
+        if vol.data.ndim != 3:
+            raise UserError(f"{vol.name} is {vol.data.ndim}-D {tuple(vol.data.shape)}; evaluate compares 3-D maps.")
+        _check_unit(vol, what)
+    for other in [truth, *raters]:
+        check_same_grid(pred, other)
+    result = evaluate(pred.data, truth.data, raters=[r.data for r in raters] or None, spacing=pred.spacing,
+                      threshold=args.threshold, connectivity=args.connectivity, min_overlap=args.min_overlap)
+    units = dict(EVALUATE_UNITS, **(RATER_UNITS if raters else {}))
+    print(f"{pred.name} vs {truth.name}" + (f" ({len(raters)} raters)" if raters else ""))
+    for key, unit in units.items():
+        value = result[key]
+        text = "n/a" if isinstance(value, float) and not math.isfinite(value) else (
+            f"{value:d}" if isinstance(value, int) else f"{value:.6g}")
+        print(f"  {key:22s} {text:>12s} {unit if unit not in ('count',) else ''}")
+    for key, why in result["nan_reasons"].items():
+        print(f"  note: {key} is n/a because {why}.")
+    if args.json:
+        doc = dict(result, units=units, pred=str(args.pred), truth=str(args.truth),
+                   raters=[str(r) for r in (args.raters or [])], spacing=list(pred.spacing))
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(json_clean(doc), fh, indent=2, ensure_ascii=False)
+    return 0

@@ -1,0 +1,106 @@
+"""``napari-softseg fuse``: fuse several raters' masks (average, majority, STAPLE, soft STAPLE).
+
+Writes the fused map with the first rater's geometry: the soft (probability) map for
+``average``, ``staple`` and ``soft-staple``, the 0/1 consensus for ``majority``. ``--hard``
+adds the hard consensus, ``--report`` a JSON file with each rater's sensitivity,
+specificity (STAPLE) and Dice against the consensus.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+#: The names of :data:`napari_softseg.fusion.METHODS` (kept here so ``--help`` stays instant).
+METHOD_NAMES = ("average", "majority", "staple", "soft-staple")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fuse", help="fuse several raters' segmentations of one scan", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("raters", nargs="+", metavar="RATER", help="rater masks or soft maps (.nii/.nii.gz) on one voxel grid")
+    p.add_argument("--method", "-m", choices=METHOD_NAMES, default="staple", help="fusion method (default: staple)")
+    p.add_argument("--output", "-o", required=True, metavar="OUT", help="fused map to write (.nii.gz)")
+    p.add_argument("--hard", metavar="HARD", help="also write the hard consensus (labels) here")
+    p.add_argument("--report", metavar="JSON", help="write per-rater statistics (sensitivity, specificity, Dice) here")
+    p.add_argument("--n-classes", type=int, default=None, metavar="K",
+                   help="raters are integer label maps with K labels (background included): multi-class fusion")
+    p.add_argument("--threshold", type=float, default=0.5, help="hard consensus = fused probability > T (default 0.5)")
+    g = p.add_argument_group("STAPLE options")
+    g.add_argument("--max-iter", type=int, default=None, help="iteration cap (default 1000)")
+    g.add_argument("--tol", type=float, default=None, help="convergence tolerance on sensitivities/specificities (default 1e-7)")
+    g.add_argument("--prior", type=float, default=None,
+                   help="fixed global foreground prior (default: mean fraction of foreground across raters)")
+    g.add_argument("--restrict-to-disagreement", action="store_true",
+                   help="estimate only where the raters disagree")
+    p.set_defaults(run=run)
+
+
+def staple_options(args) -> dict:
+    opts = {"max_iter": args.max_iter, "tol": args.tol, "prior": args.prior}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if args.restrict_to_disagreement:
+        opts["restrict_to_disagreement"] = True
+    return opts
+
+
+def run(args) -> int:
+    import json
+
+    import numpy as np
+
+    from ..errors import UserError
+    from ..fusion import fuse, rater_statistics
+    from ..nifti import check_same_grid, read_nifti
+    from .evaluate import json_clean
+
+    if len(args.raters) < 2:
+        raise UserError(f"Fusion needs at least two rater files, got {len(args.raters)}.")
+    vols = [read_nifti(path) for path in args.raters]
+    ref = vols[0]
+    for v in vols:
+        if v.data.ndim != 3:
+            raise UserError(f"{v.name} is {v.data.ndim}-D {tuple(v.data.shape)}; raters must be 3-D masks or label maps.")
+    for v in vols[1:]:
+        check_same_grid(ref, v)
+    opts = staple_options(args)
+    if opts and args.method not in ("staple", "soft-staple"):
+        raise UserError(f"--{next(iter(opts)).replace('_', '-')} applies to STAPLE, not to the {args.method} method.")
+    raters = [v.data for v in vols]
+    result = fuse(raters, args.method, n_classes=args.n_classes, threshold=args.threshold, **opts)
+    from ..nifti import write_nifti
+
+    if args.method == "majority":
+        write_nifti(args.output, result.hard, like=ref)
+    else:
+        write_nifti(args.output, result.soft, like=ref, dtype=np.float32)
+    if args.hard:
+        write_nifti(args.hard, result.hard, like=ref, dtype=np.uint8)
+    names = [v.name for v in vols]
+    stats = rater_statistics(raters, result, names=names, spacing=ref.spacing)
+    prior = result.prior
+    report = {
+        "method": result.method,
+        "output": str(args.output),
+        "hard_output": str(args.hard) if args.hard else None,
+        "raters": stats,
+        "n_classes": result.n_classes,
+        "threshold": args.threshold,
+        "iterations": result.iterations,
+        "converged": result.converged,
+        "prior": prior if prior is None or np.ndim(prior) <= 1 else "per-voxel",
+        "consensus_volume_mm3": float(np.count_nonzero(result.hard)) * ref.voxel_volume,
+    }
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump(json_clean(report), fh, indent=2)
+    print(f"{result.method}: {len(vols)} raters fused into {args.output}"
+          + (f" in {result.iterations} iterations" if result.iterations is not None else ""))
+    header = f"  {'rater':24s} {'sens':>8s} {'spec':>8s} {'Dice %':>8s} {'volume mm3':>12s}"
+    print(header)
+    for row in stats:
+        sens, spec = row.get("sensitivity"), row.get("specificity")
+        fmt = lambda v: f"{v:8.4f}" if isinstance(v, float) else f"{'-':>8s}"  # noqa: E731
+        print(f"  {row['name'][:24]:24s} {fmt(sens)} {fmt(spec)} {row['dice']:8.2f} {row['volume_mm3']:12.1f}")
+    return 0
