@@ -35,6 +35,7 @@ from .errors import UserError
 
 __all__ = [
     "ACTIVATIONS",
+    "InferenceUNet",
     "MultiClassNormReLU",
     "NormReLU",
     "Softmax",
@@ -253,3 +254,105 @@ def _block_flops(block: nn.Sequential, h: int, w: int) -> int:
             k = layer.kernel_size[0] * layer.kernel_size[1]
             flops += 2 * layer.in_channels * layer.out_channels * k * h * w
     return flops
+
+
+def _fused_conv_relu_op():
+    """oneDNN's fused convolution + ReLU (what torch.compile emits on CPU), or None."""
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    op = getattr(mkldnn, "_convolution_pointwise", None) if mkldnn is not None else None
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        x = torch.ones(1, 1, 4, 4).contiguous(memory_format=torch.channels_last)
+        y = op(x, torch.ones(2, 1, 3, 3), torch.full((2,), -1.0), [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
+        expected = F.relu(F.conv2d(x, torch.ones(2, 1, 3, 3), torch.full((2,), -1.0), padding=1))
+        return op if torch.allclose(y, expected) else None
+    except Exception:  # pragma: no cover - depends on the torch build
+        return None
+
+
+class InferenceUNet(nn.Module):
+    """An inference-only copy of a :class:`UNet` that computes the same function faster.
+
+    * batch norm (running statistics) is folded into the preceding convolution:
+      ``W' = W * g / sqrt(v + eps)``, ``b' = beta - m * g / sqrt(v + eps)``;
+    * dropout is removed, or kept active with ``mc_dropout=True`` (Monte-Carlo dropout);
+    * weights are stored once in ``dtype`` (bfloat16/float16 for mixed precision) and
+      activations kept channels-last; the first convolution reads the float32 input with
+      float32 weights (rounding the normalised image to bf16 was the largest error source,
+      0.021 vs 0.005 max abs on a trained brain model, for 0.4 % of the FLOPs);
+    * on the CPU each convolution and its ReLU run as one fused oneDNN primitive.
+
+    The 1x1 head and the final activation run in float32. :meth:`forward_logits` takes
+    ``(N, C, H, W)`` (H, W multiples of ``2**depth``) and returns float32 logits.
+    """
+
+    def __init__(
+        self,
+        model: UNet,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        mc_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        device = torch.device(device)
+        self.depth = model.depth
+        self.dtype = dtype
+        self.dropout = model.dropout if mc_dropout else 0.0
+        self.activation = model.activation
+        self._fused = _fused_conv_relu_op() if device.type == "cpu" else None
+        with torch.no_grad():
+            self.encoders = [self._fold(block, device) for block in model.encoders]
+            self.first = self._fold(model.encoders[0], device, torch.float32)[:1]
+            self.encoders[0] = self.encoders[0][1:]
+            self.bottleneck = self._fold(model.bottleneck, device)
+            self.decoders = [self._fold(block, device) for block in model.decoders]
+            self.head_w = model.head.weight.detach().to(device, torch.float32).clone()
+            self.head_b = model.head.bias.detach().to(device, torch.float32).clone()
+
+    @property
+    def multiple(self) -> int:
+        return 2**self.depth
+
+    def _fold(self, block: nn.Sequential, device: torch.device, dtype: torch.dtype | None = None) -> list:
+        dtype = dtype or self.dtype
+        layers = list(block)
+        pairs = []
+        for conv, bn in zip(layers[0::4], layers[1::4]):
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            weight = conv.weight * scale[:, None, None, None]
+            weight = weight.to(device, dtype).contiguous(memory_format=torch.channels_last)
+            pairs.append((weight, bias.to(device, dtype)))
+        return pairs
+
+    def _block(self, x: torch.Tensor, pairs) -> torch.Tensor:
+        for weight, bias in pairs:
+            if self._fused is not None:
+                x = self._fused(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
+            else:
+                x = F.relu_(F.conv2d(x, weight, bias, padding=1))
+            if self.dropout:
+                x = F.dropout2d(x, self.dropout, training=True)
+        return x
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._block(x.float().contiguous(memory_format=torch.channels_last), self.first)
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        skips = []
+        for pairs in self.encoders:
+            x = self._block(x, pairs)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self._block(x, self.bottleneck)
+        for pairs, skip in zip(self.decoders, reversed(skips)):
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = self._block(torch.cat([x, skip], dim=1), pairs)
+        return F.conv2d(x.float(), self.head_w, self.head_b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.forward_logits(x))
