@@ -4,14 +4,14 @@ A :class:`TrainingData` holds whole volumes (built from arrays already in memory
 layers, or from NIfTI files) and a label source; :meth:`TrainingData.prepare` turns it into a
 :class:`PreparedData` of 2-D slices ready for the trainer. Preparation, per volume:
 
-1. **Slicing axis.** The axis with the largest voxel size (the scan's slice axis); when no
-   axis is strictly the coarsest, the last axis. The network is 2-D and sees the other two
+1. **Slicing axis.** The axis with the largest voxel size (the scan's slice axis); among
+   tied axes the last one (an isotropic scan is sliced along its last axis). The network is 2-D and sees the other two
    axes (in array order) as height and width.
 2. **Normalisation.** Each contrast is z-scored over the whole volume,
    :math:`x' = (x - \\mu_c) / \\sigma_c` (``\\sigma_c = 0`` gives :math:`x - \\mu_c`), exactly as
    :mod:`napari_softseg.inference` does at prediction time.
 3. **Label source** (:data:`LABEL_SOURCES`): one label map per volume; the average, majority
-   vote or STAPLE estimate of several raters (:func:`napari_softseg.fusion.fuse`); or
+   vote, STAPLE or soft-STAPLE estimate of several raters (:func:`napari_softseg.fusion.fuse`); or
    *random sampling*, which keeps every rater and lets the trainer draw one anew for each
    sample at each epoch (Lemay et al., MELBA 2022).
 4. **Resampling** of the in-plane axes to a common voxel size (by default the first
@@ -92,6 +92,7 @@ LABEL_SOURCES: dict[str, LabelSource] = {
         LabelSource("average", "Average of the raters", fusion="average"),
         LabelSource("majority", "Majority vote of the raters", fusion="majority", use_hard=True),
         LabelSource("staple", "STAPLE estimate of the raters", fusion="staple"),
+        LabelSource("soft-staple", "Soft STAPLE estimate of soft raters", fusion="soft-staple"),
         LabelSource("random", "A randomly drawn rater per sample and epoch", random=True),
     )
 }

@@ -24,11 +24,11 @@ __all__ = [
 
 
 def choose_slice_axis(spacing: Sequence[float], *, rtol: float = 1e-3) -> int:
-    """The axis with the strictly largest voxel size, else the last axis (2)."""
+    """The axis with the largest voxel size; among axes tied within ``rtol``, the last one
+    (so an isotropic scan is sliced along its last axis), as at prediction time."""
     sp = np.asarray(spacing, dtype=float)[:3]
-    big = int(np.argmax(sp))
-    others = np.delete(sp, big)
-    return big if np.all(sp[big] > others * (1.0 + rtol)) else 2
+    tied = np.flatnonzero(sp >= sp.max() / (1.0 + rtol))
+    return int(tied.max())
 
 
 def zscore(image: np.ndarray) -> np.ndarray:

@@ -86,8 +86,8 @@ class PreparedData:
         return len(self.subject_names)
 
     def preview_input(self, subject: int, slice_index: int, multiple: int) -> tuple[np.ndarray, tuple]:
-        """A whole normalised, resampled slice ``(C, H, W)`` padded to a multiple of
-        ``multiple`` and the ``(H1, W1)`` to crop back to."""
+        """A whole normalised, resampled slice ``(C, H, W)`` padded to multiples of
+        ``multiple`` and the ``(H1, W1)`` to crop the prediction back to."""
         subj = self.source.subjects[subject]
         geo = self.geometry[subject]
         img = subj.image if subj.image.ndim == 4 else subj.image[..., None]
@@ -96,10 +96,8 @@ class PreparedData:
         sl = resample_inplane(sl, geo.zoom, order=2)[0]
         h1, w1 = sl.shape[-2:]
         ph, pw = -(-h1 // multiple) * multiple, -(-w1 // multiple) * multiple
-        padded = np.empty((sl.shape[0], ph, pw), np.float32)
-        padded[...] = sl.min(axis=(1, 2))[:, None, None] if sl.size else 0.0
-        padded[:, :h1, :w1] = sl
-        return padded, (h1, w1)
+        # padded at the end by repeating the edge, as napari_softseg.inference does
+        return np.pad(sl, ((0, 0), (0, ph - h1), (0, pw - w1)), mode="edge"), (h1, w1)
 
     def preview_output(self, subject: int, prediction: np.ndarray) -> np.ndarray:
         """Map a ``(K, H1, W1)`` prediction back to the original in-plane grid."""

@@ -45,7 +45,7 @@ class DiceAccumulator:
 
     def update(self, prediction: torch.Tensor, truth: torch.Tensor, volume: torch.Tensor) -> None:
         """Add a batch: ``prediction`` and ``truth`` ``(N, K, H, W)``, ``volume`` ``(N,)``."""
-        p = prediction.detach().float().flatten(2)  # (N, K, P)
+        p = prediction.detach().float().flatten(2).contiguous()  # (N, K, P)
         t = (truth.detach().float().flatten(2) >= 0.5).float()
         # bin b = number of thresholds <= p, so p >= thresholds[j]  <=>  b > j; a histogram
         # over the bins and a reverse cumulative sum count the voxels above every threshold

@@ -126,6 +126,7 @@ class TrainConfig:
             (self.patience >= 1, f"patience must be at least 1 epoch, got {self.patience}"),
             (self.early_stop_eps >= 0, f"early-stopping epsilon must be >= 0, got {self.early_stop_eps}"),
             (0 <= self.val_fraction < 1, f"validation fraction must lie in [0, 1), got {self.val_fraction}"),
+            (self.seed >= 0, f"seed must be a non-negative integer, got {self.seed}"),
             (self.preview_every >= 1, f"preview interval must be at least 1 epoch, got {self.preview_every}"),
             (self.loss_reduction in ("mean", "sum"), f"loss reduction must be mean or sum, got {self.loss_reduction!r}"),
             (self.image_interpolation in ("bilinear", "bicubic"), f"image interpolation must be bilinear or bicubic, got {self.image_interpolation!r}"),

@@ -1,0 +1,178 @@
+"""``napari-softseg train``: train or fine-tune a SoftSeg U-Net on NIfTI scans.
+
+Labels pair with images in order (``--label``), or several raters per image are fused
+(``--rater`` ... ``--fusion``; with N images and M raters, each image takes M/N consecutive
+rater files). Runs data-parallel when started by ``torchrun`` (only rank 0 prints and
+writes). Ctrl-C stops at the next step and still writes the best weights so far.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+#: keys of napari_softseg.presets.PRESETS (kept here so that --help needs no torch)
+PRESET_NAMES = (
+    "softseg", "conventional", "hard-relu-wing", "soft-relu-dice", "soft-sig-wing",
+    "multiclass-softmax-dice", "multiclass-softseg",
+)
+FUSIONS = ("average", "majority", "staple", "soft-staple", "random")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train or fine-tune a SoftSeg model on NIfTI scans", description=__doc__,
+    )
+    p.add_argument("--image", action="append", required=True, metavar="IMG",
+                   help="a training scan (repeat for several; a 4-D file holds several contrasts)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--label", action="append", metavar="LBL",
+                     help="the label map of the IMG at the same position (soft, binary or class numbers)")
+    src.add_argument("--rater", action="append", metavar="R",
+                     help="one rater's map (repeat; needs --fusion)")
+    p.add_argument("--fusion", choices=FUSIONS, help="how several raters become a target")
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="training recipe (default softseg; with --init, the model's own preset)")
+    p.add_argument("--epochs", type=int, default=200, help="maximum epochs (default 200)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--init", metavar="MODEL", help="checkpoint to fine-tune")
+    p.add_argument("--out", required=True, metavar="MODEL", help="where to write the trained checkpoint")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per step (default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
+    p.add_argument("--crop", metavar="HxW", help="in-plane training size, e.g. 128 or 160x192 "
+                   "(multiples of 2**depth; default: the whole slice)")
+    p.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3)")
+    p.add_argument("--features", type=int, default=16, help="feature maps of the first level (default 16)")
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout probability (default 0.3)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation (default 0.2)")
+    p.add_argument("--patience", type=int, default=50, help="early-stopping patience in epochs (default 50)")
+    p.add_argument("--slice-axis", type=int, choices=(0, 1, 2), help="axis to slice along (default: the coarsest)")
+    p.add_argument("--no-mixed-precision", action="store_true", help="train in float32")
+    p.add_argument("--no-augment", action="store_true", help="switch off rotation/translation/scaling")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="print only the result")
+    p.set_defaults(run=run)
+
+
+def parse_crop(text: str | None):
+    from ..errors import UserError
+
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(v) for v in parts if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) <= 0:
+        raise UserError(f"--crop {text!r} is not a size like 128 or 160x192.")
+    return tuple(values)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressBar:
+    """One updating line on a terminal, one line per epoch otherwise (stderr)."""
+
+    def __init__(self, stream=None, width: int = 24) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width = width
+        self._last = 0.0
+
+    def update(self, ev) -> None:
+        if ev.kind == "start":
+            if ev.start_epoch:
+                self._line(f"fine-tuning a model trained for {ev.start_epoch} epochs; "
+                           f"initial validation loss {_fmt(ev.start_loss)}", final=True)
+            return
+        if ev.kind == "epoch":
+            self._line(f"epoch {ev.epoch}/{ev.epochs}  loss {_fmt(ev.train_loss)}  val {_fmt(ev.val_loss)}  "
+                       f"dice {_fmt(ev.val_dice)}  best {_fmt(ev.best_val_loss)} (epoch {ev.best_epoch})  "
+                       f"eta {_duration(ev.eta_seconds)}", final=True)
+            return
+        if ev.kind != "step" or not self.tty or time.monotonic() - self._last < 0.1:
+            return
+        self._last = time.monotonic()
+        frac = ev.step / max(ev.steps_per_epoch, 1)
+        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
+        where = f"epoch {ev.epoch}/{ev.epochs}" if ev.phase != "threshold" else "threshold"
+        self._line(f"{where} [{bar}] {ev.phase} {ev.step}/{ev.steps_per_epoch}  "
+                   f"loss {_fmt(ev.train_loss)}  eta {_duration(ev.eta_seconds)}")
+
+    def _line(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        elif final:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from .. import distributed
+    from ..data import TrainingData
+    from ..devices import resolve_device
+    from ..errors import UserError
+    from ..train import TrainConfig, train
+
+    out = Path(args.out)
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise UserError(f"Cannot write {out.name}: folder {out.parent} does not exist.")
+    if args.label is not None and args.fusion not in (None,):
+        raise UserError("--fusion combines several --rater files; it does not apply to --label.")
+    if args.rater is not None and args.fusion is None:
+        raise UserError("--rater needs --fusion average, majority, staple or random.")
+    config = TrainConfig(
+        preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        crop_size=parse_crop(args.crop), depth=args.depth, base_features=args.features, dropout=args.dropout,
+        val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
+        mixed_precision=not args.no_mixed_precision, augment=not args.no_augment,
+        slice_axis=args.slice_axis, num_threads=args.threads,
+    ).validate()
+    data = TrainingData.from_nifti(args.image, args.label, raters=args.rater, fusion=args.fusion)
+    ctx = distributed.init_from_env(resolve_device(args.device))
+    cancel = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_interrupt(signum, frame):  # first Ctrl-C: stop cleanly; second: default
+            cancel.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    bar = ProgressBar() if ctx.is_main and not args.quiet else None
+    last = None
+    try:
+        for last in train(config, data, init=args.init, cancel=cancel, checkpoint_path=out):
+            if bar is not None:
+                bar.update(last)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        distributed.shutdown()
+    if not ctx.is_main or last is None:
+        return 0
+    if last.status == "failed":
+        where = f" The best weights so far are in {last.checkpoint}." if last.checkpoint else ""
+        raise UserError(last.message + where)
+    s = last.summary or {}
+    verb = {"cancelled": "Cancelled", "early_stopped": "Stopped early"}.get(last.status, "Finished")
+    print(f"{verb} after {s.get('epochs_run', 0)} epochs: best validation loss {_fmt(last.best_val_loss)} "
+          f"at epoch {last.best_epoch}, threshold {last.threshold:.2f}; model written to {last.checkpoint}")
+    return 130 if last.status == "cancelled" else 0
