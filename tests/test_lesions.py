@@ -1,0 +1,134 @@
+"""Lesion analysis on a constructed volume whose lesions, sizes and soft volumes are known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from napari_softseg.lesions import FlagRule, LesionRecord, analyse_lesions
+
+SPACING = (1.0, 1.0, 2.0)  # 2 mm³ voxels
+H09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+
+
+def constructed():
+    """A: 3x3x3 core 0.9 in a one-voxel rim of 0.3 (98 voxels); B: 2x2x2 at 0.55; C: one voxel
+    0.8; D and E: 2x2x2 blocks of 1.0 joined by a two-voxel-thick rim of 0.3 (x = 22, 23)."""
+    p = np.zeros((40, 40, 40), np.float32)
+    p[4:9, 4:9, 4:9] = 0.3
+    p[5:8, 5:8, 5:8] = 0.9
+    p[20:22, 20:22, 20:22] = 0.55
+    p[30, 30, 30] = 0.8
+    p[20:22, 5:7, 30:32] = 1.0
+    p[22:24, 5:7, 30:32] = 0.3
+    p[24:26, 5:7, 30:32] = 1.0
+    return p
+
+
+@pytest.fixture(scope="module")
+def table():
+    return analyse_lesions(constructed(), spacing=SPACING)
+
+
+def rec(t, voxel):
+    return t.by_id(int(t.labels[voxel]))
+
+
+def test_components_sizes_and_volumes(table):
+    assert len(table) == 5 and table.labels.dtype == np.int32
+    assert sorted(r.id for r in table) == [1, 2, 3, 4, 5]
+    a = rec(table, (5, 5, 5))
+    assert a.voxels == 27 and a.hard_volume_mm3 == 54.0
+    assert a.soft_volume_mm3 == pytest.approx((27 * 0.9 + 98 * 0.3) * 2, rel=1e-6)  # core + rim = 107.4
+    assert (a.mean_probability, a.min_probability, a.max_probability) == pytest.approx((0.9, 0.9, 0.9))
+    assert a.mean_entropy == pytest.approx(H09, rel=1e-5)
+    assert a.centroid == (6.0, 6.0, 6.0) and a.bbox_min == (5, 5, 5) and a.bbox_max == (7, 7, 7)
+    b = rec(table, (20, 20, 20))
+    assert b.voxels == 8 and b.soft_volume_mm3 == pytest.approx(8 * 0.55 * 2, rel=1e-6)
+    c = rec(table, (30, 30, 30))
+    assert c.voxels == 1 and c.hard_volume_mm3 == 2.0 and c.soft_volume_mm3 == pytest.approx(1.6, rel=1e-6)
+    # the shared rim is split by distance: x = 22 goes to D, x = 23 to E
+    d, e = rec(table, (20, 5, 30)), rec(table, (24, 5, 30))
+    assert d.id != e.id
+    assert d.soft_volume_mm3 == pytest.approx((8 + 4 * 0.3) * 2, rel=1e-6)
+    assert e.soft_volume_mm3 == pytest.approx((8 + 4 * 0.3) * 2, rel=1e-6)
+    np.testing.assert_array_equal(np.bincount(table.labels.ravel())[1:], [r.voxels for r in table])
+
+
+def test_default_flags_and_reasons(table):
+    assert not rec(table, (5, 5, 5)).flagged and rec(table, (5, 5, 5)).reason == ""
+    b = rec(table, (20, 20, 20))
+    assert b.flagged and b.reason == "mean probability 0.55 < 0.60"
+    c = rec(table, (30, 30, 30))
+    assert c.flagged and c.reason == "volume 2.0 mm³ < 3 mm³"
+    assert math.isnan(c.sample_iou) and c.n_samples == 0  # no samples: those criteria stay silent
+    assert [r.id for r in table.flagged()] == sorted([b.id, c.id])
+
+
+def test_rule_is_adjustable_without_recomputing(table):
+    lenient = table.reflag(FlagRule(min_mean_probability=0.5, min_volume_mm3=None))
+    assert lenient.flagged() == [] and lenient.labels is table.labels
+    strict = table.reflag(FlagRule(min_mean_probability=None, max_mean_entropy=0.3, min_volume_mm3=20))
+    a = rec(strict, (5, 5, 5))
+    assert a.flagged and a.reason == f"mean entropy {H09:.2f} > 0.30"
+    assert rec(strict, (20, 20, 20)).reason.startswith("mean entropy 0.69 > 0.30; volume 16.0 mm³ < 20 mm³")
+
+
+def test_sample_iou_and_volume_cv():
+    p = constructed()
+    s1 = np.zeros_like(p)
+    s1[5:8, 5:8, 5:8] = 1  # A: 27 voxels
+    s1[20:26, 5:7, 30:32] = 1  # D and E bridged into one 24-voxel component
+    s2 = np.zeros_like(p)
+    s2[5:9, 5:8, 5:8] = 1  # A plus a face: 36
+    s3 = np.zeros_like(p)
+    s3[5:7, 5:8, 5:8] = 1  # A minus a slab: 18
+    for s in (s1, s2, s3):
+        s[30, 30, 30] = 0.9  # C in every sample
+    t = analyse_lesions(p, spacing=SPACING, samples=np.stack([s1, s2, s3]))
+    a = rec(t, (5, 5, 5))
+    assert a.n_samples == 3
+    assert a.sample_iou == pytest.approx(18 / 36)
+    assert a.volume_cv == pytest.approx(np.std([54, 72, 36]) / 54)  # 0.272
+    assert not a.flagged  # IoU 0.5 is not < 0.5 and CV 0.27 < 0.3
+    c = rec(t, (30, 30, 30))
+    assert c.sample_iou == 1.0 and c.volume_cv == 0.0
+    d = rec(t, (20, 5, 30))
+    assert d.sample_iou == 0.0  # present in one sample of three
+    assert d.volume_cv == pytest.approx(np.std([48, 0, 0]) / 16)
+    assert "IoU across 3 samples 0.00 < 0.50" in d.reason and "volume CV across 3 samples 1.41 > 0.30" in d.reason
+    b = rec(t, (20, 20, 20))
+    assert b.sample_iou == 0.0 and math.isnan(b.volume_cv)  # in no sample at all
+
+
+def test_exports_dict_csv_json_and_sorting(table, tmp_path):
+    c = rec(table, (30, 30, 30))
+    d = c.to_dict()
+    assert d["sample_iou"] is None and d["centroid"] == [30.0, 30.0, 30.0] and d["flagged"] is True
+    json.dumps(d)  # strict JSON
+    header = table.csv_header()
+    assert header[:5] == ["id", "voxels", "centroid_i", "centroid_j", "centroid_k"] and header[-2:] == ["flagged", "reason"]
+    path = table.write_csv(tmp_path / "lesions.csv")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 and list(rows[0].keys()) == header
+    row_c = next(r for r in rows if int(r["id"]) == c.id)
+    assert row_c["reason"] == c.reason and row_c["sample_iou"] == "" and float(row_c["hard_volume_mm3"]) == 2.0
+    doc = json.loads(table.write_json(tmp_path / "lesions.json", scan="x.nii.gz").read_text())
+    assert doc["scan"] == "x.nii.gz" and len(doc["lesions"]) == 5 and doc["rule"]["min_mean_probability"] == 0.6
+    order = [r.soft_volume_mm3 for r in table.sorted_by("soft_volume_mm3", reverse=True)]
+    assert order == sorted(order, reverse=True)
+    assert LesionRecord.csv_header(3) == header
+
+
+def test_many_lesions_and_empty_prediction():
+    p = np.zeros((40, 40, 3), np.float32)
+    p[::2, ::2, 1] = 0.9  # 400 isolated voxels
+    t = analyse_lesions(p, rule=FlagRule(min_volume_mm3=None))
+    assert len(t) == 400 and t.labels.max() == 400 and max(r.id for r in t) == 400
+    empty = analyse_lesions(np.zeros((5, 5, 5), np.float32))
+    assert len(empty) == 0 and not empty.labels.any() and empty.csv_rows() == []
