@@ -210,7 +210,8 @@ def predict_volume(
     return_prediction : bool
         Always return a :class:`Prediction` (otherwise only when uncertainty is asked).
     progress : callable(done, total), optional
-        Called after every batch with the number of forward passes done so far.
+        Called after every batch; counts slices predicted so far, ``total`` being the number
+        of slices times the number of samples (MC draws x TTA views).
     cancel : callable() -> bool, optional
         Checked before every batch; when it returns True :class:`PredictionCancelled` is raised.
 
@@ -273,7 +274,7 @@ def predict_volume(
     pad_h, pad_w = (-height) % m, (-width) % m
     scale = torch.as_tensor(1.0 / std, dtype=torch.float32).view(1, -1, 1, 1)
     shift = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    total = -(-n_slices // batch_size) * n_samples
+    total = n_slices * n_samples
     done = 0
     with torch.inference_mode():
         for start in range(0, n_slices, batch_size):
@@ -304,7 +305,7 @@ def predict_volume(
                         np.moveaxis(samples[k], slice_axis, 0)[start:stop] = prob
                     acc = prob if acc is None else acc + prob
                     k += 1
-                    done += 1
+                    done += stop - start
                     if progress is not None:
                         progress(done, total)
             soft_view[start:stop] = acc / n_samples if n_samples > 1 else acc

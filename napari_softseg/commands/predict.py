@@ -1,0 +1,180 @@
+"""``napari-softseg predict``: soft segmentation of a scan with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+DESCRIPTION = """\
+Predict a soft segmentation (float32 in [0, 1]) of a scan with a trained SoftSeg model and
+write it with the scan's geometry. Several IMAGE files are several contrasts of one scan
+(same grid, in the model's contrast order). --threshold also writes a binary mask
+(voxels with soft >= T; multi-class models: the label of the most likely class);
+--uncertainty writes the voxel-wise entropy of the mean of Monte-Carlo dropout draws
+(10 unless --mc-samples is given) and/or flipped views (--tta)."""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="soft segmentation of a scan with a trained model",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="NIfTI scan(s): one file per contrast, same grid")
+    parser.add_argument("--model", "-m", required=True, help="checkpoint file or shipped model name (ms-lesion, brain-gm)")
+    parser.add_argument("-o", "--out", required=True, metavar="SOFT.nii.gz", help="output soft map")
+    parser.add_argument("--threshold", "-t", metavar="T|auto", help="also write a mask at T; 'auto' uses the model's threshold")
+    parser.add_argument("--mask-out", metavar="PATH", help="mask file (default: <out stem>_mask.nii.gz)")
+    parser.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
+    parser.add_argument("--entropy-out", metavar="PATH", help="entropy file (default: <out stem>_entropy.nii.gz)")
+    parser.add_argument("--mc-samples", type=int, default=None, metavar="N", help="Monte-Carlo dropout draws")
+    parser.add_argument("--tta", action="store_true", help="average over flipped views (test-time augmentation)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="slices per forward pass")
+    parser.add_argument("--slice-axis", type=int, choices=(0, 1, 2), default=None, help="array axis to slice along")
+    parser.add_argument("--no-mixed-precision", action="store_true", help="compute in float32 only")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def _sibling(out: Path, suffix: str) -> Path:
+    from ..nifti import nifti_stem
+
+    ext = ".nii.gz" if out.name.lower().endswith(".nii.gz") else ".nii"
+    return out.with_name(f"{nifti_stem(out)}{suffix}{ext}")
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr (redrawn at most ~10 times a second)."""
+
+    def __init__(self, label: str, stream=None, width: int = 30) -> None:
+        self.label, self.stream, self.width = label, stream or sys.stderr, width
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        filled = int(self.width * done / max(total, 1))
+        elapsed = now - self._start
+        eta = elapsed / done * (total - done) if done else 0.0
+        self.stream.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
+            f"{elapsed:5.1f}s elapsed, {eta:5.1f}s left"
+        )
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _parse_threshold(text: str | None, config: dict) -> float | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        return float(config.get("threshold", 0.5))
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--threshold must be a number between 0 and 1 or 'auto', got {text!r}.") from None
+    if not 0.0 < value < 1.0:
+        raise UserError(f"--threshold must lie strictly between 0 and 1, got {value}.")
+    return value
+
+
+def read_contrasts(paths: list[str]):
+    """Read one or more NIfTI files of the same grid; return (reference volume, (X,Y,Z[,C]) array)."""
+    import numpy as np
+
+    from ..nifti import check_same_grid, read_nifti
+
+    volumes = [read_nifti(p) for p in paths]
+    reference = volumes[0]
+    for other in volumes[1:]:
+        check_same_grid(reference, other)
+        if other.data.ndim != 3:
+            raise UserError(f"{other.name} is 4-D; give either one 4-D file or several 3-D files, one per contrast.")
+    if len(volumes) == 1:
+        return reference, reference.data
+    if reference.data.ndim != 3:
+        raise UserError(f"{reference.name} is 4-D; give either one 4-D file or several 3-D files, one per contrast.")
+    return reference, np.stack([np.asarray(v.data, dtype=np.float32) for v in volumes], axis=-1)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..inference import Prediction, load_model, predict_volume
+    from ..nifti import is_nifti_path, write_nifti
+
+    out = Path(args.out)
+    if not is_nifti_path(out):
+        raise UserError(f"{out.name}: output must end in .nii or .nii.gz.")
+    if args.mc_samples is not None and args.mc_samples < 0:
+        raise UserError("--mc-samples must be 0 or more.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1.")
+    model = load_model(args.model)
+    config = model.softseg_config
+    threshold = _parse_threshold(args.threshold, config)
+    reference, data = read_contrasts(args.images)
+    n_channels = data.shape[3] if data.ndim == 4 else 1
+    if n_channels != model.in_channels:
+        names = ", ".join(config.get("contrasts", []))
+        raise UserError(
+            f"The model {Path(str(args.model)).name} expects {model.in_channels} contrast(s) ({names}) "
+            f"but {n_channels} image(s) were given."
+        )
+    mc = args.mc_samples if args.mc_samples is not None else (10 if args.uncertainty and not args.tta else 0)
+    kwargs = {}
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    bar = None if args.quiet else ProgressBar(f"predict {reference.name}")
+    result = predict_volume(
+        model,
+        data,
+        slice_axis=args.slice_axis,
+        spacing=reference.spacing,
+        device=args.device,
+        mixed_precision=not args.no_mixed_precision,
+        mc_samples=mc,
+        tta=len(_tta_views()) if args.tta else 0,
+        keep_samples=False,
+        return_prediction=args.uncertainty,
+        progress=bar,
+        **kwargs,
+    )
+    soft = result.soft if isinstance(result, Prediction) else result
+    written = [write_nifti(out, soft, like=reference, dtype=np.float32)]
+    if threshold is not None:
+        mask_path = Path(args.mask_out) if args.mask_out else _sibling(out, "_mask")
+        written.append(write_nifti(mask_path, binarise(soft, threshold), like=reference, dtype=np.uint8))
+    if args.uncertainty:
+        entropy_path = Path(args.entropy_out) if args.entropy_out else _sibling(out, "_entropy")
+        written.append(write_nifti(entropy_path, result.entropy, like=reference, dtype=np.float32))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _tta_views():
+    from ..inference import TTA_FLIPS
+
+    return TTA_FLIPS
+
+
+def binarise(soft, threshold: float):
+    """Binary mask ``soft >= threshold`` (uint8); for a ``(X, Y, Z, K)`` multi-class map the
+    label ``1..K`` of the most likely class where its probability reaches the threshold."""
+    import numpy as np
+
+    if soft.ndim == 3:
+        return (soft >= threshold).astype(np.uint8)
+    best = soft.argmax(axis=-1)
+    return np.where(soft.max(axis=-1) >= threshold, best + 1, 0).astype(np.uint8)

@@ -1,0 +1,73 @@
+"""`napari-softseg predict` writes NIfTI files with the source geometry."""
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_softseg.checkpoint import make_config, save_checkpoint
+from napari_softseg.commands import main
+from napari_softseg.inference import load_model, predict_volume
+from napari_softseg.model import UNet
+from napari_softseg.nifti import read_nifti
+
+MT1 = Path("/work/shared/data/sct_mt/mt1.nii.gz")
+pytestmark = pytest.mark.skipif(not MT1.exists(), reason="shared test data not available")
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(1, 1, depth=2, base_features=4).eval()
+    with torch.no_grad():
+        model.head.bias -= model.forward_logits(torch.randn(4, 1, 40, 40)).mean()
+    return save_checkpoint(tmp_path / "tiny.pt", model, make_config(model, contrasts=["MT"], threshold=0.4))
+
+
+def test_predict_writes_soft_mask_and_entropy_with_source_affine(tmp_path, checkpoint, capsys):
+    out = tmp_path / "soft.nii.gz"
+    status = main(["predict", "--model", str(checkpoint), "-o", str(out), str(MT1),
+                   "--threshold", "auto", "--uncertainty", "--mc-samples", "3"])
+    assert status == 0
+    src = nib.load(str(MT1))
+    soft_img = nib.load(str(out))
+    np.testing.assert_allclose(soft_img.affine, src.affine, atol=1e-6)
+    assert soft_img.shape == src.shape == (40, 40, 5)
+    assert soft_img.get_data_dtype() == np.float32
+    assert "".join(nib.aff2axcodes(soft_img.affine)) == "LAS"
+    soft = np.asarray(soft_img.dataobj)
+    assert 0.0 <= soft.min() and soft.max() <= 1.0 and soft.max() > 0
+
+    mask = np.asarray(nib.load(str(tmp_path / "soft_mask.nii.gz")).dataobj)
+    np.testing.assert_array_equal(mask, (soft >= 0.4).astype(np.uint8))  # 'auto' = checkpoint's 0.4
+    entropy_img = nib.load(str(tmp_path / "soft_entropy.nii.gz"))
+    np.testing.assert_allclose(entropy_img.affine, src.affine, atol=1e-6)
+    entropy = np.asarray(entropy_img.dataobj)
+    assert entropy.shape == (40, 40, 5) and 0.0 <= entropy.min() and entropy.max() <= 1.0
+    err = capsys.readouterr()
+    assert "15/15" in err.err  # the progress bar reached the end: 5 slices x 3 draws
+    assert str(out) in err.out
+
+
+def test_predict_equals_python_api(tmp_path, checkpoint):
+    out = tmp_path / "soft.nii"
+    assert main(["predict", "-m", str(checkpoint), "-o", str(out), str(MT1), "-q", "--no-mixed-precision"]) == 0
+    expected = predict_volume(load_model(checkpoint), read_nifti(MT1).data, spacing=read_nifti(MT1).spacing,
+                              mixed_precision=False)
+    np.testing.assert_allclose(np.asarray(nib.load(str(out)).dataobj), expected, atol=1e-6)
+
+
+def test_predict_user_errors(tmp_path, checkpoint, capsys):
+    out = str(tmp_path / "x.nii.gz")
+    copy = tmp_path / "mt1b.nii.gz"
+    shutil.copy(MT1, copy)
+    assert main(["predict", "-m", str(checkpoint), "-o", out, str(MT1), str(copy)]) == 2
+    assert "expects 1 contrast(s) (MT) but 2 image(s)" in capsys.readouterr().err
+    assert main(["predict", "-m", str(checkpoint), "-o", out, str(MT1), "--threshold", "1.5"]) == 2
+    assert main(["predict", "-m", "not-a-model", "-o", out, str(MT1)]) == 2
+    assert "brain-gm" in capsys.readouterr().err
+    assert main(["predict", "-m", str(checkpoint), "-o", str(tmp_path / "x.txt"), str(MT1)]) == 2
+    assert not (tmp_path / "x.nii.gz").exists()
