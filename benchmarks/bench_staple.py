@@ -21,16 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2015_raters"
+REPO = Path(__file__).resolve().parents[1]
 FULL_CROP = (160, 160, 164)
 QUICK_CROP = (64, 64, 64)
 
 
 def _data_dir() -> Path:
-    for cand in (DATA, Path("/work/shared/data/isbi2015_raters")):
-        if cand.exists():
-            return cand.resolve()
-    raise FileNotFoundError("isbi2015_raters not found next to the repository")
+    import os
+
+    env = os.environ.get("NAPARI_SOFTSEG_SHARED_DATA")
+    roots = ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", REPO / "shared" / "data"]
+    for root in roots:
+        if (root / "isbi2015_raters").is_dir():
+            return root / "isbi2015_raters"
+    raise FileNotFoundError("isbi2015_raters not found in ../shared/data (set NAPARI_SOFTSEG_SHARED_DATA)")
 
 
 def make_raters(crop=FULL_CROP, n_raters: int = 7, seed: int = 0) -> list[np.ndarray]:

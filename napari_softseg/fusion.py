@@ -33,7 +33,8 @@ import numpy as np
 
 from .calibration import entropy, rater_average
 from .errors import UserError
-from .staple_em import DEFAULT_MAX_ITER, DEFAULT_TOL, StapleResult, check_raters, class_labels, foreground, staple
+from .rater_maps import check_raters, check_unit_range, class_labels, foreground, label_dtype
+from .staple_em import DEFAULT_MAX_ITER, DEFAULT_TOL, StapleResult, staple
 from .staple_soft import dense_staple
 
 __all__ = [
@@ -95,7 +96,7 @@ class Average(FusionMethod):
     def run(self, raters, n_classes, threshold, **options):
         if n_classes > 2:
             soft = _vote_fractions(raters, n_classes)
-            return FusionResult(soft, np.argmax(soft, axis=-1).astype(np.uint8), None, None, None, self.name, n_classes=n_classes)
+            return FusionResult(soft, np.argmax(soft, axis=-1).astype(label_dtype(n_classes)), None, None, None, self.name, n_classes=n_classes)
         soft = rater_average(raters)
         return FusionResult(soft, (soft > np.float32(threshold)).astype(np.uint8), None, None, None, self.name)
 
@@ -105,7 +106,7 @@ class Majority(FusionMethod):
 
     def run(self, raters, n_classes, threshold, **options):
         if n_classes > 2:
-            hard = np.argmax(_vote_counts(raters, n_classes), axis=-1).astype(np.uint8)
+            hard = np.argmax(_vote_counts(raters, n_classes), axis=-1).astype(label_dtype(n_classes))
             soft = np.zeros(hard.shape + (n_classes,), dtype=np.float32)
             np.put_along_axis(soft, hard[..., None].astype(np.int64), 1.0, axis=-1)
             return FusionResult(soft, hard, None, None, None, self.name, n_classes=n_classes)
@@ -185,7 +186,7 @@ def fuse(raters: Sequence[np.ndarray], method: str = "average", *, n_classes: in
     if K > 2:
         arrays = [class_labels(a, K, j) for j, a in enumerate(arrays, 1)]
     else:
-        _check_unit_range(arrays, n_classes is not None or multiclass)
+        check_unit_range(arrays, n_classes is not None or multiclass)
     return cls().run(arrays, K, threshold, **options)
 
 
@@ -197,18 +198,6 @@ def _n_classes(arrays: list[np.ndarray], n_classes: int | None, multiclass: bool
     if multiclass:
         return max(2, int(max(np.max(a) for a in arrays)) + 1)
     return 2
-
-
-def _check_unit_range(arrays: list[np.ndarray], labels_requested: bool) -> None:
-    for j, a in enumerate(arrays, 1):
-        if a.dtype == bool:
-            continue
-        lo, hi = float(np.min(a)), float(np.max(a))
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise UserError(f"Rater {j} contains NaN or infinite values.")
-        if lo < 0 or hi > 1.0 + 1e-6:
-            hint = "" if labels_requested else "; for integer label maps ask for multi-class fusion (n_classes)"
-            raise UserError(f"Rater {j} has values in [{lo:g}, {hi:g}], not a mask or probability map in [0, 1]{hint}.")
 
 
 def _vote_counts(labels: list[np.ndarray], n_classes: int) -> np.ndarray:
@@ -233,7 +222,7 @@ def disagreement_map(raters: Sequence[np.ndarray], *, n_classes: int | None = No
     if n_classes is not None and n_classes > 2:
         labels = [class_labels(a, n_classes, j) for j, a in enumerate(arrays, 1)]
         return entropy(_vote_fractions(labels, n_classes), class_axis=-1).astype(np.float32)
-    _check_unit_range(arrays, False)
+    check_unit_range(arrays, False)
     return entropy(rater_average(arrays)).astype(np.float32)
 
 

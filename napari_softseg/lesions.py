@@ -34,7 +34,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .calibration import entropy
-from .metrics import binarize, connected_components, voxel_volume
+from .detection import connected_components
+from .metrics import binarize, voxel_volume
 
 _AXES = "ijklmn"
 _MAX_KEPT_SAMPLE_LABELS = 1 << 28  # bytes of sample label images kept between the two passes

@@ -1,7 +1,8 @@
 """Segmentation metrics: overlap, volumes, soft errors, lesion detection, ranking, sweeps.
 
 All functions take numpy arrays and are vectorised; calibration and entropy live in
-:mod:`napari_softseg.calibration` and are re-exported here.
+:mod:`napari_softseg.calibration`, lesion detection in :mod:`napari_softseg.detection`;
+both are re-exported here.
 
 Conventions
 -----------
@@ -23,7 +24,7 @@ Conventions
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -39,20 +40,19 @@ from .calibration import (  # noqa: F401  (re-exported)
     reliability_diagram,
     voxel_entropy_mae,
 )
+from .detection import LesionDetection, connected_components, lesion_detection  # noqa: F401  (re-exported)
+from .rater_maps import foreground
 
-#: (ndim, connectivity) → rank of scipy's binary structuring element.
-_CONNECTIVITY = {(3, 6): 1, (3, 18): 2, (3, 26): 3, (2, 4): 1, (2, 8): 2}
 #: Weights of the composite score (Lemay et al. 2022): higher Dice/precision/recall and lower AVD are better.
 COMPOSITE_WEIGHTS: dict[str, float] = {"dice": 1.0, "precision": 1.0, "recall": 1.0, "avd": -1.0}
 #: Default thresholds of the sweep: 0.05, 0.10, ..., 0.95.
 SWEEP_THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)
 #: Numeric keys always present in :func:`evaluate`'s result, with their units.
 EVALUATE_UNITS: dict[str, str] = {
-    "dice": "%", "precision": "%", "recall": "%", "avd": "%", "rvd": "%", "soft_dice": "%",
-    "mse": "fraction", "brier": "fraction", "ece": "fraction", "ltpr": "%", "lfdr": "%",
-    "n_truth_lesions": "count", "n_pred_lesions": "count", "n_detected_lesions": "count",
-    "n_false_lesions": "count", "volume_pred_mm3": "mm³", "volume_truth_mm3": "mm³",
-    "soft_volume_pred_mm3": "mm³", "threshold": "probability",
+    **dict.fromkeys(("dice", "precision", "recall", "avd", "rvd", "soft_dice"), "%"),
+    **dict.fromkeys(("mse", "brier", "ece"), "fraction"), "ltpr": "%", "lfdr": "%",
+    **dict.fromkeys(("n_truth_lesions", "n_pred_lesions", "n_detected_lesions", "n_false_lesions"), "count"),
+    **dict.fromkeys(("volume_pred_mm3", "volume_truth_mm3", "soft_volume_pred_mm3"), "mm³"), "threshold": "probability",
 }
 #: Extra keys when raters are given.
 RATER_UNITS: dict[str, str] = {"entropy_mae": "nats", "entropy_voxel_mae": "nats", "image_entropy_pred": "nats", "image_entropy_raters": "nats"}
@@ -60,12 +60,7 @@ RATER_UNITS: dict[str, str] = {"entropy_mae": "nats", "entropy_voxel_mae": "nats
 
 def binarize(x, threshold: float = 0.5) -> np.ndarray:
     """Boolean mask ``x > threshold`` (booleans pass through; compared in ``x``'s dtype)."""
-    x = np.asarray(x)
-    if x.dtype == bool:
-        return x
-    if x.dtype.kind in "iu":
-        return x > int(np.floor(threshold))
-    return x > x.dtype.type(threshold)
+    return foreground(np.asarray(x), threshold)
 
 
 def voxel_volume(spacing: Sequence[float]) -> float:
@@ -162,7 +157,7 @@ def rvd(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5, sp
 
 def avd(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5, spacing=(1.0, 1.0, 1.0)) -> float:
     """Absolute volume difference ``|RVD|`` in % (NaN for an empty truth)."""
-    return segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold, spacing=spacing)["avd"]
+    return abs(rvd(pred, truth, threshold=threshold, truth_threshold=truth_threshold, spacing=spacing))
 
 
 def mse(pred, truth, *, mask=None) -> float:
@@ -196,71 +191,6 @@ def soft_dice(pred, truth) -> float:
     t = np.asarray(truth, dtype=np.float32).ravel()
     denom = float(p.sum(dtype=np.float64) + t.sum(dtype=np.float64))
     return 100.0 if denom == 0 else 200.0 * float(np.dot(p.astype(np.float64), t)) / denom
-
-
-# --------------------------------------------------------------------------- lesions
-
-
-def connected_components(mask, connectivity: int = 18) -> tuple[np.ndarray, int]:
-    """Label connected components of a boolean mask: ``(int32 labels, count)``."""
-    from scipy import ndimage
-
-    mask = np.asarray(mask, dtype=bool)
-    rank = _CONNECTIVITY.get((mask.ndim, int(connectivity)))
-    if rank is None:
-        allowed = sorted(c for (nd, c) in _CONNECTIVITY if nd == mask.ndim)
-        raise ValueError(f"connectivity {connectivity} is not defined for {mask.ndim}-D masks (use one of {allowed}).")
-    structure = ndimage.generate_binary_structure(mask.ndim, rank)
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    n = ndimage.label(mask, structure=structure, output=labels)
-    return labels, int(n)
-
-
-@dataclass
-class LesionDetection:
-    """Lesion-wise detection, each rate counted on one side.
-
-    ``ltpr = n_detected / n_truth`` (truth side) and ``lfdr = n_false / n_pred``
-    (prediction side), in %. A truth lesion is detected when the binarised prediction covers
-    at least ``min(min_overlap, lesion size)`` of its voxels (or ``ceil(fraction · size)``
-    when a fraction is given); a predicted lesion is false when it touches no truth voxel.
-    """
-
-    n_truth: int
-    n_pred: int
-    n_detected: int
-    n_false: int
-    ltpr: float
-    lfdr: float
-    nan_reasons: dict = field(default_factory=dict)
-
-
-def lesion_detection(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5, connectivity: int = 18,
-                     min_overlap: int = 3, min_overlap_fraction: float | None = None) -> LesionDetection:
-    """LTPR and LFDR from connected components (see :class:`LesionDetection`)."""
-    p = binarize(pred, threshold)
-    t = binarize(truth, truth_threshold)
-    if p.shape != t.shape:
-        raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
-    t_lab, n_t = connected_components(t, connectivity)
-    p_lab, n_p = connected_components(p, connectivity)
-    sizes = np.bincount(t_lab.ravel(), minlength=n_t + 1)[1:]
-    overlap = np.bincount(t_lab[p], minlength=n_t + 1)[1:]
-    if min_overlap_fraction is not None:
-        required = np.ceil(float(min_overlap_fraction) * sizes - 1e-9)
-    else:
-        required = np.minimum(int(min_overlap), sizes)
-    n_detected = int(np.count_nonzero(overlap >= np.maximum(required, 1)))
-    touching = np.bincount(p_lab[t], minlength=n_p + 1)[1:]
-    n_false = int(np.count_nonzero(touching == 0))
-    reasons = {}
-    if n_t == 0:
-        reasons["ltpr"] = "the truth has no lesions, so the lesion true positive rate is undefined"
-    if n_p == 0:
-        reasons["lfdr"] = "the prediction has no lesions, so the lesion false discovery rate is undefined"
-    ltpr = 100.0 * n_detected / n_t if n_t else float("nan")
-    lfdr = 100.0 * n_false / n_p if n_p else float("nan")
-    return LesionDetection(n_t, n_p, n_detected, n_false, ltpr, lfdr, reasons)
 
 
 # --------------------------------------------------------------------------- ranking and sweeps
@@ -387,7 +317,7 @@ def evaluate(pred, truth, *, raters: Sequence[np.ndarray] | None = None, spacing
     reasons.update(det.nan_reasons)
     out.update(ltpr=det.ltpr, lfdr=det.lfdr, n_truth_lesions=det.n_truth, n_pred_lesions=det.n_pred,
                n_detected_lesions=det.n_detected, n_false_lesions=det.n_false)
-    if raters:
+    if raters is not None and len(raters) > 0:
         if any(np.shape(r) != pred.shape for r in raters):
             raise ValueError("every rater must have the prediction's shape.")
         avg = rater_average(raters)

@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
+from .rater_maps import check_raters, check_unit_range, class_labels, foreground, label_dtype
 
 #: Largest change of any sensitivity/specificity (confusion entry) that counts as converged.
 DEFAULT_TOL = 1e-7
@@ -80,50 +81,14 @@ class StapleResult:
     prior: float | np.ndarray
     converged: bool
     confusion: np.ndarray | None = None
-
     n_classes: int = 2
 
     def hard(self, threshold: float = 0.5) -> np.ndarray:
         """uint8 consensus: ``posterior > threshold`` (binary) or the most probable class
         (multi-class; ties go to the lower label)."""
         if self.n_classes > 2:
-            return np.argmax(self.posterior, axis=-1).astype(np.uint8)
+            return np.argmax(self.posterior, axis=-1).astype(label_dtype(self.n_classes))
         return (self.posterior > np.float32(threshold)).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def check_raters(raters: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Return the raters as arrays, raising :class:`UserError` unless they share one shape."""
-    arrays = [np.asarray(r) for r in raters]
-    if not arrays:
-        raise UserError("Label fusion needs at least one rater map.")
-    shape = arrays[0].shape
-    for j, a in enumerate(arrays[1:], start=2):
-        if a.shape != shape:
-            raise UserError(f"Rater {j} has shape {a.shape} but rater 1 has shape {shape}; all raters must share one voxel grid.")
-    if 0 in shape:
-        raise UserError(f"The rater maps are empty (shape {shape}).")
-    return arrays
-
-
-def foreground(rater: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Boolean foreground of a binary or soft rater map: ``value > threshold``."""
-    if rater.dtype == bool:
-        return rater
-    return rater > np.asarray(threshold, dtype=rater.dtype if rater.dtype.kind == "f" else np.float64)
-
-
-def class_labels(rater: np.ndarray, n_classes: int, index: int) -> np.ndarray:
-    """Integer label map as uint8/uint16 after checking it holds labels ``0 .. n_classes-1``."""
-    if rater.dtype.kind == "f":
-        if not np.all(np.isfinite(rater)) or np.any(rater != np.round(rater)):
-            raise UserError(f"Rater {index} holds non-integer values; multi-class fusion needs integer label maps.")
-    lo, hi = (rater.min(), rater.max())
-    if lo < 0 or hi >= n_classes:
-        raise UserError(f"Rater {index} holds labels {int(lo)}..{int(hi)}, outside 0..{n_classes - 1} for {n_classes} classes.")
-    return rater.astype(np.uint8 if n_classes <= 256 else np.uint16, copy=False)
 
 
 # --------------------------------------------------------------------------- patterns
@@ -278,6 +243,7 @@ def _e_step(theta, pattern_labels, log_f, vote, active, W_prev) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         log_theta = np.log(theta)  # (R, K, K)
         log_w = log_f[None, :] + log_theta[np.arange(R)[None, :], pattern_labels].sum(axis=1)  # (P, K)
+        log_w[np.isnan(log_w)] = -np.inf  # a class without any posterior mass is impossible
         top = np.max(log_w, axis=1, keepdims=True)
         w = np.exp(log_w - top)
         w /= w.sum(axis=1, keepdims=True)
@@ -365,7 +331,8 @@ def staple(
             raise UserError("A per-voxel prior is supported for binary STAPLE only.")
         from .staple_soft import dense_staple
 
-        labels = [_binary_labels(a, threshold, n_classes, j) for j, a in enumerate(arrays, 1)]
+        check_unit_range(arrays, n_classes is not None)
+        labels = [foreground(a, threshold) for a in arrays]
         return dense_staple(labels, prior=prior, init_sensitivity=init_sensitivity, init_specificity=init_specificity,
                             tol=tol, max_iter=max_iter, restrict_to_disagreement=restrict_to_disagreement)
     if multiclass:
@@ -376,7 +343,8 @@ def staple(
         init = None
     else:
         K = 2
-        labels = [_binary_labels(a, threshold, n_classes, j) for j, a in enumerate(arrays, 1)]
+        check_unit_range(arrays, n_classes is not None)
+        labels = [foreground(a, threshold) for a in arrays]
         init = _initial_confusion(init_sensitivity, init_specificity, R)
     patterns, counts, index, rows = pattern_histogram(labels, K)
     del labels
@@ -396,15 +364,6 @@ def staple(
     mass = (W * counts[:, None]).sum(axis=0)
     sens, spec = one_vs_rest(theta, mass)
     return StapleResult(posterior, sens, spec, iterations, f, converged, theta, K)
-
-
-def _binary_labels(a: np.ndarray, threshold: float, n_classes, index: int) -> np.ndarray:
-    if a.dtype != bool:
-        lo, hi = float(np.min(a)), float(np.max(a))
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1.0 + 1e-6:
-            hint = "" if n_classes else "; pass n_classes for integer label maps"
-            raise UserError(f"Rater {index} has values in [{lo:g}, {hi:g}]; binary STAPLE expects masks or probabilities in [0, 1]{hint}.")
-    return foreground(a, threshold)
 
 
 def _initial_confusion(sens, spec, R: int):

@@ -1,10 +1,11 @@
 """Voxel-wise STAPLE engine for soft rater maps and per-voxel priors ("soft STAPLE").
 
-Soft STAPLE (after Kats, Goldberger & Greenspan, "A Soft STAPLE Algorithm Combined with
-Anatomical Knowledge", MICCAI 2019) lets rater ``j`` give a probability ``d_ij ∈ [0, 1]``
-instead of a binary decision; a soft vote counts as the fraction ``d_ij`` of a foreground
-decision and ``1 - d_ij`` of a background one. The EM updates of binary STAPLE
-(Warfield et al. 2004) become
+Soft STAPLE lets rater ``j`` give a probability ``d_ij ∈ [0, 1]`` instead of a binary
+decision, the setting of Kats, Goldberger & Greenspan, "A Soft STAPLE Algorithm Combined
+with Anatomical Knowledge", MICCAI 2019 (an expert splits the vote between the labels).
+The formulation implemented here counts a soft vote as the fraction ``d_ij`` of a
+foreground decision and ``1 - d_ij`` of a background one, in both EM steps of binary
+STAPLE (Warfield et al. 2004):
 
 * **M-step** (expected counts)::
 
@@ -17,7 +18,8 @@ decision and ``1 - d_ij`` of a background one. The EM updates of binary STAPLE
       b_i = (1 - f_i) prod_j q_j^(1 - d_ij) (1 - q_j)^d_ij
       W_i = a_i / (a_i + b_i)
 
-For binary ``d`` this is exactly STAPLE. In log-odds the E-step is linear in the raters,
+For binary ``d`` this is exactly STAPLE (checked in the tests against the pattern engine
+and SimpleITK). In log-odds the E-step is linear in the raters,
 ``logit W_i = logit f_i + c + sum_j d_ij w_j`` with ``w_j = logit p_j + logit q_j`` and
 ``c = sum_j log((1 - p_j) / q_j)``, so one iteration is one pass over a float32
 ``(R, N)`` stack: a matrix-vector product, a sigmoid and a second product for the M-step,
@@ -33,7 +35,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
-from .staple_em import DEFAULT_MAX_ITER, DEFAULT_TOL, StapleResult, check_raters
+from .rater_maps import check_raters, check_unit_range
+from .staple_em import DEFAULT_MAX_ITER, DEFAULT_TOL, StapleResult
 
 _CHUNK = 1 << 16
 _EPS = 1e-10
@@ -59,11 +62,7 @@ def dense_staple(
     arrays = check_raters(raters)
     R = len(arrays)
     shape = arrays[0].shape
-    for j, a in enumerate(arrays, 1):
-        if a.dtype != bool:
-            lo, hi = float(np.min(a)), float(np.max(a))
-            if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1.0 + 1e-6:
-                raise UserError(f"Rater {j} has values in [{lo:g}, {hi:g}]; soft STAPLE expects probabilities in [0, 1].")
+    check_unit_range(arrays)
     active = None
     if restrict_to_disagreement:
         lo = np.asarray(arrays[0], dtype=np.float32).copy()

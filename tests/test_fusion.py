@@ -274,6 +274,16 @@ def test_multiclass_staple_matches_direct_em():
     np.testing.assert_array_equal(res.hard, np.argmax(W, axis=-1))
 
 
+def test_multiclass_staple_with_an_unused_label():
+    rng = np.random.default_rng(6)
+    labels = [rng.integers(0, 3, size=(8, 8, 8)).astype(np.uint8) for _ in range(3)]
+    three = fuse(labels, "staple", n_classes=3)
+    four = fuse(labels, "staple", n_classes=4)  # label 3 never used: zero prior, zero posterior
+    np.testing.assert_allclose(four.soft[..., :3], three.soft, atol=1e-6)
+    assert np.all(four.soft[..., 3] == 0)
+    np.testing.assert_array_equal(four.hard, three.hard)
+
+
 def test_per_voxel_prior_equal_to_the_global_prior_gives_the_same_result():
     _, raters = synthetic_raters(shape=(20, 20, 20))
     g = 0.1

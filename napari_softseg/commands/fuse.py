@@ -76,7 +76,7 @@ def run(args) -> int:
     else:
         write_nifti(args.output, result.soft, like=ref, dtype=np.float32)
     if args.hard:
-        write_nifti(args.hard, result.hard, like=ref, dtype=np.uint8)
+        write_nifti(args.hard, result.hard, like=ref)
     names = [v.name for v in vols]
     stats = rater_statistics(raters, result, names=names, spacing=ref.spacing)
     prior = result.prior
