@@ -38,7 +38,6 @@ from .detection import connected_components
 from .metrics import binarize, voxel_volume
 
 _AXES = "ijklmn"
-_MAX_KEPT_SAMPLE_LABELS = 1 << 28  # bytes of sample label images kept between the two passes
 
 
 @dataclass(frozen=True)
@@ -247,13 +246,19 @@ def analyse_lesions(
     labels, n = connected_components(hard, connectivity)
     if n == 0:
         return LesionTable([], labels, float(threshold), spacing, rule, _n_samples(samples))
-    idx = np.arange(1, n + 1)
-    voxels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    core_sum = ndimage.sum_labels(p, labels, idx)
-    p_min = ndimage.minimum(p, labels, idx)
-    p_max = ndimage.maximum(p, labels, idx)
-    h_mean = ndimage.mean(entropy(p), labels, idx)
-    centroids = ndimage.center_of_mass(hard, labels, idx)
+    # statistics over the lesion voxels only (a small fraction of the volume)
+    flat = np.flatnonzero(labels)
+    lab = labels.reshape(-1)[flat]
+    pv = p.reshape(-1)[flat]
+    voxels = np.bincount(lab, minlength=n + 1)[1:]
+    core_sum = np.bincount(lab, weights=pv, minlength=n + 1)[1:]
+    h_mean = np.bincount(lab, weights=entropy(pv), minlength=n + 1)[1:] / voxels
+    order = np.argsort(lab, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(voxels)[:-1]])
+    p_min = np.minimum.reduceat(pv[order], starts)
+    p_max = np.maximum.reduceat(pv[order], starts)
+    coords = np.unravel_index(flat, p.shape)
+    centroids = np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] / voxels for c in coords], axis=1)
     boxes = ndimage.find_objects(labels)
     rim = _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing)
     iou = np.full(n, np.nan)
@@ -320,16 +325,20 @@ def _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing) 
 
 
 def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shape):
-    """IoU and volume CV of each lesion's structures across samples (two passes)."""
+    """IoU and volume CV of each lesion's structures across samples.
+
+    Pass 1 labels each sample once, links its components to the lesions they overlap and
+    keeps only the label crop that holds those components; pass 2 counts, per lesion and
+    over the union of its structures' boxes, in how many samples each voxel belongs to the
+    lesion's structure.
+    """
     from scipy import ndimage
 
     n_samples = len(samples)
     lo = np.array([[s.start for s in b] for b in boxes])
     hi = np.array([[s.stop for s in b] for b in boxes])
     volumes = np.zeros((n, n_samples))
-    links = []
-    kept = []
-    keep = n_samples * int(np.prod(shape)) * 4 <= _MAX_KEPT_SAMPLE_LABELS
+    kept = []  # per sample: (lesion ids, component ids, label crop, crop origin)
     lesion_mask = labels > 0
     for s in range(n_samples):
         sample = np.asarray(samples[s])
@@ -341,24 +350,26 @@ def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shap
         les, comp = pairs // (m + 1), pairs % (m + 1)
         sizes = np.bincount(s_lab.ravel(), minlength=m + 1)
         np.add.at(volumes[:, s], les - 1, sizes[comp])
+        if les.size == 0:
+            kept.append((les, comp, None, None))
+            continue
         objs = ndimage.find_objects(s_lab)
-        for l_id, c in zip(les, comp):
-            box = objs[c - 1]
-            lo[l_id - 1] = np.minimum(lo[l_id - 1], [b.start for b in box])
-            hi[l_id - 1] = np.maximum(hi[l_id - 1], [b.stop for b in box])
-        links.append((les, comp))
-        kept.append(s_lab if keep else None)
+        c_lo = np.array([[b.start for b in objs[c - 1]] for c in comp])
+        c_hi = np.array([[b.stop for b in objs[c - 1]] for c in comp])
+        np.minimum.at(lo, les - 1, c_lo)
+        np.maximum.at(hi, les - 1, c_hi)
+        o_lo, o_hi = c_lo.min(axis=0), c_hi.max(axis=0)
+        crop = s_lab[tuple(slice(a, b) for a, b in zip(o_lo, o_hi))].copy()
+        kept.append((les, comp, crop, o_lo))
     counts = [np.zeros(tuple(hi[i] - lo[i]), dtype=np.uint16) for i in range(n)]
-    for s in range(n_samples):
-        s_lab = kept[s]
-        if s_lab is None:
-            s_lab, _ = connected_components(binarize(np.asarray(samples[s]), threshold), connectivity)
-        les, comp = links[s]
+    for les, comp, crop, origin in kept:
         for l_id in np.unique(les):
             i = l_id - 1
-            roi = tuple(slice(a, b) for a, b in zip(lo[i], hi[i]))
-            counts[i] += np.isin(s_lab[roi], comp[les == l_id])
-        kept[s] = None
+            a, b = np.maximum(lo[i], origin), np.minimum(hi[i], origin + crop.shape)
+            if np.any(b <= a):
+                continue
+            sub = crop[tuple(slice(x - o, y - o) for x, y, o in zip(a, b, origin))]
+            counts[i][tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo[i]))] += np.isin(sub, comp[les == l_id])
     iou = np.zeros(n)
     for i in range(n):
         union = np.count_nonzero(counts[i])

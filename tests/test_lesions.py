@@ -132,3 +132,20 @@ def test_many_lesions_and_empty_prediction():
     assert len(t) == 400 and t.labels.max() == 400 and max(r.id for r in t) == 400
     empty = analyse_lesions(np.zeros((5, 5, 5), np.float32))
     assert len(empty) == 0 and not empty.labels.any() and empty.csv_rows() == []
+
+
+def test_statistics_match_scipy_on_a_random_map():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    p = ndimage.gaussian_filter(rng.random((30, 30, 30)).astype(np.float32), 1.5)
+    p = (p - p.min()) / (p.max() - p.min())
+    t = analyse_lesions(p, threshold=0.6, rule=FlagRule(min_volume_mm3=None))
+    labels, idx = t.labels, np.arange(1, len(t) + 1)
+    assert len(t) > 3
+    np.testing.assert_array_equal([r.voxels for r in t], ndimage.sum_labels(np.ones_like(p), labels, idx))
+    np.testing.assert_allclose([r.mean_probability for r in t], ndimage.mean(p, labels, idx), rtol=1e-6)
+    np.testing.assert_allclose([r.min_probability for r in t], ndimage.minimum(p, labels, idx))
+    np.testing.assert_allclose([r.max_probability for r in t], ndimage.maximum(p, labels, idx))
+    np.testing.assert_allclose([r.centroid for r in t], ndimage.center_of_mass(labels > 0, labels, idx), atol=1e-3)
+    assert all(r.soft_volume_mm3 >= r.voxels * r.min_probability for r in t)
