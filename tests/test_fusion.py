@@ -167,6 +167,7 @@ def test_multiclass_average_and_majority_ties_go_to_lowest_label():
 # --------------------------------------------------------------------------- STAPLE vs SimpleITK
 
 
+@pytest.mark.slow
 def test_staple_matches_simpleitk_on_real_raters_full_volume(shared_data):
     from napari_softseg.nifti import read_nifti
 
