@@ -85,7 +85,12 @@ def all_reduce_sum(ctx: DistContext, *tensors: torch.Tensor) -> None:
     import torch.distributed as dist
 
     for t in tensors:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if ctx.backend == "nccl" and t.device.type != "cuda":  # NCCL reduces GPU tensors only
+            tmp = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(tmp, op=dist.ReduceOp.SUM)
+            t.copy_(tmp.to(t.device))
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def gather_objects(ctx: DistContext, obj) -> list:

@@ -95,7 +95,8 @@ class Trainer:
         self.images = d.images.to(device)
         self.labels = d.labels.to(device)
         self.truth = d.truth.to(device)
-        self.amp_dtype = autocast_dtype(device) if cfg.mixed_precision else None
+        # MPS float16 training needs a gradient scaler that older torch builds lack: float32 there
+        self.amp_dtype = autocast_dtype(device) if cfg.mixed_precision and device.type != "mps" else None
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(device).to(memory_format=self.memory_format)
         self.net = self.model
