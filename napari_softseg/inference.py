@@ -117,12 +117,16 @@ def zscore_stats(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     constant contrast gets std 1 so that normalising it gives zeros.
     """
     vol = volume if volume.ndim == 4 else volume[..., None]
+    step = max(1, 2_000_000 // max(1, vol.shape[1] * vol.shape[2]))  # slabs bound the float64 temporaries
     means, stds = [], []
     for c in range(vol.shape[3]):
         channel = vol[..., c]
-        mean = float(np.mean(channel, dtype=np.float64))
-        var = float(np.mean(np.square(channel - mean, dtype=np.float64)))
-        std = var**0.5
+        total = sum(float(np.sum(channel[i : i + step], dtype=np.float64)) for i in range(0, channel.shape[0], step))
+        mean = total / channel.size
+        sq = 0.0
+        for i in range(0, channel.shape[0], step):
+            sq += float(np.sum(np.square(channel[i : i + step].astype(np.float64) - mean)))
+        std = (sq / channel.size) ** 0.5
         means.append(mean)
         stds.append(std if std > 1e-8 * max(1.0, abs(mean)) else 1.0)
     return np.asarray(means), np.asarray(stds)

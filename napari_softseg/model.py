@@ -27,6 +27,8 @@ activated prediction); :meth:`UNet.forward_logits` returns the raw scores.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -256,6 +258,7 @@ def _block_flops(block: nn.Sequential, h: int, w: int) -> int:
     return flops
 
 
+@functools.lru_cache(maxsize=1)
 def _fused_conv_relu_op():
     """oneDNN's fused convolution + ReLU (what torch.compile emits on CPU), or None."""
     mkldnn = getattr(torch.ops, "mkldnn", None)

@@ -71,3 +71,17 @@ def test_predict_user_errors(tmp_path, checkpoint, capsys):
     assert "brain-gm" in capsys.readouterr().err
     assert main(["predict", "-m", str(checkpoint), "-o", str(tmp_path / "x.txt"), str(MT1)]) == 2
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_predict_tta_uncertainty_and_custom_paths(tmp_path, checkpoint, capsys):
+    out = tmp_path / "p.nii.gz"
+    mask, ent = tmp_path / "m.nii.gz", tmp_path / "e.nii.gz"
+    assert main(["predict", "-m", str(checkpoint), "-o", str(out), str(MT1), "--tta", "--uncertainty",
+                 "--threshold", "0.5", "--mask-out", str(mask), "--entropy-out", str(ent)]) == 0
+    assert "20/20" in capsys.readouterr().err  # 5 slices x 4 flipped views, no MC dropout with --tta
+    soft = np.asarray(nib.load(str(out)).dataobj)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(mask)).dataobj), soft >= 0.5)
+    p = soft.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(np.nan_to_num(p * np.log2(p)) + np.nan_to_num((1 - p) * np.log2(1 - p)))
+    np.testing.assert_allclose(np.asarray(nib.load(str(ent)).dataobj), h, atol=1e-5)

@@ -110,7 +110,7 @@ def read_contrasts(paths: list[str]):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference import Prediction, load_model, predict_volume
+    from ..inference import TTA_FLIPS, Prediction, load_model, predict_volume
     from ..nifti import is_nifti_path, write_nifti
 
     out = Path(args.out)
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         mixed_precision=not args.no_mixed_precision,
         mc_samples=mc,
-        tta=len(_tta_views()) if args.tta else 0,
+        tta=len(TTA_FLIPS) if args.tta else 0,
         keep_samples=False,
         return_prediction=args.uncertainty,
         progress=bar,
@@ -161,12 +161,6 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
-
-
-def _tta_views():
-    from ..inference import TTA_FLIPS
-
-    return TTA_FLIPS
 
 
 def binarise(soft, threshold: float):
