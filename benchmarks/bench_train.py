@@ -111,6 +111,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     base_s, ours_s, aug_s = (statistics.median(t) for t in (t_base, t_ours, t_aug))
 
     agreement = _bf16_agreement(base, x, y, loss_fn)
+    if not quick:
+        agreement.update(_short_runs(data))
     gui = _responsiveness(data, cfg, quick, out_dir)
     result = {
         "device": "cpu", "threads": torch.get_num_threads(), "batch": batch, "crop": list(crop),
@@ -154,6 +156,24 @@ def _bf16_agreement(model, x, y, loss_fn) -> dict:
     loss, g = grads(fast, x.contiguous(memory_format=torch.channels_last), True)
     cos = float(torch.nn.functional.cosine_similarity(ref, g, dim=0))
     return {"bf16_loss_rel_diff": abs(loss - ref_loss) / abs(ref_loss), "bf16_grad_cosine": cos}
+
+
+def _short_runs(data) -> dict:
+    """The same short training (4 epochs, 96x96) in float32 and in bfloat16 + channels-last."""
+    from napari_softseg.train import TrainConfig, train
+
+    out = {}
+    for name, amp in (("float32", False), ("bf16", True)):
+        cfg = TrainConfig(epochs=4, batch_size=8, crop_size=(96, 96), seed=0, device="cpu", mixed_precision=amp,
+                          channels_last=amp, search_threshold=True)
+        t = time.perf_counter()
+        done = list(train(cfg, data))[-1]
+        s = done.summary
+        out[f"short_run_{name}"] = {"best_val_loss": s["best_val_loss"], "val_dice": s["history"][-1]["val_dice"],
+                                    "threshold": done.threshold, "threshold_dice": s["threshold_dice"],
+                                    "seconds": time.perf_counter() - t}
+        Path(done.checkpoint).unlink(missing_ok=True)
+    return out
 
 
 def _responsiveness(data, cfg, quick: bool, out_dir: Path) -> dict:
@@ -217,6 +237,7 @@ def _markdown(r: dict) -> str:
         f"{r['bf16_loss_rel_diff']:.2e}, gradient cosine similarity {r['bf16_grad_cosine']:.4f}."
         if r.get("bf16_grad_cosine") is not None else "No native bfloat16 on this CPU: float32 is used.",
         "",
+        *_short_run_lines(r),
         f"Responsiveness ({r['events']} events): work between two events median {ms(r['median_work_between_events_s'])}, "
         f"max {ms(r['max_work_between_events_s'])} (setup before the first {ms(r['setup_before_first_event_s'])}); "
         f"a 5 ms timer on the main thread was late by at most {ms(r['main_thread_timer_max_late_s'])} "
@@ -226,6 +247,18 @@ def _markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _short_run_lines(r: dict) -> list[str]:
+    if "short_run_float32" not in r:
+        return []
+    lines = ["Short training (4 epochs, 96x96 crops, same seed):", "",
+             "| | best val loss | val Dice @0.5 | threshold | Dice @threshold | time |", "|---|---|---|---|---|---|"]
+    for name in ("float32", "bf16"):
+        v = r[f"short_run_{name}"]
+        lines.append(f"| {name} | {v['best_val_loss']:.4f} | {v['val_dice']:.3f} | {v['threshold']:.2f} "
+                     f"| {v['threshold_dice']:.3f} | {v['seconds']:.0f} s |")
+    return lines + [""]
 
 
 def main(argv=None) -> int:

@@ -38,3 +38,16 @@ def test_two_process_torchrun_training(shared_data, tmp_path):
     # 10 slices, 2 of them (one slab) held out: 8 training slices, 4 per process, no overlap
     assert cfg["training"]["n_train_slices"] == 8
     assert info == {"world_size": 2, "samples_per_rank": [4, 4], "shards_disjoint": True}
+
+
+def test_shards_are_disjoint_equal_and_cover_all_but_the_remainder():
+    import torch
+
+    from napari_softseg.distributed import DistContext, shard
+
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    parts = [shard(order, DistContext(rank=r, world_size=3)) for r in range(3)]
+    assert [p.numel() for p in parts] == [3, 3, 3]
+    joined = torch.cat(parts).tolist()
+    assert len(set(joined)) == 9 and set(joined) == set(order[:9].tolist())
+    assert torch.equal(shard(order, DistContext()), order)
