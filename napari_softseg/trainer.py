@@ -170,6 +170,11 @@ class Trainer:
         self.scaler.update()
         return value
 
+    def _check_cancel(self, cancel) -> None:
+        """Stop outside training steps too (single process; torchrun checks in the steps)."""
+        if not self.ctx.enabled and _is_cancelled(cancel):
+            raise _Stop("cancelled", "Training was cancelled.")
+
     @torch.no_grad()
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -240,6 +245,7 @@ class Trainer:
         try:
             gen = self.validate()
             while True:
+                self._check_cancel(cancel)
                 try:
                     s = next(gen)
                 except StopIteration as stop:
@@ -281,6 +287,7 @@ class Trainer:
                 train_loss = total / max(count, 1)
                 gen = self.validate()
                 while True:
+                    self._check_cancel(cancel)
                     try:
                         s = next(gen)
                     except StopIteration as stop:
@@ -314,10 +321,14 @@ class Trainer:
             self.model.load_state_dict(best_state)
             if cfg.search_threshold and status in ("completed", "early_stopped"):
                 acc = DiceAccumulator(d.n_volumes, len(d.classes), device=self.device)
-                for s, n in self.threshold_batches(acc):
-                    yield TrainEvent("step", "threshold", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
-                                     elapsed_seconds=time.perf_counter() - t0)
-                threshold, threshold_dice = best_threshold(acc.dice())
+                try:
+                    for s, n in self.threshold_batches(acc):
+                        yield TrainEvent("step", "threshold", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
+                                         elapsed_seconds=time.perf_counter() - t0)
+                        self._check_cancel(cancel)
+                    threshold, threshold_dice = best_threshold(acc.dice())
+                except _Stop as stop:  # cancelled while choosing: keep the default threshold
+                    status, message = stop.status, stop.message + " The threshold was not optimised."
         ranks = dist_utils.gather_objects(self.ctx, seen)
         summary = {
             "status": status, "message": message, "epochs_run": len(history), "start_epoch": self.start_epoch,

@@ -264,3 +264,17 @@ def test_multiclass_softseg_on_grey_and_white_matter(brain, tmp_path):
     assert ckpt["architecture"]["activation"] == "multiclass_normrelu"
     with pytest.raises(Exception, match="multi-class preset"):
         list(train(TrainConfig(epochs=1, **TINY), data))
+
+
+def test_cancel_while_choosing_the_threshold_keeps_the_trained_weights(brain, tmp_path):
+    data, cfg = _small(brain, epochs=1)
+    flag = threading.Event()
+    events = []
+    for ev in train(cfg, data, cancel=flag, checkpoint_path=tmp_path / "t.pt"):
+        events.append(ev)
+        if ev.phase == "threshold":
+            flag.set()
+    done = events[-1]
+    assert sum(e.phase == "threshold" for e in events[:-1]) == 1
+    assert done.status == "cancelled" and done.threshold == 0.5 and "not optimised" in done.message
+    assert done.best_epoch == 1 and load_checkpoint(done.checkpoint)[1]["threshold"] == 0.5
