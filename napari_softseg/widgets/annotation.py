@@ -28,8 +28,11 @@ from ..softlabels import N_LEVELS, hard_volume, level_colors, levels_to_soft, ma
 from . import _rater_layers as rl
 from ._base import DockBase, LayerCombo, is_rater, is_scan, layer_geometry, notify_info, notify_warning, user_errors
 
-#: Delay between the end of a stroke and its autosave snapshot (strokes in between coalesce).
-AUTOSAVE_DELAY_MS = 100
+#: Delay between the end of a stroke and its autosave snapshot. 0 = the next turn of the
+#: event loop: edits made within one turn (a stroke and its soft edge) share one snapshot,
+#: and the writer thread coalesces snapshots that arrive while it is busy, so a process
+#: killed at any moment loses at most the stroke whose file was still being written.
+AUTOSAVE_DELAY_MS = 0
 
 
 @dataclass
@@ -63,6 +66,13 @@ class SoftAnnotationWidget(DockBase):
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTOSAVE_DELAY_MS)
         self._timer.timeout.connect(self.save_pending)
+        # napari emits ``paint`` before writing a single (non-stroke) paint call, so volumes
+        # are measured on the next turn of the event loop
+        self._to_measure: set[int] = set()
+        self._measure_timer = QTimer(self)
+        self._measure_timer.setSingleShot(True)
+        self._measure_timer.setInterval(0)
+        self._measure_timer.timeout.connect(self._measure_pending)
         self._saved.connect(self._on_saved)
         self._build()
         v = self.viewer
@@ -335,11 +345,20 @@ class SoftAnnotationWidget(DockBase):
 
     def _edited(self, st: _Rater) -> None:
         st.signature = rl.history_signature(st.layer)
-        self._measure(st)
-        self._refresh_table()
+        self._to_measure.add(id(st.layer))
+        self._measure_timer.start()
         if st.store is not None and self.autosave.isChecked():
             self._dirty.add(id(st.layer))
-            self._timer.start()
+            if not self._timer.isActive():  # throttle, never postpone: continuous painting still saves
+                self._timer.start()
+
+    def _measure_pending(self) -> None:
+        keys, self._to_measure = self._to_measure, set()
+        for key in keys:
+            st = self._raters.get(key)
+            if st is not None:
+                self._measure(st)
+        self._refresh_table()
 
     def _measure(self, st: _Rater) -> None:
         data = st.layer.data
