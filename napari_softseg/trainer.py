@@ -298,6 +298,9 @@ class Trainer:
                                      elapsed_seconds=time.perf_counter() - t0, **common)
                 self.scheduler.step()
                 monitored = val_loss if val_loss is not None else train_loss
+                if not math.isfinite(monitored):
+                    raise _Stop("failed", "The validation loss became NaN or infinite; try a lower learning rate "
+                                "(the best weights so far were kept).")
                 improved = not math.isfinite(best_loss) or monitored < best_loss - cfg.early_stop_eps * abs(best_loss)
                 if improved:
                     best_state, best_loss, best_epoch, stale = copy.deepcopy(self.model.state_dict()), monitored, epoch, 0
