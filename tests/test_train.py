@@ -278,3 +278,22 @@ def test_cancel_while_choosing_the_threshold_keeps_the_trained_weights(brain, tm
     assert sum(e.phase == "threshold" for e in events[:-1]) == 1
     assert done.status == "cancelled" and done.threshold == 0.5 and "not optimised" in done.message
     assert done.best_epoch == 1 and load_checkpoint(done.checkpoint)[1]["threshold"] == 0.5
+
+
+def test_conventional_preset_trains_on_binary_targets(brain, tmp_path, monkeypatch):
+    from napari_softseg import trainer as trainer_mod
+
+    targets = []
+    original = trainer_mod.Trainer._batch
+
+    def spy(self, idx, raters):
+        x, y = original(self, idx, raters)
+        targets.append(y)
+        return x, y
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_batch", spy)
+    data, cfg = _small(brain, epochs=1, preset="conventional")
+    done = list(train(cfg, data, checkpoint_path=tmp_path / "h.pt"))[-1]
+    assert targets and all(set(torch.unique(y).tolist()) <= {0.0, 1.0} for y in targets)
+    _, ckpt = load_checkpoint(done.checkpoint)
+    assert ckpt["preset"] == "conventional" and ckpt["architecture"]["activation"] == "sigmoid"
