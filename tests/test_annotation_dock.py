@@ -129,6 +129,19 @@ def test_paint_two_levels_gives_the_soft_map_and_undo_reverts(make_napari_viewer
     layer.redo()
     assert np.array_equal(layer.data, after_first)
 
+    # napari's fill and polygon tools paint the current level too, and undo as usual
+    dock.set_level(6)
+    layer.paint_polygon(np.array([[10, 10, 5], [10, 20, 5], [20, 20, 5], [20, 10, 5]]), layer.selected_label)
+    assert np.all(layer.data[12:19, 12:19, 5] == 6) and layer.data[12, 12, 4] == 0
+    dock.set_level(2)
+    layer.fill((300, 300, 5), layer.selected_label)  # the background of the slice
+    settle()
+    assert layer.data[300, 5, 5] == 2 and layer.data[100, 100, 5] == 7 and layer.data[15, 15, 5] == 6
+    assert layer.data[300, 300, 4] == 0
+    layer.undo()
+    layer.undo()
+    assert np.array_equal(layer.data, after_first)
+
 
 def test_level_keys_slider_and_clamp(make_napari_viewer, tmp_path, qtbot):
     from qtpy.QtCore import Qt

@@ -153,3 +153,10 @@ def test_soft_rater_layers_and_clear_messages_for_mismatched_grids(make_napari_v
     dock.start()
     assert errors[-1] == "Tick at least two raters to fuse."
     assert len(viewer.layers) == n + 2  # only the two layers added here
+
+
+@pytest.mark.parametrize("name, cls", [("Soft annotation", "SoftAnnotationWidget"), ("Rater fusion", "FusionWidget")])
+def test_docks_open_from_the_plugin_menu(make_napari_viewer, name, cls):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-softseg", name)
+    assert type(widget).__name__ == cls

@@ -128,6 +128,14 @@ def fusion_job(inputs: list[RaterInput], method: str, spacing):
         return ("error", f"Fusion failed ({type(err).__name__}: {err}).")
 
 
+def disagreement_colormap():
+    """Transparent where raters agree, cyan (distinct from the soft-map ramp) up to ln 2."""
+    from napari.utils.colormaps import Colormap
+
+    colors = [[0.0, 0.0, 0.0, 0.0], [0.0, 0.45, 0.9, 0.55], [0.3, 1.0, 1.0, 1.0]]
+    return Colormap(colors=colors, controls=[0.0, 0.25, 1.0], name="softseg-disagreement")
+
+
 class FusionWidget(DockBase):
     """Fuse rater layers or files (average, majority, STAPLE, soft STAPLE) into new layers."""
 
@@ -139,7 +147,8 @@ class FusionWidget(DockBase):
         self._seen: set[str] = set()
         g = self.group("Raters of one scan")
         self.list = QListWidget()
-        self.list.setMinimumHeight(110)
+        self.list.setMinimumHeight(90)
+        self.list.setMaximumHeight(140)
         g.addWidget(self.list)
         row = QHBoxLayout()
         add = QPushButton("Add rater files…")
@@ -164,9 +173,15 @@ class FusionWidget(DockBase):
 
         g = self.group("Raters against the consensus")
         self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["Rater", "Sensitivity", "Specificity", "Dice %", "Volume mm³"])
+        self.table.setHorizontalHeaderLabels(["Rater", "Sens.", "Spec.", "Dice %", "mm³"])
+        self.table.horizontalHeaderItem(1).setToolTip("STAPLE sensitivity")
+        self.table.horizontalHeaderItem(2).setToolTip("STAPLE specificity")
+        self.table.horizontalHeaderItem(3).setToolTip("Dice of the rater (> 0.5) against the hard consensus")
+        self.table.horizontalHeaderItem(4).setToolTip("Rater volume (> 0.5), mm³")
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         g.addWidget(self.table)
         self.finish_layout()
@@ -325,7 +340,8 @@ class FusionWidget(DockBase):
              dict(colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8)),
             (f"{prefix} consensus", result.hard.astype(np.uint8), "labels", "consensus", dict(opacity=0.5)),
             (f"{prefix} disagreement", dis.astype(np.float32), "image", "disagreement",
-             dict(colormap="magma", contrast_limits=(0.0, float(np.log(2))), blending="additive", opacity=0.8)),
+             dict(colormap=disagreement_colormap(), contrast_limits=(0.0, float(np.log(2))),
+                  blending="translucent", opacity=0.9)),
         ]
         for name, data, kind, rl, kwargs in specs:
             md = dict(meta, **{ROLE_KEY: rl, "softseg_fusion": {"method": method, "n_raters": n}})
