@@ -12,7 +12,7 @@ ivadomed):
 * Input height and width must be divisible by ``2**depth`` (8 for the default depth 3);
   :func:`napari_softseg.inference.predict_volume` pads slices accordingly.
 
-Default size: ``depth=3, base_features=16`` has 0.48 M parameters (1.9 MB in float32), small
+Default size: ``depth=3, base_features=16`` has 0.49 M parameters (a 1.9 MB checkpoint), small
 enough to ship; ``depth=4`` (the paper's setting for larger structures) has 1.96 M.
 
 Output channels
