@@ -291,6 +291,29 @@ def test_removed_layer_is_saved_and_offered_again(make_napari_viewer, tmp_path):
     assert len(moved) == 1 and np.array_equal(read_nifti(moved[0]).data, data)
 
 
+def test_closing_the_window_saves_pending_strokes_and_autosave_can_be_off(make_napari_viewer, tmp_path):
+    from napari_softseg.autosave import sidecar_dir
+    from napari_softseg.nifti import read_nifti
+
+    scan_path = copy_scan(MT / "mt1.nii.gz", tmp_path / "scans")
+    viewer = make_napari_viewer()
+    add_scan(viewer, scan_path)
+    dock = open_dock(viewer)
+    settle()  # the dock finds its main window on the first loop turn
+    off = dock.add_rater("off")
+    dock.autosave.setChecked(False)
+    off.paint((10, 10, 1), 5)
+    dock.autosave.setChecked(True)
+    layer = dock.add_rater("dana")
+    dock._timer.setInterval(60_000)
+    layer.paint((20, 20, 2), 9)
+    data = layer.data.copy()
+    assert not (sidecar_dir(scan_path) / "dana.nii.gz").exists()
+    viewer.window._qt_window.close()  # the close button: layers stay, the window goes
+    assert np.array_equal(read_nifti(sidecar_dir(scan_path) / "dana.nii.gz").data, data)
+    assert not (sidecar_dir(scan_path) / "off.nii.gz").exists()
+
+
 @pytest.mark.slow
 def test_sigkill_loses_at_most_the_last_stroke(make_napari_viewer, tmp_path):
     """A viewer process killed with SIGKILL right after a stroke: restore has every earlier stroke."""

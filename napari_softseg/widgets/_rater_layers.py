@@ -9,11 +9,12 @@ write it on the scan's grid) plus ``softseg_role = "rater"``, ``softseg_scan_pat
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..autosave import ScanGeometry
+from ..autosave import AutosaveStore, ScanGeometry
 from ..softlabels import N_LEVELS, brush_coverage, level_colors, soft_edge_values, sweep_path
 from ._base import ROLE_KEY, ROLE_RATER, data_to_world, layer_geometry
 
@@ -98,6 +99,27 @@ def history_signature(layer) -> tuple:
     undo = getattr(layer, "_undo_history", ())
     redo = getattr(layer, "_redo_history", ())
     return (len(undo), len(redo), id(undo[-1]) if undo else 0, id(redo[-1]) if redo else 0)
+
+
+@dataclass
+class RaterState:
+    """What the annotation dock keeps per rater layer."""
+
+    layer: object
+    name: str
+    store: AutosaveStore | None
+    voxel_volume: float
+    recorder: "StrokeRecorder" = field(default_factory=lambda: StrokeRecorder())
+    signature: tuple = ()
+    soft: float = 0.0
+    hard: float = 0.0
+    saved: str = "-"
+
+    @classmethod
+    def for_layer(cls, layer) -> "RaterState":
+        geo = rater_geometry(layer)
+        store = AutosaveStore(geo) if geo.path is not None else None
+        return cls(layer, layer.name, store, geo.voxel_volume, signature=history_signature(layer))
 
 
 class StrokeRecorder:

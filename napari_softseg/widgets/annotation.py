@@ -10,62 +10,32 @@ undo/redo (seen as a change of the layer's edit history at its next refresh).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, QTimer, Signal
-from qtpy.QtWidgets import (
-    QCheckBox, QFileDialog, QFrame, QGridLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-    QPushButton, QSlider, QTableWidget, QTableWidgetItem, QWidget,
-)
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
 
-from ..autosave import AutosaveStore, SavedRater, shared_writer
+from ..autosave import AutosaveStore, SavedRater
 from ..errors import UserError
-from ..nifti import nifti_stem, read_nifti
-from ..softlabels import N_LEVELS, hard_volume, level_colors, levels_to_soft, mask_to_levels, soft_volume
+from ..softlabels import N_LEVELS, hard_volume, soft_volume
+from . import _rater_io as rio
 from . import _rater_layers as rl
-from ._base import DockBase, LayerCombo, is_rater, is_scan, layer_geometry, notify_info, notify_warning, user_errors
-
-#: Delay between the end of a stroke and its autosave snapshot. 0 = the next turn of the
-#: event loop: edits made within one turn (a stroke and its soft edge) share one snapshot,
-#: and the writer thread coalesces snapshots that arrive while it is busy, so a process
-#: killed at any moment loses at most the stroke whose file was still being written.
-AUTOSAVE_DELAY_MS = 0
-
-
-@dataclass
-class _Rater:
-    layer: object
-    name: str
-    store: AutosaveStore | None
-    voxel_volume: float
-    recorder: rl.StrokeRecorder = field(default_factory=rl.StrokeRecorder)
-    signature: tuple = ()
-    soft: float = 0.0
-    hard: float = 0.0
-    saved: str = "-"
+from ._base import DockBase, is_rater, layer_geometry, notify_info, notify_warning, user_errors
+from ._annotation_ui import build_ui
+from ._rater_autosave import RaterAutosave
 
 
 class SoftAnnotationWidget(DockBase):
     """Paint confidence-weighted soft labels, one rater layer per rater."""
 
-    _saved = Signal(str, str, str)  # rater name, path, error (from the writer thread)
-
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._raters: dict[int, _Rater] = {}
-        self._dirty: set[int] = set()
+        self._raters: dict[int, rl.RaterState] = {}
         self._offer: list[SavedRater] = []
         self._offer_store: AutosaveStore | None = None
         self._busy = False
         self.level = N_LEVELS
-        self.writer = shared_writer()
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(AUTOSAVE_DELAY_MS)
-        self._timer.timeout.connect(self.save_pending)
         # napari emits ``paint`` before writing a single (non-stroke) paint call, so volumes
         # are measured on the next turn of the event loop
         self._to_measure: set[int] = set()
@@ -73,8 +43,9 @@ class SoftAnnotationWidget(DockBase):
         self._measure_timer.setSingleShot(True)
         self._measure_timer.setInterval(0)
         self._measure_timer.timeout.connect(self._measure_pending)
-        self._saved.connect(self._on_saved)
-        self._build()
+        build_ui(self)
+        self.saver = RaterAutosave(self, lambda: self._raters, self.autosave.isChecked)
+        self.saver.saved.connect(self._on_saved)
         v = self.viewer
         v.layers.events.inserted.connect(self._on_inserted)
         v.layers.events.removed.connect(self._on_removed)
@@ -83,107 +54,15 @@ class SoftAnnotationWidget(DockBase):
             if is_rater(layer):
                 self._adopt(layer)
         self._scan_changed()
-        self._closer = _CloseWatcher(self)
 
-    # ------------------------------------------------------------------ layout
-    def _build(self) -> None:
-        g = self.group("Scan and rater")
-        self.scan_combo = LayerCombo(self.viewer, is_scan, empty_text="(open a scan first)")
-        self.scan_combo.currentIndexChanged.connect(self._scan_changed)
-        g.addWidget(self.scan_combo)
-        row = QHBoxLayout()
-        self.name_edit = QLineEdit()
-        self.name_edit.setPlaceholderText("rater name")
-        self.add_button = QPushButton("Add rater")
-        self.add_button.clicked.connect(lambda: self._guard(self.add_rater, self.name_edit.text()))
-        row.addWidget(self.name_edit)
-        row.addWidget(self.add_button)
-        g.addLayout(row)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Rater", "Soft mm³", "Hard mm³", "Saved"])
-        self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-        self.table.setMaximumHeight(130)
-        self.table.cellClicked.connect(self._table_clicked)
-        g.addWidget(self.table)
-        self.volume_label = QLabel("")
-        g.addWidget(self.volume_label)
+    @property
+    def writer(self):
+        """The shared autosave writer thread."""
+        return self.saver.writer
 
-        g = self.group("Confidence")
-        row = QHBoxLayout()
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setRange(0, N_LEVELS)
-        self.slider.setValue(self.level)
-        self.slider.valueChanged.connect(self.set_level)
-        self.level_label = QLabel()
-        self.level_label.setMinimumWidth(70)
-        row.addWidget(self.slider)
-        row.addWidget(self.level_label)
-        g.addLayout(row)
-        grid = QGridLayout()
-        grid.setSpacing(2)
-        self.level_buttons = []
-        for k, rgba in level_colors(N_LEVELS).items():
-            if not k:
-                continue
-            b = QPushButton(f"{k / N_LEVELS:.1f}")
-            b.setCheckable(True)
-            r, gg, bb, a = (int(255 * c) for c in rgba)
-            fg = "black" if k > N_LEVELS // 2 else "white"
-            b.setStyleSheet(f"QPushButton {{background: rgba({r},{gg},{bb},{max(a, 90)}); color: {fg};"
-                            f" padding: 2px;}} QPushButton:checked {{border: 2px solid white;}}")
-            b.setToolTip(f"Confidence {k / N_LEVELS:.1f} (Alt+{k % 10})")
-            b.clicked.connect(lambda _=False, k=k: self.set_level(k))
-            grid.addWidget(b, (k - 1) // 5, (k - 1) % 5)
-            self.level_buttons.append(b)
-        g.addLayout(grid)
-        self.soft_edge = QCheckBox("Soft edge (partial-volume stroke border)")
-        self.soft_edge.setToolTip("After each brush stroke, border voxels get round(c·L + (1-c)·old) "
-                                  "where c is the fraction of the voxel covered by the brush disc.")
-        g.addWidget(self.soft_edge)
-        hint = QLabel("Keys: Alt+1…Alt+9, Alt+0 = 1.0; - / = step the level. Paint, fill, polygon, "
-                      "erase and Ctrl+Z are napari's own.")
-        hint.setWordWrap(True)
-        hint.setStyleSheet("color: gray; font-size: 10px;")
-        g.addWidget(hint)
-
-        g = self.group("Files")
-        row = QHBoxLayout()
-        for text, slot in (("Import masks…", self._import_dialog), ("Export rater…", self._export_dialog),
-                           ("Export all…", self._export_all_dialog)):
-            b = QPushButton(text)
-            b.clicked.connect(slot)
-            row.addWidget(b)
-        g.addLayout(row)
-        self.import_report = QLabel("")
-        self.import_report.setWordWrap(True)
-        g.addWidget(self.import_report)
-
-        g = self.group("Autosave")
-        self.autosave = QCheckBox("Autosave after every stroke")
-        self.autosave.setChecked(True)
-        g.addWidget(self.autosave)
-        self.banner = QFrame()
-        self.banner.setStyleSheet("QFrame {background: #4a3b00; border-radius: 4px;}")
-        bl = QHBoxLayout(self.banner)
-        self.banner_label = QLabel()
-        self.banner_label.setWordWrap(True)
-        self.restore_button = QPushButton("Restore")
-        self.restore_button.clicked.connect(lambda: self._guard(self.restore_saved))
-        self.discard_button = QPushButton("Move aside")
-        self.discard_button.clicked.connect(lambda: self._guard(self.discard_saved))
-        bl.addWidget(self.banner_label, 1)
-        bl.addWidget(self.restore_button)
-        bl.addWidget(self.discard_button)
-        self.banner.hide()
-        g.addWidget(self.banner)
-        self.autosave_label = QLabel("")
-        self.autosave_label.setWordWrap(True)
-        g.addWidget(self.autosave_label)
-        self.finish_layout()
-        self._show_level()
+    @property
+    def _timer(self):
+        return self.saver.timer
 
     def _guard(self, fn, *args):
         with user_errors():
@@ -236,17 +115,17 @@ class SoftAnnotationWidget(DockBase):
         if id(layer) in self._raters:
             return
         rl.prepare_rater_layer(layer)
-        geo = rl.rater_geometry(layer)
-        store = AutosaveStore(geo) if geo.path is not None else None
-        st = _Rater(layer, layer.name, store, geo.voxel_volume, signature=rl.history_signature(layer))
+        st = rl.RaterState.for_layer(layer)
         self._raters[id(layer)] = st
         layer.mouse_drag_callbacks.insert(0, st.recorder)
-        layer.events.paint.connect(self._on_paint)
-        layer.events.set_data.connect(self._on_set_data)
-        layer.events.data.connect(self._on_data)
-        layer.events.selected_label.connect(self._on_selected_label)
-        layer.events.name.connect(self._on_rename)
+        for ev, cb in self._layer_callbacks(layer):
+            ev.connect(cb)
         self._measure(st)
+
+    def _layer_callbacks(self, layer):
+        e = layer.events
+        return ((e.paint, self._on_paint), (e.set_data, self._on_set_data), (e.data, self._on_data),
+                (e.selected_label, self._on_selected_label), (e.name, self._on_rename))
 
     def _on_inserted(self, event) -> None:
         layer = event.value
@@ -258,12 +137,10 @@ class SoftAnnotationWidget(DockBase):
         st = self._raters.pop(id(event.value), None)
         if st is None:
             return
-        self._dirty.discard(id(st.layer))
-        self._submit(st)  # the last state is on disk even if the layer was removed by mistake
+        self.saver.forget(st)
+        self.saver.submit(st)  # the last state is on disk even if the layer was removed by mistake
         self.writer.flush(timeout=5.0)
-        for ev, cb in ((st.layer.events.paint, self._on_paint), (st.layer.events.set_data, self._on_set_data),
-                       (st.layer.events.data, self._on_data), (st.layer.events.name, self._on_rename),
-                       (st.layer.events.selected_label, self._on_selected_label)):
+        for ev, cb in self._layer_callbacks(st.layer):
             ev.disconnect(cb)
         if st.recorder in st.layer.mouse_drag_callbacks:
             st.layer.mouse_drag_callbacks.remove(st.recorder)
@@ -286,9 +163,7 @@ class SoftAnnotationWidget(DockBase):
         if st is None or st.name == event.source.name:
             return
         old, st.name = st.name, event.source.name
-        if st.store is not None and self.autosave.isChecked():
-            self._submit(st)
-            self.writer.delete(st.store, old)
+        self.saver.rename(st, old)
         self._refresh_table()
 
     # ------------------------------------------------------------------ level
@@ -343,14 +218,11 @@ class SoftAnnotationWidget(DockBase):
         if st is not None:
             self._edited(st)
 
-    def _edited(self, st: _Rater) -> None:
+    def _edited(self, st: rl.RaterState) -> None:
         st.signature = rl.history_signature(st.layer)
         self._to_measure.add(id(st.layer))
         self._measure_timer.start()
-        if st.store is not None and self.autosave.isChecked():
-            self._dirty.add(id(st.layer))
-            if not self._timer.isActive():  # throttle, never postpone: continuous painting still saves
-                self._timer.start()
+        self.saver.mark(st)
 
     def _measure_pending(self) -> None:
         keys, self._to_measure = self._to_measure, set()
@@ -360,32 +232,15 @@ class SoftAnnotationWidget(DockBase):
                 self._measure(st)
         self._refresh_table()
 
-    def _measure(self, st: _Rater) -> None:
+    def _measure(self, st: rl.RaterState) -> None:
         data = st.layer.data
         st.soft = soft_volume(data, st.voxel_volume)
         st.hard = hard_volume(data, st.voxel_volume)
 
     # ------------------------------------------------------------------ autosave
-    def save_pending(self) -> None:
-        """Snapshot every rater edited since its last save and hand it to the writer thread."""
-        dirty, self._dirty = self._dirty, set()
-        for key in dirty:
-            st = self._raters.get(key)
-            if st is not None:
-                self._submit(st)
-
-    def _submit(self, st: _Rater) -> None:
-        if st.store is None or not self.autosave.isChecked():
-            return
-        snapshot = np.array(st.layer.data, dtype=np.uint8, copy=True)
-        st.saved = "…"
-        self.writer.submit(st.store, st.name, snapshot, callback=self._saved_from_thread)
-
-    def _saved_from_thread(self, name, path, error) -> None:
-        try:
-            self._saved.emit(name, str(path or ""), "" if error is None else str(error))
-        except RuntimeError:  # the dock was deleted meanwhile
-            pass
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Save every edited rater now and wait until the files are written."""
+        return self.saver.flush(timeout)
 
     def _on_saved(self, name: str, path: str, error: str) -> None:
         for st in self._raters.values():
@@ -396,20 +251,6 @@ class SoftAnnotationWidget(DockBase):
         elif path:
             self.autosave_label.setText(f"Saved {name!r} at {time.strftime('%H:%M:%S')} in {Path(path).parent}")
         self._refresh_table()
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Save everything edited now and wait for the writer (used on close and in tests)."""
-        self._timer.stop()
-        self.save_pending()
-        return self.writer.flush(timeout)
-
-    def _save_all_now(self) -> None:
-        for st in list(self._raters.values()):
-            if id(st.layer) in self._dirty or self._timer.isActive():
-                self._submit(st)
-        self._dirty.clear()
-        self._timer.stop()
-        self.writer.flush(timeout=20.0)
 
     # ------------------------------------------------------------------ restore
     def _scan_changed(self, *_) -> None:
@@ -468,61 +309,21 @@ class SoftAnnotationWidget(DockBase):
 
         Soft values are rounded to the nearest level; the dock reports the largest change.
         """
-        scan = self.scan
-        if scan is None:
-            raise UserError("Open or select the scan the masks belong to before importing them.")
-        geo = layer_geometry(scan)
-        layers, notes, worst = [], [], 0.0
-        for p in paths:
-            vol = read_nifti(p)
-            if vol.data.ndim != 3 or vol.spatial_shape != geo.shape:
-                raise UserError(f"{Path(p).name} has shape {vol.data.shape}, but the scan {scan.name} "
-                                f"is {geo.shape}; a rater mask must lie on the scan's grid.")
-            diff = float(np.max(np.abs(vol.affine - geo.affine)))
-            if diff > 1e-3:
-                raise UserError(f"{Path(p).name} does not lie on the grid of {scan.name}: their affines "
-                                f"differ by up to {diff:.3g} mm.")
-            q = mask_to_levels(vol.data, name=Path(p).name)
-            layers.append(self.add_rater(nifti_stem(p), q.levels))
-            worst = max(worst, q.max_error)
-            note = f"{layers[-1].name}: {q.kind}"
-            if q.kind == "soft":
-                note += f", max rounding error {q.max_error:.3f}"
-            if q.n_clipped:
-                note += f", {q.n_clipped} values above 1 clipped"
-            notes.append(note)
+        layers, msg = rio.import_masks(self.scan, paths, self.add_rater)
         if layers:
-            msg = f"Imported {len(layers)} rater(s) — " + "; ".join(notes) + "."
-            if worst > 1e-6:
-                msg += f" Rounding to {N_LEVELS} levels lost up to {worst:.3f} per voxel."
-            else:
-                msg += " No information was lost."
             self.import_report.setText(msg)
             notify_info(msg)
         return layers
 
     def export_rater(self, layer, path) -> Path:
         """Write one rater as a float32 soft NIfTI (level / 10) with its scan's geometry."""
-        if not is_rater(layer):
-            raise UserError("Select a rater layer to export.")
-        geo = rl.rater_geometry(layer)
-        out = geo.write(path, levels_to_soft(layer.data), dtype=np.float32)
+        out = rio.export_rater(layer, path)
         self.say(f"Exported {layer.name} to {out}.")
         return out
 
     def export_all(self, folder) -> list[Path]:
         """Export every rater of the dock's scan as ``<scan>_<rater>_soft.nii.gz`` into ``folder``."""
-        folder = Path(folder)
-        raters = self.raters()
-        if not raters:
-            raise UserError("The selected scan has no rater layers to export.")
-        if not folder.is_dir():
-            raise UserError(f"Cannot export: folder {folder} does not exist.")
-        stem = nifti_stem(rl.rater_geometry(raters[0]).path or self.scan.name)
-        outs = []
-        for lay in raters:
-            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in lay.name)
-            outs.append(self.export_rater(lay, folder / f"{stem}_{safe}_soft.nii.gz"))
+        outs = rio.export_all(self.raters(), folder, self.scan.name if self.scan is not None else "scan")
         self.say(f"Exported {len(outs)} rater(s) to {folder}.")
         return outs
 
@@ -571,38 +372,3 @@ class SoftAnnotationWidget(DockBase):
         raters = self.raters()
         if 0 <= row < len(raters):
             self.viewer.layers.selection.active = raters[row]
-
-
-class _CloseWatcher(QObject):
-    """Saves every rater when the main window closes or the application quits."""
-
-    def __init__(self, dock: SoftAnnotationWidget):
-        super().__init__(dock)
-        self._dock = dock
-        self._window = None
-        from qtpy.QtWidgets import QApplication
-
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self._save)
-        QTimer.singleShot(0, self._attach)
-
-    def _attach(self) -> None:
-        try:
-            window = self._dock.window()
-        except RuntimeError:
-            return
-        if isinstance(window, QWidget) and window is not self._dock:
-            self._window = window
-            window.installEventFilter(self)
-
-    def eventFilter(self, obj, event) -> bool:
-        if event.type() == QEvent.Type.Close:
-            self._save()
-        return False
-
-    def _save(self) -> None:
-        try:
-            self._dock._save_all_now()
-        except RuntimeError:
-            pass
