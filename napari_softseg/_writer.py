@@ -50,7 +50,13 @@ def write_image(path: str, data: Any, meta: dict) -> list[str]:
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    return _write(path, np.asarray(data), meta, None)
+    """Labels as integers; a rater layer (confidence levels) as its float32 soft map."""
+    arr = np.asarray(data)
+    if (meta.get("metadata") or {}).get("softseg_role") == "rater":
+        from .softlabels import levels_to_soft
+
+        return _write(path, levels_to_soft(arr), meta, np.float32)
+    return _write(path, arr, meta, None)
 
 
 def _notify(message: str) -> None:

@@ -5,7 +5,8 @@ Built deterministically from the real brain T1 and its FSL FAST partial-volume m
 
 * **Grid.** The 1 mm isotropic FAST maps are averaged over groups of three axial slices,
   giving a clinical-looking thick-slice FLAIR grid of 1 x 1 x 3 mm (142 x 178 x 47 voxels,
-  the source's RAS affine with the third column scaled by 3). Averaging keeps tissue
+  an axis-aligned RAS affine centred where the source is; the source's slight obliquity is
+  dropped so napari slices and paints the phantom plane by plane). Averaging keeps tissue
   partial volume exact.
 * **Lesions.** Ellipsoids of 3 to 15 mm diameter, randomly oriented, placed inside white
   matter; two pairs of spheres *touch* (centre distance = sum of radii, so they share a
@@ -40,7 +41,7 @@ import numpy as np
 
 from . import __version__
 
-PHANTOM_VERSION = "1"
+PHANTOM_VERSION = "2"
 SEED = 20210917
 SLAB = 3  # source slices averaged into one phantom slice
 SUPERSAMPLE = (8, 8, 24)  # samples per phantom voxel along each axis (1/8 mm spacing)
@@ -225,9 +226,12 @@ def build_phantom(seed: int = SEED) -> Phantom:
     image = np.where(brain_t > 0, image * bias + noise * (brain_t > 0.5), 0.0)
     image = np.clip(image, 0, None) * 1000.0
 
-    thick_affine = np.asarray(affine, float).copy()
-    thick_affine[:3, :3] = affine[:3, :3] @ np.diag([1.0, 1.0, float(SLAB)])
-    thick_affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, (SLAB - 1) / 2.0]) + affine[:3, 3]
+    # An axis-aligned RAS affine at the source's position: the source's slight obliquity is
+    # dropped so that napari slices (and paints) the phantom exactly, plane by plane.
+    thick_affine = np.diag([1.0, 1.0, float(SLAB), 1.0])
+    centre_src = (np.array(gm.shape) - 1) / 2.0
+    centre_new = (np.array(shape) - 1) / 2.0
+    thick_affine[:3, 3] = (affine[:3, :3] @ centre_src + affine[:3, 3]) - thick_affine[:3, :3] @ centre_new
 
     in_plane = np.zeros((3, 3, 1), bool)
     in_plane[1, :, 0] = in_plane[:, 1, 0] = True

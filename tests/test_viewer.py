@@ -105,3 +105,21 @@ def test_screenshot_shows_scan_and_overlay(make_napari_viewer):
     shot2 = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
     gray2 = np.abs(shot2[..., 0] - shot2[..., 1]) + np.abs(shot2[..., 1] - shot2[..., 2])
     assert (gray2 > 60).sum() < (gray > 60).sum() / 10
+
+
+def test_rater_layer_saves_as_soft_map(make_napari_viewer, shared_data, tmp_path):
+    viewer = make_napari_viewer()
+    scan = viewer.open(str(shared_data / "sct_mt/mt1.nii.gz"), plugin="napari-softseg")[0]
+    levels = np.zeros(scan.data.shape, np.uint8)
+    levels[10:14, 12:15, 2] = 7
+    levels[20, 20, 3] = 10
+    rater = viewer.add_labels(levels, affine=scan.affine, name="alice",
+                              metadata={**scan.metadata, "softseg_role": "rater"})
+    out = rater.save(str(tmp_path / "alice.nii.gz"), plugin="napari-softseg")
+    back = read_nifti(out[0] if isinstance(out, list) else out)
+    assert back.data.dtype == np.float32
+    expected = np.zeros(levels.shape, np.float32)
+    expected[10:14, 12:15, 2] = np.float32(7) / np.float32(10)
+    expected[20, 20, 3] = 1.0
+    np.testing.assert_array_equal(back.data, expected)
+    np.testing.assert_array_equal(back.affine, read_nifti(shared_data / "sct_mt/mt1.nii.gz").affine)
