@@ -1,0 +1,107 @@
+"""The review half of the Segment dock: flag rule, lesion table, navigation and decisions.
+
+The panel only shows and collects; the Segment dock owns the :class:`~napari_softseg.review.Review`
+and reacts to the panel's signals.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+
+from ..review import DECISIONS
+from ._flag_rule import FlagRuleEditor
+from ._lesion_table import LesionTableWidget
+
+#: keyboard shortcuts of the viewer while the dock is open
+NEXT_KEY, PREVIOUS_KEY = "N", "Shift-N"
+
+
+class ReviewPanel(QWidget):
+    """Flag-rule editor, lesion table, previous/next flagged, accept/reject/edit and comment."""
+
+    decision_requested = Signal(str)  # a key of DECISIONS
+    edit_requested = Signal()
+    comment_changed = Signal(str)
+    step_requested = Signal(int)  # +1 next flagged, -1 previous flagged
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(4)
+
+        self.rule_box = QGroupBox("Flag a lesion when")
+        self.rule_box.setCheckable(True)
+        self.rule_box.setChecked(False)  # collapsed: the defaults are sensible
+        self.rule_box.setToolTip("Criteria that flag a lesion for a second look (any one suffices). "
+                                 "Tick the title to show and adjust them.")
+        self.rule = FlagRuleEditor()
+        box_lay = QVBoxLayout(self.rule_box)
+        box_lay.setContentsMargins(4, 2, 4, 2)
+        box_lay.addWidget(self.rule)
+        self.rule.setVisible(False)
+        self.rule_box.toggled.connect(self.rule.setVisible)
+        lay.addWidget(self.rule_box)
+
+        self.summary = QLabel("No lesions yet: click Segment.")
+        self.summary.setWordWrap(True)
+        lay.addWidget(self.summary)
+        self.table = LesionTableWidget()
+        lay.addWidget(self.table, 1)
+
+        nav = QHBoxLayout()
+        self.previous_button = QPushButton("◀ Previous flagged")
+        self.previous_button.setToolTip(f"Go to the previous flagged lesion in table order (shortcut {PREVIOUS_KEY} in the viewer).")
+        self.next_button = QPushButton("Next flagged ▶")
+        self.next_button.setToolTip(f"Go to the next flagged lesion in table order (shortcut {NEXT_KEY} in the viewer).")
+        nav.addWidget(self.previous_button)
+        nav.addWidget(self.next_button)
+        lay.addLayout(nav)
+
+        row = QHBoxLayout()
+        self.accept_button = QPushButton("Accept")
+        self.reject_button = QPushButton("Reject")
+        self.edit_button = QPushButton("Edit")
+        self.reset_button = QPushButton("Undecide")
+        self.accept_button.setToolTip(f"Accept the selected lesion: {DECISIONS['accepted']}.")
+        self.reject_button.setToolTip(f"Reject the selected lesion: {DECISIONS['rejected']}.")
+        self.edit_button.setToolTip("Correct the selected lesion's outline: the mask layer is selected in paint "
+                                    "mode; paint (P) adds voxels, the eraser (E) removes them, Ctrl+Z undoes. "
+                                    "Lesions you paint on are marked 'edited'.")
+        self.reset_button.setToolTip(f"Set the selected lesion back to pending: {DECISIONS['pending']}.")
+        for b in (self.accept_button, self.reject_button, self.edit_button, self.reset_button):
+            row.addWidget(b)
+        lay.addLayout(row)
+        self.comment = QLineEdit()
+        self.comment.setPlaceholderText("Comment on the selected lesion (kept in the export)")
+        lay.addWidget(self.comment)
+
+        self.previous_button.clicked.connect(lambda: self.step_requested.emit(-1))
+        self.next_button.clicked.connect(lambda: self.step_requested.emit(1))
+        self.accept_button.clicked.connect(lambda: self.decision_requested.emit("accepted"))
+        self.reject_button.clicked.connect(lambda: self.decision_requested.emit("rejected"))
+        self.reset_button.clicked.connect(lambda: self.decision_requested.emit("pending"))
+        self.edit_button.clicked.connect(self.edit_requested.emit)
+        self.comment.editingFinished.connect(lambda: self.comment_changed.emit(self.comment.text()))
+        self.set_selection(None)
+
+    def set_selection(self, lesion_id: int | None, comment: str = "") -> None:
+        """Enable the decision buttons for a selected lesion and show its comment."""
+        on = lesion_id is not None
+        for b in (self.accept_button, self.reject_button, self.edit_button, self.reset_button, self.comment):
+            b.setEnabled(on)
+        self.comment.blockSignals(True)
+        self.comment.setText(comment if on else "")
+        self.comment.blockSignals(False)
+
+    def set_summary(self, review) -> None:
+        if review is None or review.table is None:
+            self.summary.setText("No lesions yet: click Segment.")
+            return
+        s = review.summary()
+        d = s["decisions"]
+        self.summary.setText(
+            f"<b>{s['n_lesions']}</b> lesions at threshold {review.threshold:.2f}, <b>{s['n_flagged']}</b> flagged · "
+            f"accepted {d['accepted']}, rejected {d['rejected']}, edited {d['edited']} · final "
+            f"{s['final_volume_mm3']:.0f} mm³")

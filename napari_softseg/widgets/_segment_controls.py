@@ -1,0 +1,111 @@
+"""Run options, Segment/Cancel, progress and the threshold slider of the Segment dock."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider, QSpinBox,
+    QVBoxLayout, QWidget,
+)
+
+#: test-time augmentation choices: label -> number of views (see inference.TTA_FLIPS)
+TTA_CHOICES = {"off": 0, "2 views (flip)": 2, "4 views (flips)": 4}
+
+
+class RunControls(QWidget):
+    """MC-dropout samples, test-time augmentation, Segment / Cancel and a progress bar."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        self.mc_spin = QSpinBox()
+        self.mc_spin.setRange(0, 30)
+        self.mc_spin.setToolTip("Monte-Carlo dropout: predict this many times with dropout on; the mean is the soft "
+                                "map and the samples give each lesion's IoU and volume CV (0 = off; each sample costs "
+                                "one prediction).")
+        self.tta_combo = QComboBox()
+        self.tta_combo.addItems(list(TTA_CHOICES))
+        self.tta_combo.setToolTip("Test-time augmentation: also predict flipped slices and average; the views feed the "
+                                  "per-lesion statistics like MC dropout (with both, samples = MC x views).")
+        form.addRow("MC dropout samples", self.mc_spin)
+        form.addRow("Test-time augmentation", self.tta_combo)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        self.segment_button = QPushButton("Segment")
+        self.segment_button.setToolTip("Predict the soft map of the scan with the chosen model (in the background).")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        row.addWidget(self.segment_button, 1)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        lay.addWidget(self.progress)
+
+    def tta(self) -> int:
+        return TTA_CHOICES[self.tta_combo.currentText()]
+
+    def set_running(self, running: bool) -> None:
+        self.segment_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress.setRange(0, 0)  # busy until the first progress report
+
+    def set_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+
+class ThresholdControl(QWidget):
+    """A slider (0.01 steps) and a spin box kept in step; ``changed(float)`` on user changes."""
+
+    changed = Signal(float)
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(1, 99)
+        self.slider.setValue(50)
+        tip = ("Binarisation threshold: voxels with a probability above it form the mask. Segment sets the model's "
+               "optimised threshold; moving it re-binarises at once without re-running the model, and the lesion "
+               "table follows a moment later.")
+        self.slider.setToolTip(tip)
+        self.spin = QDoubleSpinBox()
+        self.spin.setRange(0.01, 0.99)
+        self.spin.setSingleStep(0.01)
+        self.spin.setDecimals(2)
+        self.spin.setValue(0.5)
+        self.spin.setToolTip(tip)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.spin)
+        lay.addLayout(row)
+        self.info = QLabel("")
+        lay.addWidget(self.info)
+        self.slider.valueChanged.connect(lambda v: self.spin.setValue(v / 100.0))
+        self.spin.valueChanged.connect(self._from_spin)
+
+    def value(self) -> float:
+        return float(self.spin.value())
+
+    def set_value(self, value: float, emit: bool = True) -> None:
+        """Move the slider and spin box; ``changed`` is emitted only with ``emit``."""
+        for w in (self.slider, self.spin):
+            w.blockSignals(True)
+        self.spin.setValue(float(value))
+        self.slider.setValue(int(round(float(value) * 100)))
+        for w in (self.slider, self.spin):
+            w.blockSignals(False)
+        if emit:
+            self.changed.emit(self.value())
+
+    def _from_spin(self, value: float) -> None:
+        self.slider.blockSignals(True)
+        self.slider.setValue(int(round(value * 100)))
+        self.slider.blockSignals(False)
+        self.changed.emit(float(value))

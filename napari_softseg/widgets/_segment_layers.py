@@ -1,0 +1,114 @@
+"""Layers of the Segment dock's results, on the scan's world geometry (napari, no Qt)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._base import data_to_world, layer_geometry
+
+#: colours of the mask outline and of the selected lesion's outline
+MASK_COLOUR, HIGHLIGHT_COLOUR = (0.25, 0.85, 1.0, 1.0), (0.3, 1.0, 0.3, 1.0)
+#: metadata keys copied from the scan so that the result layers save with its geometry
+GEOMETRY_KEYS = ("source_path", "affine", "shape", "spacing", "qform_code", "sform_code", "units", "orientation",
+                 "nifti_header")
+
+
+def result_layers(viewer, scan, review, entropy: np.ndarray, model: dict, existing: dict) -> dict:
+    """Add (or update) the entropy, soft, mask and lesion-outline layers of a Segment.
+
+    Every layer gets the scan's full data-to-world transform as its affine and the scan's
+    NIfTI geometry in ``metadata`` (plus ``softseg_role`` and ``softseg_model``). Layers of a
+    previous Segment with the same name and shape are reused. Returns ``{key: layer}``.
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from .._layers import soft_colormap
+
+    base = scan.name
+    md = {k: v for k, v in (scan.metadata or {}).items() if k in GEOMETRY_KEYS}
+    geo = layer_geometry(scan)
+    md.setdefault("affine", geo.affine.tolist())
+    md.setdefault("shape", list(geo.shape))
+    affine = data_to_world(scan)
+
+    def kwargs(role: str, **extra) -> dict:
+        return {"affine": affine, "metadata": {**md, "softseg_role": role, "softseg_model": model}, **extra}
+
+    layers = dict(existing)
+    mask = review.final_mask().astype(np.uint8)
+    _put(viewer, layers, "entropy", f"{base} entropy", entropy, "image", kwargs(
+        "entropy", colormap="viridis", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False))
+    _put(viewer, layers, "soft", f"{base} soft", review.soft, "image", kwargs(
+        "soft", colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8,
+        interpolation2d="nearest"))
+    _put(viewer, layers, "mask", f"{base} mask", mask, "labels", kwargs(
+        "prediction_mask", opacity=0.9, colormap=DirectLabelColormap(color_dict={1: MASK_COLOUR, None: (0, 0, 0, 0)})))
+    layers["mask"].contour = 1
+    layers["mask"].selected_label = 1
+    _put(viewer, layers, "highlight", f"{base} lesion", np.zeros_like(mask), "labels", kwargs(
+        "lesion_highlight", opacity=1.0, colormap=DirectLabelColormap(color_dict={1: HIGHLIGHT_COLOUR, None: (0, 0, 0, 0)})))
+    layers["highlight"].contour = 2
+    layers["highlight"].editable = False
+    return layers
+
+
+def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dict) -> None:
+    old = layers.get(key)
+    if old is not None and old in viewer.layers and old.name == name and old.data.shape == data.shape:
+        old.affine = kwargs["affine"]
+        old.metadata = kwargs["metadata"]
+        old.data = data
+        return
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    add = viewer.add_image if kind == "image" else viewer.add_labels
+    layers[key] = add(data, name=name, **kwargs)
+
+
+def world_point(layer, voxel) -> np.ndarray:
+    """World coordinates of a (fractional) voxel index of ``layer``."""
+    return (data_to_world(layer) @ np.append(np.asarray(voxel, float), 1.0))[:3]
+
+
+def model_identity(choice, path, config: dict | None) -> dict:
+    """What the export records about a model: name, file, checksum and its config summary."""
+    import hashlib
+
+    cfg = config or {}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
+    training = cfg.get("training") or {}
+    return {"name": choice.name if choice else None, "kind": choice.kind if choice else None,
+            "file": path.name if path is not None else None, "sha256": digest, "preset": cfg.get("preset"),
+            "contrasts": cfg.get("contrasts"), "classes": cfg.get("classes"), "threshold": cfg.get("threshold"),
+            "version": cfg.get("version"), "trained_on": training.get("data") or training.get("label_source")}
+
+
+def file_stem(scan) -> str:
+    """The scan's file name without .nii(.gz), or its layer name."""
+    from ..nifti import nifti_stem
+
+    src = (scan.metadata or {}).get("source_path")
+    return nifti_stem(src) if src else scan.name.replace(" ", "_")
+
+
+def save_predictions(folder, scan, review, entropy: np.ndarray) -> dict:
+    """Soft map (float32), final mask (uint8) and entropy as NIfTI with the scan's geometry."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    geo, stem = layer_geometry(scan), file_stem(scan)
+    out = {"soft": folder / f"{stem}_soft.nii.gz", "mask": folder / f"{stem}_mask.nii.gz",
+           "entropy": folder / f"{stem}_entropy.nii.gz"}
+    geo.write(out["soft"], review.soft, dtype=np.float32)
+    geo.write(out["mask"], review.final_mask().astype(np.uint8), dtype=np.uint8)
+    geo.write(out["entropy"], entropy, dtype=np.float32)
+    return out
+
+
+def export_review(folder, scan, review, model: dict) -> dict:
+    """The review's CSV, JSON and final soft / binary NIfTI (see :meth:`Review.export`)."""
+    geo = layer_geometry(scan)
+    src = (scan.metadata or {}).get("source_path")
+    return review.export(folder, f"{file_stem(scan)}_review", like=geo.reference(), affine=geo.affine,
+                         model=model, scan=src or scan.name)

@@ -1,0 +1,404 @@
+"""The "Segment & review" dock: one click Segment on an open scan, a live threshold, the
+uncertainty map and the review of flagged lesions.
+
+Segment runs :func:`._segment_run.segment` (load the model, predict, analyse lesions) in a
+``thread_worker``; the UI thread only turns finished arrays into layers on the scan's world
+geometry (its full data-to-world transform as the layer affine, its NIfTI header in
+``metadata`` so the layers save back with the scan's geometry):
+
+* ``<scan> soft`` - the soft prediction (perceptual transparent-to-opaque colormap, 0-1);
+* ``<scan> mask`` - Labels, the final mask at the threshold (outlined; painting edits it);
+* ``<scan> entropy`` - voxel-wise entropy of the prediction (or of the samples' mean);
+* ``<scan> lesion`` - the outline of the selected lesion.
+
+The review state (threshold, edits, decisions, export) lives in
+:class:`napari_softseg.review.Review`; see that module for the rules.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton
+
+from ..errors import UserError
+from ..lesions import analyse_lesions
+from ._base import DockBase, LayerCombo, is_scan, layer_geometry, notify_error, notify_info, user_errors
+from ._model_picker import ModelPicker
+from ._review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel
+from ._segment_controls import RunControls, ThresholdControl
+from ._segment_layers import export_review, model_identity, result_layers, save_predictions, world_point
+from ._segment_run import SegmentRequest, contrast_message, segment, stack_contrasts
+
+ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recomputed
+
+
+class _Relay(QObject):
+    progress = Signal(int, int)  # emitted from the worker thread, delivered on the UI thread
+
+
+class SegmentWidget(DockBase):
+    """Segment an open scan with a SoftSeg model and review the lesions it finds."""
+
+    segmented = Signal()  # layers and table are up to date after a Segment
+    analysed = Signal()  # the lesion table was recomputed (threshold change)
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.review = None
+        self.result = None
+        self.scan_layer = None
+        self.layers: dict[str, object] = {}
+        self.last_timings: dict[str, float] = {}
+        self._worker = None
+        self._analysis_worker = None
+        self._cancel = threading.Event()
+        self._t_click = 0.0
+        self._relay = _Relay()
+        self._relay.progress.connect(lambda done, total: self.run_controls.set_progress(done, total))
+        self._writing = False
+
+        lay = self.group("Model")
+        self.models = ModelPicker()
+        lay.addWidget(self.models)
+        lay = self.group("Scan")
+        self.scan_combo = LayerCombo(napari_viewer, is_scan, empty_text="(open a scan)")
+        self.scan_combo.setToolTip("The image to segment (each contrast of a multi-contrast scan is one layer).")
+        self.scan_info = QLabel()
+        self.scan_info.setWordWrap(True)
+        lay.addWidget(self.scan_combo)
+        lay.addWidget(self.scan_info)
+
+        lay = self.group("Segment")
+        self.run_controls = RunControls()
+        lay.addWidget(self.run_controls)
+        lay = self.group("Threshold")
+        self.threshold = ThresholdControl()
+        lay.addWidget(self.threshold)
+
+        lay = self.group("Review lesions")
+        self.panel = ReviewPanel()
+        lay.addWidget(self.panel)
+        lay = self.group("Save")
+        row = QHBoxLayout()
+        self.save_button = QPushButton("Save predictions…")
+        self.save_button.setToolTip("Write the soft map (float32), the mask and the entropy map as NIfTI with the scan's geometry.")
+        self.export_button = QPushButton("Export review…")
+        self.export_button.setToolTip("Write the lesion table (CSV and JSON: statistics, decisions, comments, model) "
+                                      "and the final soft and binary masks (NIfTI, the scan's geometry).")
+        row.addWidget(self.save_button)
+        row.addWidget(self.export_button)
+        lay.addLayout(row)
+        self.finish_layout()
+        self._layout.setStretchFactor(self.panel.parentWidget(), 1)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(ANALYSIS_DELAY_MS)
+        self._timer.timeout.connect(self._reanalyse)
+        self.models.changed.connect(lambda *_: self._check_inputs())
+        self.scan_combo.currentIndexChanged.connect(lambda *_: self._check_inputs())
+        self.run_controls.segment_button.clicked.connect(self.segment)
+        self.run_controls.cancel_button.clicked.connect(self.cancel)
+        self.threshold.changed.connect(self.set_threshold)
+        self.panel.table.lesion_selected.connect(self.select_lesion)
+        self.panel.step_requested.connect(self.step_flagged)
+        self.panel.decision_requested.connect(lambda status: self.decide(status))
+        self.panel.edit_requested.connect(self.start_edit)
+        self.panel.comment_changed.connect(lambda text: self.decide(None, comment=text))
+        self.panel.rule.changed.connect(self._rule_changed)
+        self.save_button.clicked.connect(lambda: self._ask_folder(self.save_predictions))
+        self.export_button.clicked.connect(lambda: self._ask_folder(self.export_review))
+        napari_viewer.bind_key(NEXT_KEY, lambda v: self.step_flagged(1), overwrite=True)
+        napari_viewer.bind_key(PREVIOUS_KEY, lambda v: self.step_flagged(-1), overwrite=True)
+        self._check_inputs()
+
+    # ------------------------------------------------------------------ inputs
+
+    def _contrast_layers(self, scan) -> list:
+        meta = (scan.metadata or {}).get("softseg_scan") or {}
+        group = meta.get("group")
+        if not group:
+            return [scan]
+        same = [lay for lay in self.viewer.layers if ((lay.metadata or {}).get("softseg_scan") or {}).get("group") == group]
+        return sorted(same, key=lambda lay: lay.metadata["softseg_scan"].get("channel", 0))
+
+    def _check_inputs(self) -> str:
+        """Show (and return) why Segment cannot run now; '' when it can."""
+        scan, config = self.scan_combo.current(), self.models.config()
+        problem = self.models.error() or ("" if config is not None else "Choose a model.")
+        if not problem and scan is None:
+            problem = "Open a scan (File > Open, or File > Open Sample > SoftSeg)."
+        if not problem:
+            n_model = int(config.get("n_channels", 1))
+            layers = self._contrast_layers(scan) if n_model > 1 else [scan]
+            if len(layers) != n_model:
+                problem = contrast_message(config, len(layers), f"scan '{scan.name}'")
+        if problem:
+            self.scan_info.setText(f"<span style='color:#e05050'>{problem}</span>")
+        elif scan is not None:
+            geo = layer_geometry(scan)
+            sp = np.linalg.norm(geo.affine[:3, :3], axis=0)
+            self.scan_info.setText(f"{'x'.join(map(str, geo.shape))} voxels of {' x '.join(f'{s:.2g}' for s in sp)} mm")
+        return problem
+
+    # ------------------------------------------------------------------ Segment
+
+    def segment(self):
+        """Start Segment in a worker; returns the worker (None when the inputs are wrong)."""
+        problem = self._check_inputs()
+        if problem:
+            notify_error(problem)
+            return None
+        if self._worker is not None:
+            return self._worker
+        from napari.qt.threading import create_worker
+
+        scan = self.scan_combo.current()
+        n_model = int(self.models.config().get("n_channels", 1))
+        layers = self._contrast_layers(scan) if n_model > 1 else [scan]
+        geo = layer_geometry(scan)
+        request = SegmentRequest(
+            model_path=self.models.path(), image=stack_contrasts(layers),
+            spacing=tuple(float(s) for s in np.linalg.norm(geo.affine[:3, :3], axis=0)),
+            mc_samples=self.run_controls.mc_spin.value(), tta=self.run_controls.tta(), rule=self.panel.rule.rule())
+        self._t_click = time.perf_counter()
+        self._cancel.clear()
+        self._pending_scan = scan
+        worker = create_worker(segment, request, progress=self._relay.progress.emit, cancel=self._cancel.is_set,
+                               _start_thread=False)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_controls.set_running(True)
+        self.say(f"Segmenting {scan.name} with {self.models.current().name} …")
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self.say("Cancelling …")
+
+    def _on_error(self, err) -> None:
+        from ..inference import PredictionCancelled
+
+        if isinstance(err, PredictionCancelled):
+            self.say("Segment cancelled.")
+        elif isinstance(err, (UserError, OSError)):
+            notify_error(str(err))
+            self.say(str(err))
+        else:
+            notify_error(f"Segment failed: {err}")
+            self.say(f"Segment failed: {err}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.run_controls.set_running(False)
+        self.run_controls.set_progress(1 if self.review is not None else 0, 1)
+
+    def _on_done(self, result) -> None:
+        self.result, self.review, self.scan_layer = result, result.review, self._pending_scan
+        self._put_layers(result)
+        self.threshold.set_value(result.threshold, emit=False)
+        self._update_mask_info()
+        self._refresh_table()
+        self.last_timings = dict(result.timings, click_to_layers_s=time.perf_counter() - self._t_click)
+        t = self.last_timings
+        self.say(f"Segmented in {t['click_to_layers_s']:.2f} s (prediction {t['predict_s']:.2f} s, lesion analysis "
+                 f"{t['lesions_s']:.2f} s).")
+        self.segmented.emit()
+
+    def _put_layers(self, result) -> None:
+        self.layers = result_layers(self.viewer, self.scan_layer, self.review, result.entropy,
+                                    self.model_identity(), self.layers)
+        mask_layer = self.layers["mask"]
+        if not getattr(mask_layer, "_softseg_hooked", False):
+            mask_layer.events.paint.connect(self._on_paint)
+            mask_layer._softseg_hooked = True
+        self.viewer.layers.selection.active = self.scan_layer
+
+    def model_identity(self) -> dict:
+        """What the export records about the model (name, file, SHA-256, config summary)."""
+        return model_identity(self.models.current(), self.models.path(), self.models.config())
+
+    # ------------------------------------------------------------------ threshold
+
+    def set_threshold(self, threshold: float, analyse_now: bool = False) -> None:
+        """Re-binarise the mask at ``threshold`` (live); the lesion table follows shortly after."""
+        if self.review is None:
+            return
+        self._sync_edits()
+        self.review.threshold = float(threshold)
+        if abs(self.threshold.value() - threshold) > 1e-9:
+            self.threshold.set_value(threshold, emit=False)
+        self._write_mask()
+        if analyse_now:
+            self.review.analyse()
+            self._write_mask()
+            self._refresh_table()
+        else:
+            self._timer.start()
+
+    def _write_mask(self) -> None:
+        layer = self.layers.get("mask")
+        if layer is None or layer not in self.viewer.layers:
+            return
+        np.copyto(layer.data, self.review.final_mask(), casting="unsafe")
+        self._writing = True
+        layer.refresh()
+        self._writing = False
+        self._update_mask_info()
+
+    def _update_mask_info(self) -> None:
+        layer = self.layers.get("mask")
+        if self.review is None or layer is None:
+            return
+        n = int(np.count_nonzero(layer.data))
+        self.threshold.info.setText(f"mask: {n} voxels, {n * float(np.prod(self.review.spacing)):.0f} mm³")
+
+    def _reanalyse(self) -> None:
+        if self.review is None or self._analysis_worker is not None:
+            if self._analysis_worker is not None:
+                self._timer.start()
+            return
+        from napari.qt.threading import create_worker
+
+        r = self.review
+        worker = create_worker(analyse_lesions, r.soft, threshold=r.threshold, spacing=r.spacing, samples=r.samples,
+                               rule=r.rule, connectivity=r.connectivity, _start_thread=False)
+        worker.returned.connect(self._on_analysed)
+        worker.errored.connect(lambda err: notify_error(f"Lesion analysis failed: {err}"))
+        worker.finished.connect(lambda: setattr(self, "_analysis_worker", None))
+        self._analysis_worker = worker
+        worker.start()
+
+    def _on_analysed(self, table) -> None:
+        if self.review is None or abs(table.threshold - self.review.threshold) > 1e-9:
+            return  # the slider moved on; the timer runs again
+        self._sync_edits()
+        self.review.set_table(table.reflag(self.panel.rule.rule()))
+        self._write_mask()
+        self._refresh_table()
+        self.analysed.emit()
+
+    def _rule_changed(self) -> None:
+        if self.review is not None and self.review.table is not None:
+            self.review.reflag(self.panel.rule.rule())
+            self._refresh_table()
+
+    # ------------------------------------------------------------------ lesions
+
+    def _refresh_table(self) -> None:
+        if self.review is None:
+            return
+        self.panel.table.set_lesions(self.review.records(), self.review.decision)
+        self.panel.set_summary(self.review)
+        lesion_id = self.panel.table.selected_id()
+        self.panel.set_selection(lesion_id, self.review.decision(lesion_id).comment if lesion_id else "")
+        if lesion_id is None:
+            self._highlight(None)
+
+    def select_lesion(self, lesion_id: int) -> None:
+        """Move the viewer to a lesion (slice and camera centre) and outline it."""
+        from .._viewer import centre_on
+
+        if self.review is None or self.review.table is None:
+            return
+        rec = self.review.table.by_id(int(lesion_id))
+        if self.panel.table.selected_id() != rec.id:
+            self.panel.table.select_id(rec.id, emit=False)
+        centre_on(self.viewer, world_point(self.layers["soft"], rec.centroid))
+        self._highlight(rec.id)
+        self.panel.set_selection(rec.id, self.review.decision(rec.id).comment)
+        self.say(f"Lesion {rec.id}: {rec.voxels} voxels, mean p {rec.mean_probability:.2f}"
+                 + (f" — flagged: {rec.reason}" if rec.flagged else ""))
+
+    def _highlight(self, lesion_id: int | None) -> None:
+        layer = self.layers.get("highlight")
+        if layer is None or layer not in self.viewer.layers:
+            return
+        layer.data[...] = 0
+        if lesion_id is not None:
+            layer.data[self.review.table.labels == lesion_id] = 1
+        layer.refresh()
+
+    def step_flagged(self, step: int = 1) -> int | None:
+        """Select the next (1) or previous (-1) flagged lesion in table order."""
+        lesion_id = self.panel.table.step_flagged(step)
+        if lesion_id is None:
+            notify_info("No lesion is flagged.")
+        return lesion_id
+
+    def decide(self, status: str | None, lesion_id: int | None = None, comment: str | None = None) -> None:
+        """Accept / reject / edit / pending (``status``) and/or comment the (selected) lesion."""
+        lesion_id = self.panel.table.selected_id() if lesion_id is None else int(lesion_id)
+        if self.review is None or lesion_id is None:
+            return
+        self._sync_edits()
+        dec = self.review.decide(lesion_id, status, comment)
+        if status is not None:
+            self._write_mask()
+        self.panel.table.update_decision(lesion_id, dec)
+        self.panel.set_summary(self.review)
+
+    def start_edit(self) -> None:
+        """Mark the selected lesion 'edited' and hand the mask layer to napari's paint tools."""
+        self.decide("edited")
+        layer = self.layers.get("mask")
+        if layer is None or layer not in self.viewer.layers:
+            return
+        layer.contour = 0
+        layer.selected_label = 1
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self.say("Paint on the mask to add voxels, erase (E) to remove them; the final mask keeps your edits.")
+
+    def _on_paint(self, event=None) -> None:
+        if self._writing or self.review is None:
+            return
+        changed = self._sync_edits()
+        for lesion_id in changed:
+            self.panel.table.update_decision(int(lesion_id), self.review.decision(int(lesion_id)))
+        self.panel.set_summary(self.review)
+        self._update_mask_info()
+
+    def _sync_edits(self):
+        layer = self.layers.get("mask")
+        if self.review is None or layer is None or layer not in self.viewer.layers:
+            return []
+        return self.review.sync_edits(layer.data)
+
+    # ------------------------------------------------------------------ files
+
+    def _ask_folder(self, action) -> None:
+        if self.review is None:
+            notify_error("Nothing to save yet: click Segment first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder")
+        if folder:
+            with user_errors():
+                paths = action(folder)
+                notify_info(f"Saved {len(paths)} files to {folder}.")
+
+    def save_predictions(self, folder) -> dict[str, Path]:
+        """Soft map, mask (final, at the current threshold) and entropy as NIfTI in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to save yet: click Segment first.")
+        self._sync_edits()
+        return save_predictions(folder, self.scan_layer, self.review, self.result.entropy)
+
+    def export_review(self, folder) -> dict[str, Path]:
+        """CSV + JSON of the lesions and decisions, final soft and binary NIfTI, in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to export yet: click Segment first.")
+        self._sync_edits()
+        if self.review.table is None or abs(self.review.table.threshold - self.review.threshold) > 1e-9:
+            self.review.analyse()
+            self._write_mask()
+            self._refresh_table()
+        return export_review(folder, self.scan_layer, self.review, self.model_identity())
