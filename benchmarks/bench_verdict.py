@@ -1,0 +1,135 @@
+"""The bars the results are held to, checked from the other benchmarks' JSON files.
+
+Runs last (``run_all`` goes in name order) and reads ``ablation.json``,
+``partial_volume.json``, ``predict.json``, ``staple.json`` and ``train.json`` from the same
+folder; a missing file or key is reported as "not measured", never guessed. Writes
+``verdict.json`` and ``verdict.md``: one line per bar with the measured value, the limit,
+met / NOT met, and the numbers behind it.
+
+Bars: SoftSeg's ECE ≤ ½ the conventional candidate's and SoftSeg's Dice ≥ conventional − 1
+point (ablation, per dataset); SoftSeg's total soft-volume error on the phantom ≤ 2 %;
+``predict_volume`` ≤ 0.25 of an eager float32 loop; STAPLE ≤ 0.5 of SimpleITK. The engine's
+own targets (training step ≤ 0.5 of an eager float32 step, predict peak memory ≤ 3 GB on
+512x512x200, predict GFLOP/s ≥ 0.4 of a bf16 matmul) are listed after them.
+
+    python -m benchmarks.bench_verdict [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from . import _common as C
+
+
+def _load(out_dir: Path, name: str) -> dict | None:
+    path = out_dir / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _get(d: dict | None, *path):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _ratio_bar(name: str, value, limit: float, source: str, detail: str, upper: bool = True) -> dict:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return {"bar": name, "value": None, "limit": limit, "met": None, "detail": f"not measured (no value in {source})"}
+    met = value <= limit if upper else value >= limit
+    return {"bar": name, "value": float(value), "limit": limit, "met": bool(met), "detail": detail}
+
+
+def _memory_gb(predict: dict | None):
+    mem = _get(predict, "memory") or {}
+    for key in ("peak_rss_gb", "peak_gb", "peak_rss_gib", "peak_gib"):
+        if isinstance(mem.get(key), (int, float)):
+            return float(mem[key]), key
+    for key in ("peak_rss_mib", "peak_mib", "peak_rss_mb", "peak_mb"):
+        if isinstance(mem.get(key), (int, float)):
+            return float(mem[key]) / 1024.0, key
+    return None, None
+
+
+def collect(out_dir: Path) -> dict:
+    ablation, pv = _load(out_dir, "ablation"), _load(out_dir, "partial_volume")
+    predict, staple, train = _load(out_dir, "predict"), _load(out_dir, "staple"), _load(out_dir, "train")
+    bars = []
+    if ablation is None:
+        bars.append({"bar": "ablation bars (ECE, Dice)", "value": None, "limit": None, "met": None,
+                     "detail": "not measured (no ablation.json)"})
+    else:
+        bars += [dict(b, bar=f"{b['dataset']}: {b['bar']}") for b in ablation.get("bars", [])]
+    if pv is None:
+        bars.append({"bar": "|SoftSeg total soft-volume error| <= 2 %", "value": None, "limit": 2.0, "met": None,
+                     "detail": "not measured (no partial_volume.json)"})
+    else:
+        bars += pv.get("bars", [])
+    r = _get(predict, "ratio_ours_vs_baseline")
+    bars.append(_ratio_bar("predict_volume time / eager float32 loop <= 0.25", r, 0.25, "predict.json",
+                           f"ratio {r:.3f} on {'x'.join(map(str, _get(predict, 'volume') or []))}" if r is not None else ""))
+    r = _get(staple, "ratio_ours_over_simpleitk")
+    bars.append(_ratio_bar("STAPLE time / SimpleITK STAPLEImageFilter <= 0.5", r, 0.5, "staple.json",
+                           f"{_get(staple, 'ours_s') or float('nan'):.3f} s vs {_get(staple, 'simpleitk_s') or float('nan'):.3f} s, "
+                           f"ratio {r:.3f}" if r is not None else ""))
+    engine = []
+    r = _get(train, "ratio_ours_over_baseline")
+    engine.append(_ratio_bar("training step / eager float32 step <= 0.5", r, 0.5, "train.json",
+                             f"ratio {r:.3f}" if r is not None else ""))
+    gb, key = _memory_gb(predict)
+    engine.append(_ratio_bar("predict peak memory on 512x512x200 <= 3 GB", gb, 3.0, "predict.json",
+                             f"{gb:.2f} GB ({key})" if gb is not None else ""))
+    r = _get(predict, "ours_gflops_vs_bf16_matmul")
+    engine.append(_ratio_bar("predict GFLOP/s / bf16 matmul GFLOP/s >= 0.4 (aim)", r, 0.4, "predict.json",
+                             f"ratio {r:.3f}" if r is not None else "", upper=False))
+    quick = any(bool(_get(d, "quick")) for d in (ablation, pv, predict, staple, train) if d)
+    return {"quick": quick, "bars": bars, "engine_targets": engine}
+
+
+def _status(b: dict) -> str:
+    return "not measured" if b["met"] is None else ("met" if b["met"] else "NOT met")
+
+
+def markdown(r: dict) -> str:
+    lines = ["## Verdict: the bars the results are held to", ""]
+    if r["quick"]:
+        lines += ["**Quick smoke run: the verdicts below mean nothing.**", ""]
+    rows = [[b["bar"], f"**{_status(b)}**", b["detail"]] for b in r["bars"]]
+    lines += [C.md_table(["bar", "status", "measured"], rows, "lll"), ""]
+    lines += ["Engine targets (from the engine's specification):", ""]
+    rows = [[b["bar"], f"**{_status(b)}**", b["detail"]] for b in r["engine_targets"]]
+    lines += [C.md_table(["target", "status", "measured"], rows, "lll"), ""]
+    n_met = sum(1 for b in r["bars"] if b["met"])
+    n_measured = sum(1 for b in r["bars"] if b["met"] is not None)
+    lines += [f"{n_met} of {n_measured} measured bars met; see the sections above for the data, budgets and figures.", ""]
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
+    out_dir = Path(out_dir)
+    r = collect(out_dir)
+    r["quick"] = r["quick"] or quick
+    C.write_json(out_dir / "verdict.json", r)
+    C.write_text(out_dir / "verdict.md", markdown(r))
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(C.RESULTS))
+    args = parser.parse_args(argv)
+    print(markdown(run(quick=args.quick, out_dir=Path(args.out))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Smoke tests of the benchmarks (``--quick``: tiny budgets, no timed assertions) and
+hand-checked values of the benchmark helpers."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import pkgutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _paths import REPO
+
+if str(REPO) not in sys.path:  # "benchmarks" is a package at the repository root
+    sys.path.insert(0, str(REPO))
+BENCH_DIR = REPO / "benchmarks"
+NAMES = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(BENCH_DIR)]) if m.name.startswith("bench_"))
+# the verdict reads the others' JSON, so it runs last (as in benchmarks/run_all.py)
+NAMES = [n for n in NAMES if n != "verdict"] + (["verdict"] if "verdict" in NAMES else [])
+FIGURES = {
+    "ablation": ["ablation_threshold_sweep.png", "ablation_histogram.png", "ablation_reliability.png"],
+    "fusion": ["fusion_reliability.png", "fusion_entropy.png"],
+    "partial_volume": ["partial_volume.png"],
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-quick")
+
+
+def _numbers(obj):
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_benchmark_writes_results(name, out_dir):
+    module = importlib.import_module(f"benchmarks.bench_{name}")
+    module.run(quick=True, out_dir=out_dir)
+    data = json.loads((out_dir / f"{name}.json").read_text())
+    numbers = list(_numbers(data))
+    assert numbers, f"{name}.json holds no number"
+    assert all(math.isfinite(x) for x in numbers), f"{name}.json holds NaN or infinity (use null)"
+    md = (out_dir / f"{name}.md").read_text()
+    assert md.startswith("#")
+    for fig in FIGURES.get(name, []):
+        path = out_dir / fig
+        assert path.read_bytes()[:8] == PNG_MAGIC, fig
+        assert f"({fig})" in md
+
+
+def test_verdict_reads_the_other_results(tmp_path):
+    from benchmarks import bench_verdict
+
+    (tmp_path / "staple.json").write_text(json.dumps({"ratio_ours_over_simpleitk": 0.2, "ours_s": 1.0, "simpleitk_s": 5.0}))
+    (tmp_path / "predict.json").write_text(json.dumps({"ratio_ours_vs_baseline": 0.3, "volume": [256, 256, 48]}))
+    (tmp_path / "partial_volume.json").write_text(json.dumps({"bars": [
+        {"bar": "soft volume", "value": -1.5, "limit": 2.0, "met": True, "detail": "x"}]}))
+    r = bench_verdict.run(out_dir=tmp_path)
+    status = {b["bar"]: b["met"] for b in r["bars"]}
+    assert status["STAPLE time / SimpleITK STAPLEImageFilter <= 0.5"] is True
+    assert status["predict_volume time / eager float32 loop <= 0.25"] is False  # 0.3 > 0.25
+    assert status["soft volume"] is True
+    assert status["ablation bars (ECE, Dice)"] is None  # no ablation.json: not measured, not guessed
+    assert "NOT met" in (tmp_path / "verdict.md").read_text()
+
+
+def test_block_mean_and_softness_by_hand():
+    from benchmarks._common import block_mean, softness
+
+    a = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    # blocks of 2x2: (0+1+4+5)/4 = 2.5, (2+3+6+7)/4 = 4.5, (8+9+12+13)/4 = 10.5, (10+11+14+15)/4 = 12.5
+    np.testing.assert_allclose(block_mean(a, (2, 2, 1))[..., 0], [[2.5, 4.5], [10.5, 12.5]])
+    p = np.array([0.0, 0.04, 0.05, 0.06, 0.5, 0.95, 0.96, 1.0])
+    # predicted (> 0.05): 0.06, 0.5, 0.95, 0.96, 1.0 -> strictly inside (0.05, 0.95): 0.06, 0.5 -> 2 / 5
+    assert softness(p) == pytest.approx(40.0)
+    assert math.isnan(softness(np.zeros(3)))
+
+
+def test_slab_folds_tile_the_volume_and_keep_a_gap():
+    from benchmarks._common import slab_folds
+
+    folds = slab_folds(11, 5, gap=1)
+    tests = np.concatenate([t for _, t in folds])
+    np.testing.assert_array_equal(np.sort(tests), np.arange(11))  # every slice tested exactly once
+    train, test = folds[1]  # slab 3..4 (array_split: 3, 2, 2, 2, 2)
+    np.testing.assert_array_equal(test, [3, 4])
+    np.testing.assert_array_equal(train, [0, 1, 6, 7, 8, 9, 10])  # 2 and 5 left out as the gap
+
+
+def test_wilcoxon_and_pooled_reliability_by_hand():
+    from benchmarks._common import pooled_reliability, wilcoxon_p
+
+    # n = 5 differences all of one sign: exact two-sided p = 2 / 2**5
+    assert wilcoxon_p([1, 2, 3, 4, 5], [0, 0, 0, 0, 0]) == pytest.approx(0.0625)
+    assert math.isnan(wilcoxon_p([1, 2], [1, 2]))
+    a = {"edges": [0, 0.5, 1], "counts": [0, 2], "confidence": [None, 0.9], "accuracy": [None, 1.0]}
+    b = {"edges": [0, 0.5, 1], "counts": [0, 6], "confidence": [None, 0.7], "accuracy": [None, 0.5]}
+    pooled = pooled_reliability([a, b])
+    # conf = (2*0.9 + 6*0.7)/8 = 0.75, acc = (2*1 + 6*0.5)/8 = 0.625, ECE = |0.625 - 0.75| = 0.125
+    assert pooled["confidence"][1] == pytest.approx(0.75)
+    assert pooled["accuracy"][1] == pytest.approx(0.625)
+    assert pooled["ece"] == pytest.approx(0.125)
