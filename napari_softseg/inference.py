@@ -33,6 +33,7 @@ __all__ = [
     "resolve_model_path",
     "predict_volume",
     "choose_slice_axis",
+    "inplane_zoom",
     "zscore_stats",
     "entropy_map",
     "TTA_FLIPS",
@@ -103,11 +104,34 @@ def load_model(path_or_name: str | os.PathLike) -> UNet:
 
 
 def choose_slice_axis(spacing: Sequence[float] | None = None) -> int:
-    """The scan's slice axis: the one with the largest voxel size (ties: the last), else 2."""
+    """The scan's slice axis: the one with the largest voxel size (axes tied within 0.1 %:
+    the last one), as in training (:func:`napari_softseg.preprocess.choose_slice_axis`);
+    2 without spacing."""
     if spacing is None:
         return 2
-    spacing = [float(s) for s in spacing][:3]
-    return max(range(3), key=lambda i: (round(spacing[i], 6), i))
+    from .preprocess import choose_slice_axis as _training_rule
+
+    return _training_rule(spacing)
+
+
+def inplane_zoom(config: dict, spacing: Sequence[float] | None, slice_axis: int) -> tuple[float, float] | None:
+    """Factors that bring this scan's in-plane voxel size to the training one, or None.
+
+    The training in-plane spacing is the checkpoint's ``spacing`` without its slice axis
+    (both in array order); None when either spacing is unknown or they agree within 0.1 %.
+    """
+    train = config.get("spacing")
+    if spacing is None or not train:
+        return None
+    train_axis = config.get("slice_axis")
+    if train_axis is None:
+        train_axis = choose_slice_axis(train)
+    ours = [float(v) for i, v in enumerate(list(spacing)[:3]) if i != slice_axis]
+    theirs = [float(v) for i, v in enumerate(list(train)[:3]) if i != train_axis]
+    zoom = (ours[0] / theirs[0], ours[1] / theirs[1])
+    if all(abs(z - 1.0) <= 1e-3 for z in zoom):
+        return None
+    return zoom
 
 
 def zscore_stats(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +188,15 @@ def _entropy(soft: np.ndarray, multiclass: bool) -> np.ndarray:
     return h.mean(axis=-1) if h.ndim == 4 else h
 
 
+def _resample_back(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Linear (order 1) resampling of ``(b, K, h, w)`` probabilities to ``(b, K, height, width)``."""
+    from scipy import ndimage
+
+    h, w = prob.shape[-2:]
+    arr = ndimage.zoom(prob.numpy(), (1.0, 1.0, height / h, width / w), order=1, grid_mode=True, mode="nearest")
+    return torch.from_numpy(np.ascontiguousarray(arr[:, :, :height, :width]))
+
+
 def _config_of(model: torch.nn.Module) -> dict:
     return dict(getattr(model, "softseg_config", None) or {})
 
@@ -197,7 +230,10 @@ def predict_volume(
         0, 1 or 2. Default: the checkpoint's ``slice_axis``; if that is null, the axis with
         the largest voxel size in ``spacing``; without spacing, the last axis.
     spacing : 3 floats, optional
-        Voxel size (mm) of ``array``, used only to pick the slice axis.
+        Voxel size (mm) of ``array``. Picks the slice axis when neither the argument nor the
+        checkpoint gives one; and when it differs in-plane from the checkpoint's training
+        spacing, every slice is resampled to the training voxel size (2nd-order spline, as
+        in training), predicted, and the soft map resampled back linearly.
     batch_size : int
         Slices per forward pass (4 is fastest on small CPUs; larger on GPUs).
     device : str
@@ -274,8 +310,14 @@ def predict_volume(
     soft_view = np.moveaxis(soft, slice_axis, 0)
     samples = np.zeros((n_samples,) + out_shape, dtype=np.float32) if uncertainty and keep_samples else None
 
+    zoom = inplane_zoom(config, spacing, slice_axis)
+    net_h, net_w = height, width
+    if zoom is not None:
+        from .preprocess import resample_inplane
+
+        net_h, net_w = (max(1, round(height * zoom[0])), max(1, round(width * zoom[1])))
     m = fast.multiple
-    pad_h, pad_w = (-height) % m, (-width) % m
+    pad_h, pad_w = (-net_h) % m, (-net_w) % m
     scale = torch.as_tensor(1.0 / std, dtype=torch.float32).view(1, -1, 1, 1)
     shift = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     total = n_slices * n_samples
@@ -286,6 +328,8 @@ def predict_volume(
             chunk = np.ascontiguousarray(vol[start:stop], dtype=np.float32)  # (b, A, B, C)
             x = torch.from_numpy(chunk).permute(0, 3, 1, 2)  # channels-last (b, C, A, B)
             x = (x - shift) * scale
+            if zoom is not None:
+                x = torch.from_numpy(resample_inplane(x.numpy(), zoom, order=2))
             if pad_h or pad_w:
                 x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -299,9 +343,11 @@ def predict_volume(
                     logits = fast.forward_logits(xv)
                     if flip:
                         logits = torch.flip(logits, flip)
-                    prob = fast.activation(logits[:, :, :height, :width])
+                    prob = fast.activation(logits[:, :, :net_h, :net_w])
                     if multiclass:
                         prob = prob[:, 1:]
+                    if zoom is not None:
+                        prob = _resample_back(prob.float().cpu(), height, width)
                     prob = prob.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()  # (b, A, B, K)
                     if n_out == 1:
                         prob = prob[..., 0]

@@ -34,11 +34,12 @@ def _net(seed=0, in_channels=1, out_channels=1, activation="normrelu", depth=2):
     return model
 
 
-def _reference(model, volume, axis):
+def _reference(model, volume, axis, normalise=True):
     """Independent implementation: numpy z-score, edge padding, plain forward, crop, NormReLU."""
     vol = volume.astype(np.float64)
     vol = vol if vol.ndim == 4 else vol[..., None]
-    vol = (vol - vol.mean(axis=(0, 1, 2))) / vol.std(axis=(0, 1, 2))
+    if normalise:
+        vol = (vol - vol.mean(axis=(0, 1, 2))) / vol.std(axis=(0, 1, 2))
     vol = np.moveaxis(vol, axis, 0).astype(np.float32)
     m = 2**model.depth
     out = []
@@ -174,3 +175,25 @@ def test_load_model_and_names(tmp_path):
         predict_volume(loaded, np.zeros((4, 4)))
     with pytest.raises(UserError, match="NaN"):
         predict_volume(loaded, np.full((8, 8, 2), np.nan, dtype=np.float32))
+
+
+def test_resamples_to_training_voxel_size():
+    from scipy import ndimage
+
+    from napari_softseg.inference import inplane_zoom
+
+    model = _net()
+    model.softseg_config = {"slice_axis": 2, "spacing": [1.0, 1.0, 3.0], "normalisation": "zscore"}
+    assert inplane_zoom(model.softseg_config, (1.0, 1.0, 5.0), 2) is None
+    assert inplane_zoom(model.softseg_config, (0.5, 0.25, 3.0), 2) == (0.5, 0.25)
+    volume = np.random.default_rng(7).normal(size=(32, 64, 3)).astype(np.float32)
+    soft = predict_volume(model, volume, spacing=(0.5, 0.25, 3.0), mixed_precision=False)
+    assert soft.shape == volume.shape
+    # by hand: z-score, spline order 2 down to 16x16, plain network, linear back to 32x64
+    z = (volume - volume.mean()) / volume.std()
+    expected = np.empty_like(volume)
+    for k in range(3):
+        small = ndimage.zoom(z[:, :, k], (0.5, 0.25), order=2, grid_mode=True, mode="nearest")
+        pred = _reference(model, small[:, :, None], 2, normalise=False)[:, :, 0]
+        expected[:, :, k] = ndimage.zoom(pred, (2.0, 4.0), order=1, grid_mode=True, mode="nearest")
+    np.testing.assert_allclose(soft, expected, atol=1e-4)
