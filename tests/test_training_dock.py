@@ -1,0 +1,413 @@
+"""The "Train SoftSeg" dock in a real napari viewer (pytest-qt, run under Xvfb).
+
+Training runs in the dock's training process; the ``probe_*`` functions below are loaded
+there by name (``dock.probes``) to observe the trainer from inside.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _paths import SHARED
+
+pytestmark = pytest.mark.gui
+
+MT = SHARED / "sct_mt"
+FINISH_MS = int(__import__("os").environ.get("T6_FINISH_MS", 180_000))
+
+
+@pytest.fixture(autouse=True)
+def _user_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SOFTSEG_DATA", str(tmp_path / "userdata"))
+
+
+# ------------------------------------------------------------------ probes (training process)
+def probe_steps():
+    """Record, for every completed training step, whether cancel was set before and after."""
+    from napari_softseg import trainer
+    from napari_softseg.train import _is_cancelled
+
+    original, log = trainer.Trainer.train_step, []
+
+    def train_step(self, idx, raters, cancel):
+        before = _is_cancelled(cancel)
+        loss = original(self, idx, raters, cancel)  # raises once cancel is set
+        log.append((before, _is_cancelled(cancel)))
+        return loss
+
+    trainer.Trainer.train_step = train_step
+
+    def collect():
+        trainer.Trainer.train_step = original
+        return log
+
+    return collect
+
+
+def probe_raters():
+    """Record the rater index of every training sample and the number of raters held."""
+    from napari_softseg import trainer
+
+    original, seen = trainer.Trainer._batch, {"raters": [], "held": None}
+
+    def batch(self, idx, raters):
+        seen["held"] = int(self.labels.shape[0])
+        if raters is not None:
+            seen["raters"] += raters.index_select(0, idx).tolist()
+        return original(self, idx, raters)
+
+    trainer.Trainer._batch = batch
+
+    def collect():
+        trainer.Trainer._batch = original
+        return seen
+
+    return collect
+
+
+def probe_oom():
+    """Make the first training step fail as if the device ran out of memory."""
+    from napari_softseg import trainer
+
+    original = trainer.Trainer.train_step
+
+    def train_step(self, idx, raters, cancel):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    trainer.Trainer.train_step = train_step
+
+    def collect():
+        trainer.Trainer.train_step = original
+        return True
+
+    return collect
+
+
+# ------------------------------------------------------------------ helpers
+def add_file(viewer, path):
+    from napari_softseg._reader import layer_data
+
+    (data, kwargs, kind), = layer_data(str(path))
+    return getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def mt_viewer(make_napari_viewer):
+    """sct_mt: 40x40x5 MT scan (0.84 x 0.84 x 17 mm) with its soft gray-matter map."""
+    viewer = make_napari_viewer()
+    scan = add_file(viewer, MT / "mt1.nii.gz")
+    gm = add_file(viewer, MT / "mt1_gmseg.nii.gz")
+    return viewer, scan, gm
+
+
+def open_dock(viewer, *, epochs=3, batch=2, crop=32, val=0.2):
+    from napari_softseg.widgets.training import TrainingWidget
+
+    dock = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Train SoftSeg")
+    dock.params.epochs.setValue(epochs)
+    dock.params.batch_size.setValue(batch)
+    dock.params.crop_size.setValue(crop)
+    dock.params.val_fraction.setValue(val)
+    return dock
+
+
+def run(dock, qtbot, click=True):
+    """Start training (button or API) and return ``(events, final event)``."""
+    from qtpy.QtCore import Qt
+
+    events = []
+    dock.event_received.connect(events.append)
+    with qtbot.waitSignal(dock.training_finished, timeout=FINISH_MS) as blocker:
+        if click:
+            qtbot.mouseClick(dock.train_button, Qt.MouseButton.LeftButton)
+        else:
+            assert dock.start() is not None
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=10_000)
+    return events, blocker.args[0]
+
+
+def new_messages(before: int) -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records[before:]]
+
+
+def n_messages() -> int:
+    from napari.utils.notifications import notification_manager
+
+    return len(notification_manager.records)
+
+
+# ------------------------------------------------------------------ tests
+def test_device_list_lists_only_existing_devices(make_napari_viewer):
+    import torch
+
+    from napari_softseg.devices import autocast_dtype, available_devices
+
+    viewer, *_ = mt_viewer(make_napari_viewer)
+    dock = open_dock(viewer)
+    names = dock.params.device_names()
+    assert names == [d.name for d in available_devices()]
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert names == ["cpu"]
+    # mixed precision is on by default exactly where a reduced precision helps
+    assert dock.params.mixed_precision.isChecked() == (autocast_dtype(names[0]) is not None)
+    # paper defaults in the form; the scan and its soft map were picked automatically
+    cfg = dock.config()
+    assert (cfg.preset, cfg.lr, cfg.depth, cfg.base_features) == ("softseg", 1e-3, 3, 16)
+    assert [lay.name for lay in dock.rows[0].checked_labels()] == ["mt1_gmseg"]
+
+
+@pytest.mark.slow
+def test_tiny_training_completes_plots_saves_and_publishes(make_napari_viewer, qtbot, tmp_path):
+    from napari_softseg.checkpoint import build_model, load_checkpoint
+    from napari_softseg.widgets._models import RECENT_MODELS
+
+    viewer, scan, gm = mt_viewer(make_napari_viewer)
+    dock = open_dock(viewer, epochs=3)
+    soft_before = np.array(gm.data)
+    events, done = run(dock, qtbot, click=True)
+    assert done.status == "completed", done.message
+    # the run worked on a copy: painting after the start could not reach it
+    assert np.array_equal(gm.data, soft_before)
+
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    # one plot point per epoch, the values the engine recorded in the checkpoint
+    state, config = load_checkpoint(done.checkpoint)
+    history = config["training"]["history"]
+    assert dock.plot.epochs == [1, 2, 3] == [h["epoch"] for h in history]
+    np.testing.assert_allclose(dock.plot.train_loss, [h["train_loss"] for h in history], rtol=1e-6)
+    np.testing.assert_allclose(dock.plot.val_loss, [h["val_loss"] for h in history], rtol=1e-6)
+    np.testing.assert_allclose(dock.plot.val_dice, [h["val_dice"] for h in history], rtol=1e-6)
+    qtbot.waitUntil(lambda: dock.plot.rendered_points == 3, timeout=20_000)
+
+    # written automatically to the predictable place, loadable, published
+    path = Path(done.checkpoint)
+    assert path.parent == tmp_path / "userdata" / "models"
+    assert re.fullmatch(r"\d{8}-\d{6}_softseg\.pt", path.name)
+    model = build_model(config, state)
+    x = np.zeros((1, 1, 32, 32), np.float32)
+    import torch
+
+    out = model(torch.from_numpy(x)).detach().numpy()
+    assert out.shape == (1, 1, 32, 32) and 0.0 <= out.min() and out.max() <= 1.0
+    assert RECENT_MODELS.latest().path == path
+    # the optimised threshold is shown
+    assert config["threshold"] == pytest.approx(done.threshold)
+    assert f"threshold {done.threshold:.2f}" in dock.result_label.text()
+
+    # the preview layer holds the last preview on the scan's grid, at the chosen slice
+    last = [e for e in epochs if e.preview is not None][-1]
+    preview = viewer.layers["training preview"]
+    assert preview.data.shape == scan.data.shape
+    np.testing.assert_allclose(preview.data[:, :, last.preview_slice[1]], last.preview, atol=1e-6)
+    np.testing.assert_allclose(preview.affine.affine_matrix, scan.affine.affine_matrix)
+
+    # Save model: an exact, atomic copy, published too
+    saved = dock.save_model(tmp_path / "mine")
+    assert saved == tmp_path / "mine.pt" and saved.read_bytes() == path.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert RECENT_MODELS.latest().path == saved
+    assert dock.train_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_cancel_mid_epoch_keeps_best_then_finetune_continues(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_softseg.checkpoint import build_model, load_checkpoint
+
+    viewer, *_ = mt_viewer(make_napari_viewer)
+    dock = open_dock(viewer, epochs=50, batch=1)  # 4 training slices: 4 steps per epoch
+    dock.probes = [f"{__name__}:probe_steps"]
+    clicked = []
+
+    def cancel_in_epoch_2(ev):
+        if ev.kind == "step" and ev.phase == "train" and ev.epoch == 2 and not clicked:
+            clicked.append(ev.step)
+            qtbot.mouseClick(dock.cancel_button, Qt.MouseButton.LeftButton)
+
+    dock.event_received.connect(cancel_in_epoch_2)
+    events, done = run(dock, qtbot)
+    assert done.status == "cancelled"
+    log = done.summary["probes"][f"{__name__}:probe_steps"]
+    assert not any(before for before, _ in log)  # no step ran once cancel was seen
+    assert sum(after for _, after in log) <= 1  # at most the step in progress finished
+    assert 4 <= len(log) < 8  # epoch 1 complete, epoch 2 not
+    # the best checkpoint (epoch 1) was written and loads
+    state, config = load_checkpoint(done.checkpoint)
+    build_model(config, state)
+    training = config["training"]
+    assert (training["status"], training["best_epoch"], training["epochs_total"]) == ("cancelled", 1, 1)
+    assert len(training["history"]) == 1
+    assert "Cancelled" in dock.result_label.text()
+
+    # fine-tune the cancelled model ("Last" = the last trained model)
+    dock.probes = []
+    dock.event_received.disconnect(cancel_in_epoch_2)
+    dock.params.finetune_radio.setChecked(True)
+    qtbot.mouseClick(dock.params.last_button, Qt.MouseButton.LeftButton)
+    assert Path(dock.params.init_path.text()) == Path(done.checkpoint)
+    dock.params.epochs.setValue(2)
+    events2, done2 = run(dock, qtbot)
+    assert done2.status == "completed", done2.message
+    start = next(e for e in events2 if e.kind == "start")
+    assert start.start_epoch == 1
+    # same data, split and weights: the loss before the first step is the one the
+    # cancelled run kept as its best
+    assert start.start_loss == pytest.approx(training["best_val_loss"], rel=1e-4)
+    assert f"continues after epoch 1; validation loss before the first step {start.start_loss:.4g}" in dock.start_label.text()
+    assert dock.plot.start == (1, pytest.approx(start.start_loss)) and dock.plot.epochs == [2, 3]
+    state2, config2 = load_checkpoint(done2.checkpoint)
+    assert config2["training"]["init"] == Path(done.checkpoint).name
+    assert config2["training"]["start_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_random_sampling_uses_several_raters(make_napari_viewer, qtbot, phantom):
+    from napari_softseg.widgets._rater_layers import add_rater_layer
+
+    # the four slices with the most lesion, whole in-plane extent (142 x 178, 1 x 1 x 3 mm)
+    z = np.argsort(phantom.truth.sum(axis=(0, 1)))[-4:]
+    z = np.arange(z.min(), z.min() + 4) if z.max() - z.min() > 3 else np.sort(z)
+    viewer = make_napari_viewer()
+    scan = viewer.add_image(phantom.image[:, :, z], affine=phantom.affine, name="flair", rgb=False)
+    raters = [add_rater_layer(viewer, name, scan, data=mask[:, :, z] * 10) for name, mask in phantom.raters.items()]
+    dock = open_dock(viewer, epochs=2, batch=2, crop=64, val=0.25)
+    dock.data.set_label_source("random")
+    assert dock.rows[0].checked_labels() == raters  # every rater of the scan, automatically
+    dock.probes = [f"{__name__}:probe_raters"]
+    _, done = run(dock, qtbot)
+    assert done.status == "completed", done.message
+    seen = done.summary["probes"][f"{__name__}:probe_raters"]
+    assert seen["held"] == 4  # the trainer kept all four raters ...
+    assert len(set(seen["raters"])) > 1  # ... and drew targets from more than one
+    assert done.summary["label_source"] == "random"
+
+
+@pytest.mark.slow
+def test_event_loop_never_stalls_while_training(make_napari_viewer, qtbot, record_property):
+    from qtpy.QtCore import QTimer
+
+    viewer, *_ = mt_viewer(make_napari_viewer)
+    dock = open_dock(viewer, epochs=40, batch=2)  # 2 steps per epoch: events as fast as possible
+    # let the training process finish its imports first (they are not training)
+    from napari_softseg.widgets import _training_child
+
+    qtbot.wait(50)
+    proc = _training_child.acquire_process()
+    assert proc.alive()
+    gaps, last = [], [0.0]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    events = []
+    dock.event_received.connect(events.append)
+    with qtbot.waitSignal(dock.training_finished, timeout=FINISH_MS) as blocker:
+        dock.start()
+        last[0] = time.perf_counter()
+        timer.start()
+    timer.stop()
+    assert blocker.args[0].status == "completed"
+    assert sum(e.kind == "step" for e in events) >= 40 * 2
+    worst = max(gaps) * 1000
+    record_property("max_event_loop_gap_ms", round(worst, 1))
+    print(f"\nmax event-loop gap while training: {worst:.1f} ms over {len(gaps)} ticks, "
+          f"{len(events)} events, p99 {np.percentile(gaps, 99) * 1000:.1f} ms")
+    assert worst <= 50.0
+
+
+def test_user_errors_are_one_sentence_notifications(make_napari_viewer, tmp_path):
+    viewer, scan, gm = mt_viewer(make_napari_viewer)
+    dock = open_dock(viewer)
+    row = dock.rows[0]
+
+    def attempt(labels):
+        row.set_labels(labels)
+        before = n_messages()
+        assert dock.start() is None and dock.worker is None
+        msgs = new_messages(before)
+        assert len(msgs) == 1 and msgs[0].count(". ") == 0 and msgs[0].endswith(".")
+        return msgs[0]
+
+    wrong_shape = viewer.add_labels(np.ones((40, 40, 4), np.uint8), name="short", affine=scan.affine.affine_matrix)
+    assert "has shape (40, 40, 4) but scan 'mt1' has (40, 40, 5)" in attempt([wrong_shape])
+    moved = scan.affine.affine_matrix.copy()
+    moved[0, 3] += 5.0
+    elsewhere = viewer.add_labels(np.ones((40, 40, 5), np.uint8), name="moved", affine=moved)
+    assert "lies elsewhere in world space" in attempt([elsewhere])
+    empty = viewer.add_labels(np.zeros((40, 40, 5), np.uint8), name="blank", affine=scan.affine.affine_matrix)
+    assert "'blank' is empty" in attempt([empty])
+    assert "Choose at least one label layer" in attempt([])
+    # two scans with different numbers of contrasts
+    second = viewer.add_image(np.array(scan.data), name="c0", affine=scan.affine.affine_matrix,
+                              metadata={"softseg_scan": {"group": "two", "channel": 0}})
+    viewer.add_image(scan.data, name="c1", affine=scan.affine.affine_matrix, metadata={"softseg_scan": {"group": "two", "channel": 1}})
+    row.set_labels([gm])
+    row2 = dock.data.add_row()
+    row2.set_scan("two")
+    assert [lay.name for lay in row2.entry().layers] == ["c0", "c1"] and row2.entry().reference is second
+    row2.set_labels([gm])
+    before = n_messages()
+    assert dock.start() is None
+    assert "Scan 'mt1' has 1 contrast(s) but 'two' has 2" in new_messages(before)[0]
+    assert dock.train_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_failure_in_training_notifies_and_dock_stays_usable(make_napari_viewer, qtbot):
+    viewer, *_ = mt_viewer(make_napari_viewer)
+    dock = open_dock(viewer, epochs=2)
+    dock.probes = [f"{__name__}:probe_oom"]
+    before = n_messages()
+    _, done = run(dock, qtbot, click=False)
+    assert done.status == "failed"
+    assert any("ran out of memory with batch size 2" in m for m in new_messages(before))
+    assert dock.train_button.isEnabled() and dock.params.isEnabled() and dock.worker is None
+    assert dock.progress_bar.format() == "failed"
+
+
+def test_snapshots_copy_and_convert_rater_levels_and_folders(make_napari_viewer, tmp_path):
+    from napari_softseg.nifti import read_nifti, write_nifti
+    from napari_softseg.widgets._rater_layers import add_rater_layer
+    from napari_softseg.widgets._training_data import build_training_data, pair_folder
+
+    viewer, scan, gm = mt_viewer(make_napari_viewer)
+    levels = np.zeros((40, 40, 5), np.uint8)
+    levels[10:20, 10:20, 1:4] = 7
+    levels[12:14, 12:14, 2] = 10
+    rater = add_rater_layer(viewer, "rater A", scan, data=levels)
+    dock = open_dock(viewer)
+    dock.rows[0].set_labels([rater])
+    (snap,) = dock.data.snapshots()
+    assert not np.shares_memory(snap.labels[0], rater.data) and not np.shares_memory(snap.image, scan.data)
+    assert snap.spacing == pytest.approx(read_nifti(MT / "mt1.nii.gz").spacing)
+    # folders: <stem>.nii.gz pairs with <stem>.nii.gz or <stem>_<rater>.nii.gz
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.mkdir(), labels.mkdir()
+    vol = read_nifti(MT / "mt1.nii.gz")
+    for stem in ("s1", "s10"):
+        write_nifti(images / f"{stem}.nii.gz", vol.data, like=vol)
+    write_nifti(labels / "s1.nii.gz", levels > 0, like=vol)
+    write_nifti(labels / "s10_seg.nii.gz", levels > 5, like=vol)
+    pairs = pair_folder(images, labels)
+    assert [(i.name, [p.name for p in ls]) for i, ls in pairs] == [("s1.nii.gz", ["s1.nii.gz"]), ("s10.nii.gz", ["s10_seg.nii.gz"])]
+    data = build_training_data([snap], [(images, labels)], "label")
+    assert [s.name for s in data.subjects] == ["mt1", "s1", "s10"]
+    np.testing.assert_array_equal(data.subjects[0].labels[0][..., 0], levels / np.float32(10))  # level k -> k/10
+    np.testing.assert_array_equal(data.subjects[2].labels[0][..., 0], (levels > 5).astype(np.float32))
+    (labels / "s10_seg.nii.gz").unlink()
+    with pytest.raises(Exception, match="Image s10.nii.gz has no label"):
+        pair_folder(images, labels)
