@@ -22,7 +22,7 @@ def show_slices_along(viewer, affine: np.ndarray, axis: int | None = None) -> in
     others = [a for a in range(3) if a != world]
     if viewer.dims.ndim == 3:
         viewer.dims.order = (world, others[1], others[0])
-        viewer.camera.orientation2d = ("up", "right")
+        getattr(viewer, "scene", viewer).camera.orientation2d = ("up", "right")
     return world
 
 
@@ -33,4 +33,5 @@ def centre_on(viewer, world_point) -> None:
         point[ax] = float(world_point[ax])
     viewer.dims.point = point
     displayed = viewer.dims.displayed
-    viewer.camera.center = tuple(float(world_point[a]) for a in displayed)
+    camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 moved the camera to the scene
+    camera.center = tuple(float(world_point[a]) for a in displayed)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-pytestmark = [pytest.mark.gui]
+gui = pytest.mark.gui
+slow = pytest.mark.slow
 
 CONN18 = ndimage.generate_binary_structure(3, 2)
 
@@ -44,6 +45,8 @@ def components(mask):
     return labels, n
 
 
+@gui
+@slow
 def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
     from napari_softseg.inference import load_model, predict_volume
     from napari_softseg.widgets._base import data_to_world
@@ -70,6 +73,8 @@ def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
     np.testing.assert_allclose(entropy.data, np.where((expected > 0) & (expected < 1), h, 0.0), atol=1e-4)
 
 
+@gui
+@slow
 def test_threshold_slider_rebinarises_and_table_follows(dock, qtbot):
     run_segment(qtbot, dock)
     soft = dock.review.soft
@@ -87,6 +92,8 @@ def test_threshold_slider_rebinarises_and_table_follows(dock, qtbot):
     assert high.sum() < low.sum() and not np.any(high & ~low)
 
 
+@gui
+@slow
 def test_table_lists_the_components_the_core_finds(dock, qtbot):
     from qtpy.QtCore import Qt
 
@@ -115,14 +122,25 @@ def test_table_lists_the_components_the_core_finds(dock, qtbot):
     for row in range(table.rowCount()):
         rec = core.by_id(table.id_at(row))
         assert float(table.item(row, col["vol mm³"]).text()) == pytest.approx(rec.hard_volume_mm3, abs=0.06)
+    # the flag rule is applied again without re-running anything
+    check, spin = dock.panel.rule._boxes["min_volume_mm3"]
+    spin.setValue(10000.0)
+    assert all(r.flagged for r in dock.review.records())
+    assert all(table.item(r, col["flag"]).text() for r in range(table.rowCount()))
+    for check, _ in dock.panel.rule._boxes.values():
+        check.setChecked(False)
+    assert not any(r.flagged for r in dock.review.records())
+    assert dock.panel.table.step_flagged(1) is None
 
 
+@gui
+@slow
 def test_selecting_a_flagged_row_moves_to_the_lesion(dock, qtbot):
     run_segment(qtbot, dock)
     review, viewer = dock.review, dock.viewer
     flagged = [r for r in review.records() if r.flagged]
     if not flagged:  # make every lesion flagged with a strict volume rule
-        dock.panel.rule_box.setChecked(True)
+        dock.panel.rule_toggle.setChecked(True)
         check, spin = dock.panel.rule._boxes["min_volume_mm3"]
         spin.setValue(10000.0)
         flagged = [r for r in review.records() if r.flagged]
@@ -146,6 +164,8 @@ def test_selecting_a_flagged_row_moves_to_the_lesion(dock, qtbot):
     assert dock.step_flagged(-1) == seen[-2 % len(seen)] if len(seen) > 1 else True
 
 
+@gui
+@slow
 def test_reject_removes_the_lesion_from_the_final_mask(dock, qtbot):
     run_segment(qtbot, dock)
     review = dock.review
@@ -170,6 +190,8 @@ def test_reject_removes_the_lesion_from_the_final_mask(dock, qtbot):
     assert (dock.layers["mask"].data > 0)[region].all()
 
 
+@gui
+@slow
 def test_painted_edits_are_kept_and_mark_the_lesion_edited(dock, qtbot):
     run_segment(qtbot, dock)
     review, layer = dock.review, dock.layers["mask"]
@@ -191,7 +213,9 @@ def test_painted_edits_are_kept_and_mark_the_lesion_edited(dock, qtbot):
     assert final[outside] and not final[inside]
 
 
-def test_export_round_trips(dock, qtbot, tmp_path, phantom_paths):
+@gui
+@slow
+def test_export_round_trips(dock, qtbot, tmp_path):
     from napari_softseg.nifti import read_nifti
 
     run_segment(qtbot, dock)
@@ -214,7 +238,7 @@ def test_export_round_trips(dock, qtbot, tmp_path, phantom_paths):
     assert [l["decision"] for l in doc["lesions"]][:1] == ["rejected"]
     assert doc["lesions"][0]["final_voxels"] == 0
     assert doc["summary"]["decisions"]["rejected"] == 1
-    source = read_nifti(phantom_paths["image"])
+    source = read_nifti(dock.viewer.layers["phantom_flair"].metadata["source_path"])  # the file on disk
     binary, soft = read_nifti(paths["binary"]), read_nifti(paths["soft"])
     for vol in (binary, soft):
         np.testing.assert_allclose(vol.affine, source.affine, atol=1e-6)
@@ -229,6 +253,8 @@ def test_export_round_trips(dock, qtbot, tmp_path, phantom_paths):
     np.testing.assert_allclose(raw.data, review.soft, atol=1e-6)
 
 
+@gui
+@slow
 def test_mc_dropout_samples_feed_the_lesion_statistics(dock, qtbot):
     dock.run_controls.mc_spin.setValue(3)
     run_segment(qtbot, dock)
@@ -239,18 +265,7 @@ def test_mc_dropout_samples_feed_the_lesion_statistics(dock, qtbot):
     assert all(math.isnan(r.volume_cv) or r.volume_cv >= 0 for r in records)
 
 
-def test_flag_rule_changes_reflag_without_rerun(dock, qtbot):
-    run_segment(qtbot, dock)
-    review = dock.review
-    check, spin = dock.panel.rule._boxes["min_volume_mm3"]
-    spin.setValue(10000.0)
-    assert all(r.flagged for r in review.records())
-    for check, _ in dock.panel.rule._boxes.values():
-        check.setChecked(False)
-    assert not any(r.flagged for r in review.records())
-    assert dock.panel.table.step_flagged(1) is None
-
-
+@gui
 def test_wrong_contrast_count_gets_a_clear_message(dock, qtbot, tmp_path):
     from napari_softseg.checkpoint import make_config, save_checkpoint
     from napari_softseg.model import UNet
@@ -264,6 +279,7 @@ def test_wrong_contrast_count_gets_a_clear_message(dock, qtbot, tmp_path):
     assert "phantom_flair soft" not in dock.viewer.layers
 
 
+@gui
 def test_models_trained_in_the_session_are_offered(dock, qtbot, tmp_path):
     import shutil
 
@@ -282,3 +298,70 @@ def test_models_trained_in_the_session_are_offered(dock, qtbot, tmp_path):
         assert "ms-lesion" in names and "brain-gm" in names or "ms-lesion" in names
     finally:
         RECENT_MODELS.clear()
+
+
+# ----------------------------------------------------------------------------- review core (no GUI)
+
+
+def _two_cubes():
+    """Cube A (3x3x3 voxels, p = 0.9) and cube B (2x2x2, p = 0.4) in a 12x12x8 volume."""
+    soft = np.zeros((12, 12, 8), np.float32)
+    soft[1:4, 1:4, 1:4] = 0.9
+    soft[7:9, 7:9, 4:6] = 0.4
+    return soft
+
+
+def test_review_decisions_follow_lesions_across_thresholds():
+    from napari_softseg.review import Review
+
+    review = Review(_two_cubes(), spacing=(1.0, 1.0, 2.0), threshold=0.5)
+    table = review.analyse()
+    assert len(table) == 1 and table[0].voxels == 27 and table[0].hard_volume_mm3 == 54.0
+    a = table[0].id
+    review.decide(a, "rejected", comment="artefact")
+    assert not review.final_mask().any()
+    table = review.analyse(threshold=0.3)  # B appears; ids may be renumbered
+    assert sorted(r.voxels for r in table) == [8, 27]
+    a_new = next(r.id for r in table if r.voxels == 27)
+    b_new = next(r.id for r in table if r.voxels == 8)
+    assert review.decision(a_new).status == "rejected" and review.decision(a_new).comment == "artefact"
+    assert review.decision(b_new).status == "pending"
+    expected = np.zeros_like(review.soft, bool)
+    expected[7:9, 7:9, 4:6] = True
+    np.testing.assert_array_equal(review.final_mask(), expected)
+    assert review.counts() == {"pending": 1, "accepted": 0, "rejected": 1, "edited": 0}
+
+
+def test_review_keeps_painted_edits_and_exports(tmp_path):
+    from napari_softseg.nifti import read_nifti
+    from napari_softseg.review import Review
+
+    review = Review(_two_cubes(), spacing=(1.0, 1.0, 2.0), threshold=0.3)
+    review.analyse()
+    b = next(r.id for r in review.records() if r.voxels == 8)
+    painted = review.final_mask().copy()
+    painted[11, 11, 7] = True  # a voxel drawn far from every lesion
+    painted[7, 7, 4] = False  # one voxel of B erased
+    changed = review.sync_edits(painted)
+    assert list(changed) == [b] and review.decision(b).status == "edited"
+    for t in (0.2, 0.6, 0.3):  # edits survive threshold changes
+        review.analyse(threshold=t)
+        mask = review.final_mask()
+        assert mask[11, 11, 7] and not mask[7, 7, 4]
+    soft = review.final_soft()
+    assert soft[11, 11, 7] == 1.0 and soft[7, 7, 4] == 0.0 and soft[7, 8, 4] == np.float32(0.4)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine[:3, 3] = (-5.0, 3.0, 7.5)
+    paths = review.export(tmp_path, "case", affine=affine, model={"name": "test"}, scan="case.nii.gz")
+    with open(paths["csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(int(r["voxels"]) for r in rows) == sorted(r.voxels for r in review.records())
+    row_b = next(r for r in rows if int(r["voxels"]) == 8)
+    assert row_b["decision"] == "edited" and int(row_b["final_voxels"]) == 7
+    doc = json.loads(paths["json"].read_text())
+    assert doc["model"] == {"name": "test"} and doc["scan"] == "case.nii.gz"
+    assert doc["summary"]["added_voxels"] == 1 and doc["summary"]["removed_voxels"] == 1
+    assert doc["summary"]["final_voxels"] == int(review.final_mask().sum())
+    binary = read_nifti(paths["binary"])
+    np.testing.assert_allclose(binary.affine, affine)
+    np.testing.assert_array_equal(binary.data > 0, review.final_mask())

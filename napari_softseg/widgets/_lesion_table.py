@@ -35,7 +35,6 @@ COLUMNS: tuple[Column, ...] = (
     Column("id", lambda r, d: r.id, tooltip="Lesion number (its value in the lesion label image)"),
     Column("flag", lambda r, d: "⚑" if r.flagged else "", tooltip="Flagged for review (see the reason)"),
     Column("decision", lambda r, d: d.status, tooltip="pending, accepted, rejected (removed from the final mask) or edited"),
-    Column("voxels", lambda r, d: r.voxels, tooltip="Voxels above the threshold"),
     Column("vol mm³", lambda r, d: r.hard_volume_mm3, "{:.1f}", "Hard volume: voxels x voxel volume"),
     Column("soft mm³", lambda r, d: r.soft_volume_mm3, "{:.1f}",
            "Soft volume: sum of probabilities over the lesion and its sub-threshold rim x voxel volume"),
@@ -46,6 +45,7 @@ COLUMNS: tuple[Column, ...] = (
            "IoU of the lesion across MC-dropout / TTA samples (blank without samples)"),
     Column("vol CV", lambda r, d: _num(r.volume_cv), "{:.2f}",
            "Coefficient of variation of the lesion volume across samples (blank without samples)"),
+    Column("voxels", lambda r, d: r.voxels, tooltip="Voxels above the threshold"),
     Column("reason", lambda r, d: r.reason, tooltip="Why the lesion is flagged"),
     Column("comment", lambda r, d: d.comment, tooltip="Reviewer's comment"),
 )

@@ -6,8 +6,8 @@ and reacts to the panel's signals.
 
 from __future__ import annotations
 
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPushButton, QToolButton, QVBoxLayout, QWidget
 
 from ..review import DECISIONS
 from ._flag_rule import FlagRuleEditor
@@ -31,18 +31,19 @@ class ReviewPanel(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(4)
 
-        self.rule_box = QGroupBox("Flag a lesion when")
-        self.rule_box.setCheckable(True)
-        self.rule_box.setChecked(False)  # collapsed: the defaults are sensible
-        self.rule_box.setToolTip("Criteria that flag a lesion for a second look (any one suffices). "
-                                 "Tick the title to show and adjust them.")
+        self.rule_toggle = QToolButton()
+        self.rule_toggle.setText("Flag rule: when a lesion deserves a second look")
+        self.rule_toggle.setCheckable(True)
+        self.rule_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.rule_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.rule_toggle.setAutoRaise(True)
+        self.rule_toggle.setToolTip("Show the criteria that flag a lesion (any one suffices); the defaults are "
+                                    "explained in each criterion's tooltip.")
         self.rule = FlagRuleEditor()
-        box_lay = QVBoxLayout(self.rule_box)
-        box_lay.setContentsMargins(4, 2, 4, 2)
-        box_lay.addWidget(self.rule)
         self.rule.setVisible(False)
-        self.rule_box.toggled.connect(self.rule.setVisible)
-        lay.addWidget(self.rule_box)
+        self.rule_toggle.toggled.connect(self._toggle_rule)
+        lay.addWidget(self.rule_toggle)
+        lay.addWidget(self.rule)
 
         self.summary = QLabel("No lesions yet: click Segment.")
         self.summary.setWordWrap(True)
@@ -85,6 +86,10 @@ class ReviewPanel(QWidget):
         self.edit_button.clicked.connect(self.edit_requested.emit)
         self.comment.editingFinished.connect(lambda: self.comment_changed.emit(self.comment.text()))
         self.set_selection(None)
+
+    def _toggle_rule(self, shown: bool) -> None:
+        self.rule.setVisible(shown)
+        self.rule_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
 
     def set_selection(self, lesion_id: int | None, comment: str = "") -> None:
         """Enable the decision buttons for a selected lesion and show its comment."""

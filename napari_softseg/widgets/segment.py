@@ -37,6 +37,19 @@ from ._segment_run import SegmentRequest, contrast_message, segment, stack_contr
 ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recomputed
 
 
+def _is_input_scan(layer) -> bool:
+    """Scans that can be segmented: not the results of a Segment."""
+    return is_scan(layer) and (layer.metadata or {}).get("softseg_role") != "entropy"
+
+
+def _unbind_keys(viewer) -> None:
+    for key in (NEXT_KEY, PREVIOUS_KEY):
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):
+            pass
+
+
 class _Relay(QObject):
     progress = Signal(int, int)  # emitted from the worker thread, delivered on the UI thread
 
@@ -66,7 +79,7 @@ class SegmentWidget(DockBase):
         self.models = ModelPicker()
         lay.addWidget(self.models)
         lay = self.group("Scan")
-        self.scan_combo = LayerCombo(napari_viewer, is_scan, empty_text="(open a scan)")
+        self.scan_combo = LayerCombo(napari_viewer, _is_input_scan, empty_text="(open a scan)")
         self.scan_combo.setToolTip("The image to segment (each contrast of a multi-contrast scan is one layer).")
         self.scan_info = QLabel()
         self.scan_info.setWordWrap(True)
@@ -94,6 +107,7 @@ class SegmentWidget(DockBase):
         row.addWidget(self.export_button)
         lay.addLayout(row)
         self.finish_layout()
+        self.setMinimumWidth(440)
         self._layout.setStretchFactor(self.panel.parentWidget(), 1)
 
         self._timer = QTimer(self)
@@ -115,6 +129,7 @@ class SegmentWidget(DockBase):
         self.export_button.clicked.connect(lambda: self._ask_folder(self.export_review))
         napari_viewer.bind_key(NEXT_KEY, lambda v: self.step_flagged(1), overwrite=True)
         napari_viewer.bind_key(PREVIOUS_KEY, lambda v: self.step_flagged(-1), overwrite=True)
+        self.destroyed.connect(lambda *_: _unbind_keys(napari_viewer))
         self._check_inputs()
 
     # ------------------------------------------------------------------ inputs
@@ -300,8 +315,7 @@ class SegmentWidget(DockBase):
         self.panel.set_summary(self.review)
         lesion_id = self.panel.table.selected_id()
         self.panel.set_selection(lesion_id, self.review.decision(lesion_id).comment if lesion_id else "")
-        if lesion_id is None:
-            self._highlight(None)
+        self._highlight(lesion_id)
 
     def select_lesion(self, lesion_id: int) -> None:
         """Move the viewer to a lesion (slice and camera centre) and outline it."""

@@ -1,0 +1,82 @@
+"""The shipped default models: small, documented, addressable by name, and good at their job.
+
+* ``ms-lesion`` finds most lesions of the phantom (lesions of the exact truth fraction
+  ``> 0.5``; detection counted independently here with ``scipy.ndimage.label``).
+* ``brain-gm`` reproduces FSL FAST's soft gray matter on the brain T1's held-out slices.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_softseg.inference import MODELS_DIR, SHIPPED_MODELS, load_model, predict_volume, resolve_model_path
+
+CONN18 = ndimage.generate_binary_structure(3, 2)
+
+
+@pytest.mark.parametrize("name", ["ms-lesion", "brain-gm"])
+def test_shipped_model_is_small_documented_and_loadable(name):
+    assert name in SHIPPED_MODELS
+    path = resolve_model_path(name)
+    assert path == MODELS_DIR / f"{name}.pt"
+    assert path.stat().st_size <= 5 * 2**20
+    model = load_model(name)
+    cfg = model.softseg_config
+    assert cfg["n_channels"] == 1 and model.in_channels == 1
+    assert cfg["preset"] == "softseg" and model.activation_name == "normrelu"
+    assert 0.0 < cfg["threshold"] < 1.0
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    info = json.loads((MODELS_DIR / f"{name}.json").read_text())
+    for key in ("command", "seed", "data", "epochs_run", "metrics", "threshold"):
+        assert key in info, key
+    assert info["threshold"] == pytest.approx(cfg["threshold"])
+    assert "train_default_models.py" in info["command"]
+    assert (MODELS_DIR / f"{name}.md").read_text().startswith(f"# Default model `{name}`")
+
+
+@pytest.mark.slow
+def test_lesion_model_finds_most_phantom_lesions(phantom):
+    model = load_model("ms-lesion")
+    threshold = model.softseg_config["threshold"]
+    soft = predict_volume(model, phantom.image, spacing=(1.0, 1.0, 3.0))
+    truth, n_truth = ndimage.label(phantom.truth > 0.5, structure=CONN18)
+    pred, n_pred = ndimage.label(soft > threshold, structure=CONN18)
+    sizes = np.bincount(truth.ravel(), minlength=n_truth + 1)[1:]
+    hit = np.bincount(truth[pred > 0], minlength=n_truth + 1)[1:]
+    detected = np.count_nonzero(hit >= np.minimum(3, sizes))
+    false = sum(1 for i in range(1, n_pred + 1) if not np.any(phantom.truth[pred == i] > 0.5))
+    ltpr, lfdr = detected / n_truth, false / max(n_pred, 1)
+    assert ltpr >= 0.6, (detected, n_truth)
+    assert lfdr <= 0.5, (false, n_pred)
+    # the numbers written beside the model are what the model does
+    info = json.loads((MODELS_DIR / "ms-lesion.json").read_text())
+    recorded = next(v for k, v in info["metrics"].items() if "in training" in k)
+    assert recorded["ltpr_%"] == pytest.approx(100 * ltpr, abs=0.1)
+
+
+@pytest.mark.slow
+def test_gm_model_matches_fast_on_held_out_slices():
+    import sys
+
+    from _paths import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import train_default_models as recipe
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    t1, image, label, brain = recipe.brain_volumes()
+    soft = predict_volume(load_model("brain-gm"), image, spacing=t1.spacing)
+    lo, hi = recipe.GM_HELD_OUT
+    p, t = soft[:, :, lo:hi].astype(np.float64), label[:, :, lo:hi].astype(np.float64)
+    soft_dice = 2 * (p * t).sum() / (p.sum() + t.sum())
+    assert soft_dice >= 0.75
+    assert abs(soft[brain].mean() - label[brain].mean()) < 0.08  # GM fraction of the brain
+    assert soft[~brain].max() < 0.5  # nothing outside the brain (incl. the masked spheres)
+    info = json.loads((MODELS_DIR / "brain-gm.json").read_text())
+    recorded = next(iter(info["metrics"].values()))["soft_dice_held_out_%"]
+    assert recorded == pytest.approx(100 * soft_dice, abs=0.1)
