@@ -122,4 +122,7 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # every process waits for the others (rank 0 may still be writing the checkpoint):
+        # tearing a gloo group down while a peer is busy aborts that peer
+        dist.barrier()
         dist.destroy_process_group()

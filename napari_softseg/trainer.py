@@ -226,10 +226,20 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, cancel):
-        cfg, d = self.config, self.data
+        """Yield the events of the whole run (see :func:`napari_softseg.train.train`)."""
         old_threads = torch.get_num_threads()
-        if cfg.num_threads:
-            torch.set_num_threads(int(cfg.num_threads))
+        if self.config.num_threads:
+            torch.set_num_threads(int(self.config.num_threads))
+        try:
+            yield from self._run(cancel)
+        finally:
+            if self.config.num_threads:
+                torch.set_num_threads(old_threads)
+            # drop the DDP wrapper now, so that it never outlives the process group
+            self.net = self.model
+
+    def _run(self, cancel):
+        cfg, d = self.config, self.data
         t0 = time.perf_counter()
         units_total = cfg.epochs * (self.steps + self.val_steps) + self.val_steps
         units_done = 0
@@ -357,8 +367,6 @@ class Trainer:
                 save_checkpoint(path, self.model, config)
         elif status == "failed":
             message += " No checkpoint was written: no epoch had finished."
-        if cfg.num_threads:
-            torch.set_num_threads(old_threads)
         yield TrainEvent("done", "train", epoch, status=status, message=message, checkpoint=path, threshold=threshold,
                          summary=summary, best_val_loss=_finite(best_loss), best_epoch=best_epoch, start_loss=start_loss,
                          elapsed_seconds=time.perf_counter() - t0, eta_seconds=0.0, **common)

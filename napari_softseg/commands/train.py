@@ -8,6 +8,7 @@ writes). Ctrl-C stops at the next step and still writes the best weights so far.
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -158,13 +159,17 @@ def run(args) -> int:
         previous = signal.signal(signal.SIGINT, on_interrupt)
     bar = ProgressBar() if ctx.is_main and not args.quiet else None
     last = None
+    events = train(config, data, init=args.init, cancel=cancel, checkpoint_path=out)
     try:
-        for last in train(config, data, init=args.init, cancel=cancel, checkpoint_path=out):
+        for last in events:
             if bar is not None:
                 bar.update(last)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        events.close()
+        del events
+        gc.collect()  # the network and its DDP wrapper go before the process group does
         distributed.shutdown()
     if not ctx.is_main or last is None:
         return 0
