@@ -96,7 +96,7 @@ def brain_gm(factor: int = 2) -> Volume:
                   f"({spacing[0]:g} mm isotropic), axial slices with brain, spheres removed")
 
 
-def sct_gm(size: int = 64) -> Volume:
+def sct_gm(size: int = 48) -> Volume:
     """Spinal-cord grey matter: the shipped T2* scan (``sample_data/sct_t2s``) and its
     expert binary mask, at native resolution, cropped in-plane to ``size`` x ``size``
     around the cord (centred on the mask's centre of mass)."""

@@ -64,8 +64,8 @@ def plans(quick: bool) -> list[Plan]:
                  CANDIDATES[:2]),
         ]
     return [
-        Plan("brain_gm", C.brain_gm, C.Budget(epochs=30, batch_size=8, crop_size=(72, 96)), 5, 1),
-        Plan("sct_gm", C.sct_gm, C.Budget(epochs=60, batch_size=8, crop_size=(64, 64)), 5, 0),
+        Plan("brain_gm", C.brain_gm, C.Budget(epochs=15, batch_size=8, crop_size=(72, 96)), 5, 1),
+        Plan("sct_gm", lambda: C.sct_gm(size=48), C.Budget(epochs=60, batch_size=4, crop_size=(48, 48)), 5, 0),
     ]
 
 
@@ -76,7 +76,8 @@ def _one_run(vol: C.Volume, pred: np.ndarray, test: np.ndarray, threshold: float
     ev = evaluate(p, t, spacing=vol.spacing, mask=m)
     auto = evaluate(p, t, spacing=vol.spacing, mask=m, threshold=threshold)
     metrics = {k: ev[k] for k in ("dice", "precision", "recall", "avd", "rvd", "mse", "ece", "brier", "soft_dice")}
-    metrics.update(softness=C.softness(p, m), dice_auto=auto["dice"], threshold_auto=threshold)
+    metrics.update(softness=C.softness(p, m), dice_auto=auto["dice"], threshold_auto=threshold,
+                   max_p=float(p[m].max()) if m.any() else 0.0)
     return {
         "metrics": metrics,
         "sweep": threshold_sweep(p, t).to_dict(),
@@ -121,6 +122,7 @@ def summarise(runs: list[dict], candidates=CANDIDATES) -> dict:
             p = C.wilcoxon_p([mine[k][key] for k in seeds], [ref[k][key] for k in seeds]) if cand != "softseg" else None
             row[key] = {"mean": m, "std": s, "p_vs_softseg": p, "values": [mine[k][key] for k in sorted(mine)]}
         row["train_s_mean"] = C.mean_std([r["train_s"] for r in runs if r["candidate"] == cand])[0]
+        row["all_zero_runs"] = sum(1 for k in mine if mine[k]["max_p"] <= 0.05)
         out[cand] = row
     return out
 
@@ -195,7 +197,9 @@ def markdown(r: dict) -> str:
     lines += ["Mean ± std over seeds (each seed holds out a different slab of axial slices); "
               "(p …) two-sided Wilcoxon signed-rank test against SoftSeg, paired by seed. "
               "Overlap metrics at threshold 0.5 (truth binarised > 0.5); MSE, ECE (10 bins) and Brier "
-              "against the soft truth; softness = % of voxels with p > 0.05 that are < 0.95.", ""]
+              "against the soft truth; softness = % of voxels with p > 0.05 that are < 0.95; "
+              "all-zero runs: no voxel of the held-out slab above 0.05 (such runs have no precision or "
+              "softness, which are averaged over the other runs).", ""]
     for d in r["datasets"].values():
         n = d["seeds"]
         lines += [f"### {d['dataset']}", "",
@@ -203,13 +207,13 @@ def markdown(r: dict) -> str:
                   f"Budget per candidate and seed: {d['budget_text']}. {n} seeds / slabs"
                   + (f", {d['gap']} slice(s) left out on either side of each test slab" if d["gap"] else "")
                   + f". With n = {n} pairs the smallest possible two-sided p is {2 / 2 ** n:.4f}.", ""]
-        header = ["candidate"] + [title for _, title, _, _ in METRICS] + ["train s"]
+        header = ["candidate"] + [title for _, title, _, _ in METRICS] + ["all-zero runs", "train s"]
         rows = []
         for cand in d["candidates"]:
             row = d["summary"][cand]
             rows.append([f"{PRESETS[cand].title} (`{cand}`)"]
                         + [_cell(row, k, dg, cand != "softseg") for k, _, _, dg in METRICS]
-                        + [C.fmt(row["train_s_mean"], 0)])
+                        + [f"{row['all_zero_runs']} / {n}", C.fmt(row["train_s_mean"], 0)])
         lines += [C.md_table(header, rows), ""]
     pooled = r["pooled_p_vs_softseg"]
     if pooled:
