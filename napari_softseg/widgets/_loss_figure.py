@@ -55,10 +55,11 @@ class LossFigure:
         self.ax2.set_ylim(0.0, 1.0)
         (self.train,) = self.ax.plot([], [], "-o", color=TRAIN, ms=3, lw=1.4, label="train loss")
         (self.val,) = self.ax.plot([], [], "-o", color=VAL, ms=3, lw=1.4, label="val loss")
-        (self.start,) = self.ax.plot([], [], "*", color=START, ms=9, label="before training (val)")
+        (self.start,) = self.ax.plot([], [], "*", color=START, ms=9, label="start (val)")
         (self.dice,) = self.ax2.plot([], [], "--s", color=DICE, ms=3, lw=1.2, label="val Dice")
-        self.ax.legend(handles=[self.train, self.val, self.dice, self.start], loc="upper right", fontsize=7,
-                       facecolor=BG, edgecolor=GRID, labelcolor=FG, framealpha=0.85)
+        self.ax.legend(handles=[self.train, self.val, self.dice, self.start], loc="lower center", ncol=4,
+                       bbox_to_anchor=(0.5, 1.0), fontsize=7, frameon=False, labelcolor=FG, handlelength=1.6,
+                       columnspacing=1.0, borderaxespad=0.2)
 
     def render(self, s: dict) -> np.ndarray:
         """``(H, W, 4)`` uint8 RGBA of state ``s`` (physical pixels)."""
@@ -67,7 +68,7 @@ class LossFigure:
         self.figure.set_dpi(DPI * ratio)
         self.figure.set_size_inches(w / DPI, h / DPI)
         left, right = 46 / w, 1 - 46 / w
-        self.figure.subplots_adjust(left=left, right=max(right, left + 0.1), bottom=34 / h, top=1 - 8 / h)
+        self.figure.subplots_adjust(left=left, right=max(right, left + 0.1), bottom=34 / h, top=1 - 22 / h)
         self.train.set_data(s["epochs"], s["train"])
         self.val.set_data(s["epochs"], s["val"])
         self.dice.set_data(s["epochs"], s["dice"])

@@ -186,8 +186,9 @@ class TrainingProcess:
         env = dict(os.environ)
         paths = [p for p in sys.path if p] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         env["PYTHONPATH"] = os.pathsep.join(paths)  # the child finds what the viewer finds
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
+        low = {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS} if sys.platform == "win32" else {}
+        self.proc = subprocess.Popen(  # lowered priority: the viewer keeps precedence for the CPU
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0, **low,
         )
         self._write_lock = threading.Lock()
         self.busy = False

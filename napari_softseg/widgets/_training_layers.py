@@ -136,8 +136,12 @@ class TrainingPreview:
             axis = choose_slice_axis(snapshot.spacing)
         n = snapshot.image.shape[axis]
         try:
-            coord = snapshot.layer.world_to_data(np.asarray(self.viewer.dims.point)[-3:])
-            index = int(round(float(np.asarray(coord)[-3:][axis])))
+            # the slice napari shows (with an oblique affine it ignores the out-of-plane
+            # rotation, so world_to_data can differ); world_to_data if that is unknown
+            shown = getattr(getattr(snapshot.layer, "_data_slice", None), "point", None)
+            coord = shown if shown is not None and np.isfinite(shown[axis]) else \
+                snapshot.layer.world_to_data(np.asarray(self.viewer.dims.point)[-3:])
+            index = int(np.floor(float(np.asarray(coord)[-3:][axis]) + 0.5))
         except Exception:  # noqa: BLE001 - unusual viewer dimensions: the middle slice
             index = -1
         return (0, index if 0 <= index < n else n // 2), int(axis)

@@ -149,7 +149,9 @@ class TrainingWidget(DockBase):
             base_features=p.base_features.value(), val_fraction=p.val_fraction.value(), device=device,
             mixed_precision=p.mixed_precision.isChecked() and p.mixed_precision.isEnabled(),
             preview_every=min(5, max(1, p.epochs.value() // 20)),
-            num_threads=max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else None,  # a core for the viewer
+            # one core stays with the viewer (with all cores, torch's threads were descheduled
+            # in turn on a busy 2-core machine and training ran 20x slower)
+            num_threads=max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else None,
         ).validate()
 
     @staticmethod
