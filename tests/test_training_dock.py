@@ -297,12 +297,10 @@ def test_event_loop_never_stalls_while_training(make_napari_viewer, qtbot, recor
 
     viewer, *_ = mt_viewer(make_napari_viewer)
     dock = open_dock(viewer, epochs=40, batch=2)  # 2 steps per epoch: events as fast as possible
-    # let the training process finish its imports first (they are not training)
     from napari_softseg.widgets import _training_child
 
-    qtbot.wait(50)
-    proc = _training_child.acquire_process()
-    assert proc.alive()
+    qtbot.wait(50)  # the dock starts its training process at once, in the background
+    assert _training_child.acquire_process(reserve=False).alive()
     gaps, last = [], [0.0]
 
     def tick():

@@ -252,20 +252,26 @@ class TrainingProcess:
 _POOL: list[TrainingProcess] = []
 
 
-def acquire_process() -> TrainingProcess:
-    """An idle, living child process (started now if none is)."""
+def acquire_process(reserve: bool = True) -> TrainingProcess:
+    """An idle, living child process (started now if none is), reserved for one job
+    (:meth:`TrainingProcess.events` frees it) unless ``reserve`` is False."""
     _POOL[:] = [p for p in _POOL if p.alive()]
     for p in _POOL:
         if not p.busy:
-            return p
-    p = TrainingProcess()
-    _POOL.append(p)
+            break
+    else:
+        p = TrainingProcess()
+        _POOL.append(p)
+    p.busy = reserve
     return p
 
 
 def prestart() -> None:
     """Start a child in the background so that its imports are warm by the first job."""
-    acquire_process()
+    try:
+        acquire_process(reserve=False)
+    except OSError:  # reported when training starts
+        logging.getLogger(__name__).exception("the training process could not be started")
 
 
 @atexit.register

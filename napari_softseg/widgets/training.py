@@ -180,6 +180,10 @@ class TrainingWidget(DockBase):
             config = self.config()
             config.preview_slice, axis = self.preview.target(snapshots[0] if snapshots else None, init, config)
             path = self._new_model_path(config.preset or "model")
+            try:
+                process = acquire_process()
+            except OSError as err:
+                raise UserError(f"The training process could not be started ({err}).") from None
             ready = True
         if not ready:
             return None
@@ -197,7 +201,7 @@ class TrainingWidget(DockBase):
         job = {"snapshots": [dataclasses.replace(s, layer=None) for s in snapshots], "folders": list(self.data.folders),
                "label_source": self.data.label_source, "config": config, "init": init, "checkpoint_path": path,
                "probes": list(self.probes), "plot_size": self.plot.pixel_size()}
-        self._process = acquire_process()
+        self._process = process
         self._pbar = progress(total=config.epochs, desc="Training SoftSeg")
         self.worker = create_worker(self._process.events, job, _start_thread=False)
         self.worker.yielded.connect(self._on_event)
