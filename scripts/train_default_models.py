@@ -42,7 +42,8 @@ CPU supports it; the device and precision are recorded).
       down to 15 % of the volume (a 240x240x155 BraTS-like volume has 11 %);
     * **orientation**: in-plane flips (RAS, LAS, RPS, LPS views of the same anatomy);
     * **contrast**: a random monotonic piecewise-linear intensity curve per variant
-      (log-normal slopes on five brain-intensity segments), so the gray/white/CSF contrast
+      (log-normal slopes on five brain-intensity segments, sigma :data:`CURVE_SIGMA`), so the
+    gray/white/CSF contrast
       ratios vary around the training scan's;
 
     on top of the trainer's random rotation, translation and scaling. Each variant uses
@@ -65,6 +66,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -86,6 +88,9 @@ VALIDATION_PHANTOM, HELD_OUT_PHANTOM = 5, 3
 #: held-out axial slab of the brain T1 (z indices, end exclusive) and the gap around it
 GM_HELD_OUT = (62, 80)
 GM_GAP = 2
+GM_DROPOUT = 0.3
+CURVE_SIGMA = 0.45
+LESION_FINETUNE_LR = 1e-3
 GM_VARIANTS = (  # (in-plane size after zero padding, flip axes, curve seed or None)
     (None, (), None),
     ((192, 208), (0,), 1),
@@ -252,13 +257,22 @@ def train_ms_lesion(args) -> dict:
     warm = TrainConfig(preset="conventional", epochs=LESION_WARMUP_EPOCHS, batch_size=8, lr=1e-3,
                        val_fraction=1 / 3, patience=10_000, seed=args.seed, device="cpu",
                        num_threads=args.threads, augment=True)
-    event1 = run_training(warm, TrainingData(full, label_source="average", contrasts=["FLAIR"], classes=["lesion"]),
-                          checkpoint_path=tmp / "stage1.pt", callback=_progress("ms-lesion stage 1"))
+    if args.stage1:  # an earlier run's stage 1 (same seed and recipe), to iterate on stage 2
+        from napari_softseg.checkpoint import load_checkpoint
+
+        _, c1 = load_checkpoint(args.stage1)
+        event1 = SimpleNamespace(checkpoint=Path(args.stage1), threshold=c1["threshold"], summary=c1["training"])
+    else:
+        event1 = run_training(warm, TrainingData(full, label_source="average", contrasts=["FLAIR"], classes=["lesion"]),
+                              checkpoint_path=tmp / "stage1.pt", callback=_progress("ms-lesion stage 1"))
     init = _as_normrelu(event1.checkpoint, tmp / "stage1-normrelu.pt", event1.threshold)
-    # stage 2: SoftSeg with random rater sampling, every slice
-    data = TrainingData(full, label_source="random", contrasts=["FLAIR"], classes=["lesion"])
-    config = TrainConfig(preset="softseg", epochs=args.epochs or LESION_EPOCHS, batch_size=8, lr=1e-3,
-                         val_fraction=1 / 3, patience=10_000, seed=args.seed, device="cpu",
+    # stage 2: SoftSeg with random rater sampling, every slice of the two training phantoms.
+    # No validation set: the trainer would compare every epoch with the warm start, whose
+    # hard, all-zero background always wins on a mean Adaptive Wing loss, and keep it; the
+    # epoch with the lowest training loss is kept instead.
+    data = TrainingData(full[:2], label_source="random", contrasts=["FLAIR"], classes=["lesion"])
+    config = TrainConfig(preset="softseg", epochs=args.epochs or LESION_EPOCHS, batch_size=8, lr=LESION_FINETUNE_LR,
+                         val_fraction=0.0, patience=10_000, seed=args.seed, device="cpu",
                          num_threads=args.threads, augment=True)
     out = args.out / "ms-lesion.pt"
     event = run_training(config, data, init=init, checkpoint_path=out, callback=_progress("ms-lesion"))
@@ -271,7 +285,7 @@ def train_ms_lesion(args) -> dict:
     info.update({
         "description": "Multiple-sclerosis lesions on FLAIR-like images (soft map in [0, 1]).",
         "data": f"lesion phantom seeds {PHANTOM_SEED} (the sample data) and {PHANTOM_SEED + 1} for training, "
-                f"{PHANTOM_SEED + VALIDATION_PHANTOM} for validation (best epoch; threshold chosen on all three); "
+                f"{PHANTOM_SEED + VALIDATION_PHANTOM} for validation of stage 1; "
                 "142x178x47 at 1x1x3 mm, four raters each",
         "label_source": "random rater sampling (one of the four raters per slice, drawn anew every epoch)",
         "stage_1": {"preset": "conventional", "label_source": "rater average >= 0.5", "epochs_run": s1.get("epochs_run"),
@@ -319,7 +333,7 @@ def intensity_curve(image: np.ndarray, brain: np.ndarray, seed: int | None) -> n
     """A random monotonic piecewise-linear remapping of the brain intensities.
 
     ``u = I / p99(brain)``, knots at u = 0, 0.2, ..., 1 mapped to the cumulative sum of
-    log-normal slopes ``0.2 exp(N(0, 0.45))`` normalised to end at 1; background stays 0
+    log-normal slopes ``0.2 exp(N(0, CURVE_SIGMA))`` normalised to end at 1; background stays 0
     and the result is scaled back to the original range. ``seed=None``: identity.
     """
     if seed is None:
@@ -327,7 +341,7 @@ def intensity_curve(image: np.ndarray, brain: np.ndarray, seed: int | None) -> n
     rng = np.random.default_rng(1000 + seed)
     hi = float(np.percentile(image[brain], 99))
     knots = np.linspace(0.0, 1.0, 6)
-    steps = 0.2 * np.exp(rng.normal(0.0, 0.45, size=5))
+    steps = 0.2 * np.exp(rng.normal(0.0, CURVE_SIGMA, size=5))
     values = np.concatenate([[0.0], np.cumsum(steps)])
     values /= values[-1]
     u = np.clip(image / hi, 0.0, None)
@@ -483,7 +497,7 @@ def train_brain_gm(args) -> dict:
     _log("brain-gm: preparing variants ...")
     data, meta = gm_training_data(args.seed)
     config = TrainConfig(preset="softseg", epochs=args.epochs or GM_EPOCHS, batch_size=8, lr=1e-3,
-                         crop_size=(144, 184), val_fraction=0.0, patience=10_000, seed=args.seed, device="cpu",
+                         dropout=GM_DROPOUT, crop_size=(144, 184), val_fraction=0.0, patience=10_000, seed=args.seed, device="cpu",
                          num_threads=args.threads, augment=True)
     out = args.out / "brain-gm.pt"
     t0, c0 = time.perf_counter(), time.process_time()
@@ -521,6 +535,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=MODELS_DIR, help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (for quick trials)")
+    p.add_argument("--stage1", help="ms-lesion: reuse this stage-1 checkpoint of an earlier run instead of training it")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine a second thread mostly spins)")
     p.add_argument("--check", default=str(REPO.parent / "shared" / "data" / "brats_case" / "t1n.nii.gz"),

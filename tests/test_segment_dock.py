@@ -54,6 +54,7 @@ def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
     run_segment(qtbot, dock)
     viewer, scan = dock.viewer, dock.viewer.layers["phantom_flair"]
     soft, mask, entropy = (viewer.layers[f"phantom_flair {k}"] for k in ("soft", "mask", "entropy"))
+    assert [lay.name for lay in viewer.layers][-3:] == ["phantom_flair entropy", "phantom_flair soft", "phantom_flair mask"]
     for layer in (soft, mask, entropy):
         assert layer.data.shape == scan.data.shape
         np.testing.assert_allclose(data_to_world(layer), data_to_world(scan), atol=1e-9)
@@ -155,7 +156,7 @@ def test_selecting_a_flagged_row_moves_to_the_lesion(dock, qtbot):
     centre = np.asarray(getattr(viewer, "scene", viewer).camera.center)[-2:]
     world = scan.data_to_world(target.centroid)
     np.testing.assert_allclose(centre, np.asarray(world)[list(viewer.dims.displayed)], atol=1e-6)
-    highlight = dock.layers["highlight"].data > 0
+    highlight = dock.layers["mask"].data == 2  # the selected lesion has its own colour
     np.testing.assert_array_equal(highlight, review.table.labels == target.id)
     # next / previous flagged walk the flagged rows only, in table order, and wrap
     order = [i for i in dock.panel.table.ids_in_order() if review.table.by_id(i).flagged]

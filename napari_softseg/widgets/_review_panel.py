@@ -17,6 +17,15 @@ from ._lesion_table import LesionTableWidget
 NEXT_KEY, PREVIOUS_KEY = "N", "Shift-N"
 
 
+def unbind_keys(viewer, keys) -> None:
+    """Remove the dock's key bindings from the viewer (when the dock is closed)."""
+    for key in keys:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):
+            pass
+
+
 class ReviewPanel(QWidget):
     """Flag-rule editor, lesion table, previous/next flagged, accept/reject/edit and comment."""
 

@@ -1,4 +1,5 @@
-"""Run options, Segment/Cancel, progress and the threshold slider of the Segment dock."""
+"""Run options, Segment/Cancel, progress, the threshold slider and the save buttons of the
+Segment dock."""
 
 from __future__ import annotations
 
@@ -109,3 +110,20 @@ class ThresholdControl(QWidget):
         self.slider.setValue(int(round(value * 100)))
         self.slider.blockSignals(False)
         self.changed.emit(float(value))
+
+
+class SaveControls(QWidget):
+    """"Save predictions…" (raw model outputs) and "Export review…" (the reviewed result)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.save_button = QPushButton("Save predictions…")
+        self.save_button.setToolTip("Write the soft map (float32), the mask and the entropy map as NIfTI with the "
+                                    "scan's geometry.")
+        self.export_button = QPushButton("Export review…")
+        self.export_button.setToolTip("Write the lesion table (CSV and JSON: statistics, decisions, comments, model) "
+                                      "and the final soft and binary masks (NIfTI, the scan's geometry).")
+        row.addWidget(self.save_button)
+        row.addWidget(self.export_button)

@@ -6,19 +6,30 @@ import numpy as np
 
 from ._base import data_to_world, layer_geometry
 
-#: colours of the mask outline and of the selected lesion's outline
+#: colours of the mask outline and of the selected lesion's outline (both in the mask layer)
 MASK_COLOUR, HIGHLIGHT_COLOUR = (0.25, 0.85, 1.0, 1.0), (0.3, 1.0, 0.3, 1.0)
 #: metadata keys copied from the scan so that the result layers save with its geometry
 GEOMETRY_KEYS = ("source_path", "affine", "shape", "spacing", "qform_code", "sform_code", "units", "orientation",
                  "nifti_header")
 
 
-def result_layers(viewer, scan, review, entropy: np.ndarray, model: dict, existing: dict) -> dict:
-    """Add (or update) the entropy, soft, mask and lesion-outline layers of a Segment.
+#: value of the selected lesion's voxels in the mask layer (the others are 1)
+SELECTED = 2
+
+
+def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, layers: dict) -> list:
+    """The additions of a Segment's layers, one callable per layer (run them in order).
+
+    Adding a napari layer costs tens of milliseconds or more (visuals, controls), so the dock
+    runs one step per turn of the event loop. The steps add, or update when a previous
+    Segment left a layer with the same name and shape, into ``layers`` (``{key: layer}``):
+
+    * ``soft``: the soft prediction, a transparent-to-opaque perceptual colormap, contrast 0-1;
+    * ``mask``: Labels, 1 = the final mask (outlined), :data:`SELECTED` = the selected lesion;
+    * ``entropy``: voxel-wise entropy (hidden at first).
 
     Every layer gets the scan's full data-to-world transform as its affine and the scan's
-    NIfTI geometry in ``metadata`` (plus ``softseg_role`` and ``softseg_model``). Layers of a
-    previous Segment with the same name and shape are reused. Returns ``{key: layer}``.
+    NIfTI geometry in ``metadata`` (plus ``softseg_role`` and ``softseg_model``).
     """
     from napari.utils.colormaps import DirectLabelColormap
 
@@ -34,22 +45,27 @@ def result_layers(viewer, scan, review, entropy: np.ndarray, model: dict, existi
     def kwargs(role: str, **extra) -> dict:
         return {"affine": affine, "metadata": {**md, "softseg_role": role, "softseg_model": model}, **extra}
 
-    layers = dict(existing)
-    mask = review.final_mask().astype(np.uint8)
-    _put(viewer, layers, "entropy", f"{base} entropy", entropy, "image", kwargs(
-        "entropy", colormap="viridis", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False))
-    _put(viewer, layers, "soft", f"{base} soft", review.soft, "image", kwargs(
-        "soft", colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8,
-        interpolation2d="nearest"))
-    _put(viewer, layers, "mask", f"{base} mask", mask, "labels", kwargs(
-        "prediction_mask", opacity=0.9, colormap=DirectLabelColormap(color_dict={1: MASK_COLOUR, None: (0, 0, 0, 0)})))
-    layers["mask"].contour = 1
-    layers["mask"].selected_label = 1
-    _put(viewer, layers, "highlight", f"{base} lesion", np.zeros_like(mask), "labels", kwargs(
-        "lesion_highlight", opacity=1.0, colormap=DirectLabelColormap(color_dict={1: HIGHLIGHT_COLOUR, None: (0, 0, 0, 0)})))
-    layers["highlight"].contour = 2
-    layers["highlight"].editable = False
-    return layers
+    def soft() -> None:
+        _put(viewer, layers, "soft", f"{base} soft", review.soft, "image", kwargs(
+            "soft", colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8,
+            interpolation2d="nearest"))
+
+    def mask() -> None:
+        colours = {1: MASK_COLOUR, SELECTED: HIGHLIGHT_COLOUR, None: (0, 0, 0, 0)}
+        _put(viewer, layers, "mask", f"{base} mask", review.final_mask().astype(np.uint8), "labels", kwargs(
+            "prediction_mask", opacity=1.0, colormap=DirectLabelColormap(color_dict=colours)))
+        layers["mask"].contour = 1
+        layers["mask"].selected_label = 1
+
+    def uncertainty() -> None:
+        _put(viewer, layers, "entropy", f"{base} entropy", entropy, "image", kwargs(
+            "entropy", colormap="viridis", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False))
+        if layers["entropy"] in viewer.layers and layers["soft"] in viewer.layers:  # keep it under the soft map
+            index = viewer.layers.index(layers["soft"])
+            if viewer.layers.index(layers["entropy"]) > index:
+                viewer.layers.move(viewer.layers.index(layers["entropy"]), index)
+
+    return [soft, mask, uncertainty]
 
 
 def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dict) -> None:
@@ -63,6 +79,15 @@ def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dic
         viewer.layers.remove(name)
     add = viewer.add_image if kind == "image" else viewer.add_labels
     layers[key] = add(data, name=name, **kwargs)
+
+
+def write_mask(layer, final: np.ndarray, labels: np.ndarray | None, selected: int | None) -> None:
+    """Write the final mask (1) and the selected lesion (:data:`SELECTED`) into ``layer`` in place."""
+    data = layer.data
+    np.copyto(data, final, casting="unsafe")
+    if selected is not None and labels is not None:
+        data[(labels == selected) & final] = SELECTED
+    layer.refresh()
 
 
 def world_point(layer, voxel) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""What the Segment button runs in its worker thread (no Qt, no napari).
+"""What the Segment button runs in its worker thread (no Qt, no napari), and input checks.
 
 :func:`segment` loads the model (cached), predicts the soft map (with MC-dropout / TTA
 samples when asked), and analyses the lesions, so the UI thread receives finished arrays
@@ -111,3 +111,28 @@ def stack_contrasts(layers: Sequence) -> np.ndarray:
     if len(shapes) != 1:
         raise UserError(f"The contrasts {', '.join(lay.name for lay in layers)} have different shapes {sorted(shapes)}.")
     return np.stack(arrays, axis=-1)
+
+
+def contrast_layers(viewer, scan) -> list:
+    """The layers holding the contrasts of ``scan`` (tagged ``softseg_scan`` by the reader), in
+    channel order; just ``[scan]`` for a single-contrast scan."""
+    group = ((scan.metadata or {}).get("softseg_scan") or {}).get("group")
+    if not group:
+        return [scan]
+    same = [lay for lay in viewer.layers if ((lay.metadata or {}).get("softseg_scan") or {}).get("group") == group]
+    return sorted(same, key=lambda lay: lay.metadata["softseg_scan"].get("channel", 0))
+
+
+def input_problem(viewer, scan, config: dict | None, model_error: str = "") -> str:
+    """Why Segment cannot run with this scan and model (one sentence), or ''."""
+    if model_error:
+        return model_error
+    if config is None:
+        return "Choose a model."
+    if scan is None:
+        return "Open a scan (File > Open, or File > Open Sample > SoftSeg)."
+    n_model = int(config.get("n_channels", 1))
+    layers = contrast_layers(viewer, scan) if n_model > 1 else [scan]
+    if len(layers) != n_model:
+        return contrast_message(config, len(layers), f"scan '{scan.name}'")
+    return ""

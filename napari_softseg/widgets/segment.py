@@ -7,9 +7,12 @@ geometry (its full data-to-world transform as the layer affine, its NIfTI header
 ``metadata`` so the layers save back with the scan's geometry):
 
 * ``<scan> soft`` - the soft prediction (perceptual transparent-to-opaque colormap, 0-1);
-* ``<scan> mask`` - Labels, the final mask at the threshold (outlined; painting edits it);
-* ``<scan> entropy`` - voxel-wise entropy of the prediction (or of the samples' mean);
-* ``<scan> lesion`` - the outline of the selected lesion.
+* ``<scan> mask`` - Labels, the final mask at the threshold, outlined; the selected lesion
+  has value 2 (another colour); painting with napari's tools edits the mask;
+* ``<scan> entropy`` - voxel-wise entropy of the prediction (or of the samples' mean).
+
+The layers are added one per turn of the event loop (each napari layer costs tens of ms to
+build), so the viewer keeps drawing while they arrive; ``segmented`` is emitted at the end.
 
 The review state (threshold, edits, decisions, export) lives in
 :class:`napari_softseg.review.Review`; see that module for the rules.
@@ -23,16 +26,18 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton
+from qtpy.QtWidgets import QFileDialog, QLabel
 
 from ..errors import UserError
 from ..lesions import analyse_lesions
 from ._base import DockBase, LayerCombo, is_scan, layer_geometry, notify_error, notify_info, user_errors
 from ._model_picker import ModelPicker
-from ._review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel
-from ._segment_controls import RunControls, ThresholdControl
-from ._segment_layers import export_review, model_identity, result_layers, save_predictions, world_point
-from ._segment_run import SegmentRequest, contrast_message, segment, stack_contrasts
+from ._review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel, unbind_keys
+from ._segment_controls import RunControls, SaveControls, ThresholdControl
+from ._segment_layers import (
+    export_review, model_identity, result_layer_steps, save_predictions, world_point, write_mask,
+)
+from ._segment_run import SegmentRequest, contrast_layers, input_problem, segment, stack_contrasts
 
 ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recomputed
 
@@ -40,14 +45,6 @@ ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recompute
 def _is_input_scan(layer) -> bool:
     """Scans that can be segmented: not the results of a Segment."""
     return is_scan(layer) and (layer.metadata or {}).get("softseg_role") != "entropy"
-
-
-def _unbind_keys(viewer) -> None:
-    for key in (NEXT_KEY, PREVIOUS_KEY):
-        try:
-            viewer.bind_key(key, None)
-        except (KeyError, ValueError, RuntimeError):
-            pass
 
 
 class _Relay(QObject):
@@ -74,6 +71,7 @@ class SegmentWidget(DockBase):
         self._relay = _Relay()
         self._relay.progress.connect(lambda done, total: self.run_controls.set_progress(done, total))
         self._writing = False
+        self._selected = None
 
         lay = self.group("Model")
         self.models = ModelPicker()
@@ -97,15 +95,9 @@ class SegmentWidget(DockBase):
         self.panel = ReviewPanel()
         lay.addWidget(self.panel)
         lay = self.group("Save")
-        row = QHBoxLayout()
-        self.save_button = QPushButton("Save predictions…")
-        self.save_button.setToolTip("Write the soft map (float32), the mask and the entropy map as NIfTI with the scan's geometry.")
-        self.export_button = QPushButton("Export review…")
-        self.export_button.setToolTip("Write the lesion table (CSV and JSON: statistics, decisions, comments, model) "
-                                      "and the final soft and binary masks (NIfTI, the scan's geometry).")
-        row.addWidget(self.save_button)
-        row.addWidget(self.export_button)
-        lay.addLayout(row)
+        self.save_controls = SaveControls()
+        self.save_button, self.export_button = self.save_controls.save_button, self.save_controls.export_button
+        lay.addWidget(self.save_controls)
         self.finish_layout()
         self.setMinimumWidth(440)
         self._layout.setStretchFactor(self.panel.parentWidget(), 1)
@@ -129,30 +121,15 @@ class SegmentWidget(DockBase):
         self.export_button.clicked.connect(lambda: self._ask_folder(self.export_review))
         napari_viewer.bind_key(NEXT_KEY, lambda v: self.step_flagged(1), overwrite=True)
         napari_viewer.bind_key(PREVIOUS_KEY, lambda v: self.step_flagged(-1), overwrite=True)
-        self.destroyed.connect(lambda *_: _unbind_keys(napari_viewer))
+        self.destroyed.connect(lambda *_: unbind_keys(napari_viewer, (NEXT_KEY, PREVIOUS_KEY)))
         self._check_inputs()
 
     # ------------------------------------------------------------------ inputs
 
-    def _contrast_layers(self, scan) -> list:
-        meta = (scan.metadata or {}).get("softseg_scan") or {}
-        group = meta.get("group")
-        if not group:
-            return [scan]
-        same = [lay for lay in self.viewer.layers if ((lay.metadata or {}).get("softseg_scan") or {}).get("group") == group]
-        return sorted(same, key=lambda lay: lay.metadata["softseg_scan"].get("channel", 0))
-
     def _check_inputs(self) -> str:
         """Show (and return) why Segment cannot run now; '' when it can."""
-        scan, config = self.scan_combo.current(), self.models.config()
-        problem = self.models.error() or ("" if config is not None else "Choose a model.")
-        if not problem and scan is None:
-            problem = "Open a scan (File > Open, or File > Open Sample > SoftSeg)."
-        if not problem:
-            n_model = int(config.get("n_channels", 1))
-            layers = self._contrast_layers(scan) if n_model > 1 else [scan]
-            if len(layers) != n_model:
-                problem = contrast_message(config, len(layers), f"scan '{scan.name}'")
+        scan = self.scan_combo.current()
+        problem = input_problem(self.viewer, scan, self.models.config(), self.models.error())
         if problem:
             self.scan_info.setText(f"<span style='color:#e05050'>{problem}</span>")
         elif scan is not None:
@@ -175,7 +152,7 @@ class SegmentWidget(DockBase):
 
         scan = self.scan_combo.current()
         n_model = int(self.models.config().get("n_channels", 1))
-        layers = self._contrast_layers(scan) if n_model > 1 else [scan]
+        layers = contrast_layers(self.viewer, scan) if n_model > 1 else [scan]
         geo = layer_geometry(scan)
         request = SegmentRequest(
             model_path=self.models.path(), image=stack_contrasts(layers),
@@ -218,24 +195,35 @@ class SegmentWidget(DockBase):
 
     def _on_done(self, result) -> None:
         self.result, self.review, self.scan_layer = result, result.review, self._pending_scan
-        self._put_layers(result)
-        self.threshold.set_value(result.threshold, emit=False)
-        self._update_mask_info()
-        self._refresh_table()
-        self.last_timings = dict(result.timings, click_to_layers_s=time.perf_counter() - self._t_click)
-        t = self.last_timings
-        self.say(f"Segmented in {t['click_to_layers_s']:.2f} s (prediction {t['predict_s']:.2f} s, lesion analysis "
-                 f"{t['lesions_s']:.2f} s).")
-        self.segmented.emit()
+        self._selected = None
+        steps = result_layer_steps(self.viewer, self.scan_layer, self.review, result.entropy,
+                                   self.model_identity(), self.layers)
+        self._run_steps(steps + [self._hook_mask, self._show_result, self._finish_segment])
 
-    def _put_layers(self, result) -> None:
-        self.layers = result_layers(self.viewer, self.scan_layer, self.review, result.entropy,
-                                    self.model_identity(), self.layers)
+    def _run_steps(self, steps: list) -> None:
+        """Run one step now and the rest on later turns of the event loop."""
+        if steps:
+            steps[0]()
+            if len(steps) > 1:
+                QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
+
+    def _hook_mask(self) -> None:
         mask_layer = self.layers["mask"]
         if not getattr(mask_layer, "_softseg_hooked", False):
             mask_layer.events.paint.connect(self._on_paint)
             mask_layer._softseg_hooked = True
-        self.viewer.layers.selection.active = self.scan_layer
+
+    def _show_result(self) -> None:
+        self.threshold.set_value(self.result.threshold, emit=False)
+        self._update_mask_info()
+        self._refresh_table()
+
+    def _finish_segment(self) -> None:
+        self.last_timings = dict(self.result.timings, click_to_layers_s=time.perf_counter() - self._t_click)
+        t = self.last_timings
+        self.say(f"Segmented in {t['click_to_layers_s']:.2f} s (prediction {t['predict_s']:.2f} s, lesion analysis "
+                 f"{t['lesions_s']:.2f} s).")
+        self.segmented.emit()
 
     def model_identity(self) -> dict:
         """What the export records about the model (name, file, SHA-256, config summary)."""
@@ -263,9 +251,9 @@ class SegmentWidget(DockBase):
         layer = self.layers.get("mask")
         if layer is None or layer not in self.viewer.layers:
             return
-        np.copyto(layer.data, self.review.final_mask(), casting="unsafe")
+        table = self.review.table
         self._writing = True
-        layer.refresh()
+        write_mask(layer, self.review.final_mask(), None if table is None else table.labels, self._selected)
         self._writing = False
         self._update_mask_info()
 
@@ -333,13 +321,11 @@ class SegmentWidget(DockBase):
                  + (f" — flagged: {rec.reason}" if rec.flagged else ""))
 
     def _highlight(self, lesion_id: int | None) -> None:
-        layer = self.layers.get("highlight")
-        if layer is None or layer not in self.viewer.layers:
+        """Give the selected lesion's voxels of the mask layer their own colour."""
+        if lesion_id is None and self._selected is None:
             return
-        layer.data[...] = 0
-        if lesion_id is not None:
-            layer.data[self.review.table.labels == lesion_id] = 1
-        layer.refresh()
+        self._selected = lesion_id
+        self._write_mask()
 
     def step_flagged(self, step: int = 1) -> int | None:
         """Select the next (1) or previous (-1) flagged lesion in table order."""
