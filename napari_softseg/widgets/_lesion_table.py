@@ -86,9 +86,10 @@ class LesionTableWidget(QTableWidget):
         self.verticalHeader().setVisible(False)
         self.verticalHeader().setDefaultSectionSize(20)
         header = self.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)  # widths set once per fill
         header.setStretchLastSection(True)
         self.setSortingEnabled(True)
+        header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)  # by id until the user sorts
         self.setMinimumHeight(160)
         self._records: dict[int, object] = {}
         self._emit = True
@@ -103,6 +104,7 @@ class LesionTableWidget(QTableWidget):
         sort_col = self.horizontalHeader().sortIndicatorSection()
         sort_order = self.horizontalHeader().sortIndicatorOrder()
         self.setSortingEnabled(False)
+        self.setUpdatesEnabled(False)  # one repaint and one layout for the whole fill
         self.clearContents()
         self.setRowCount(len(records))
         self._records = {r.id: r for r in records}
@@ -110,6 +112,8 @@ class LesionTableWidget(QTableWidget):
             self._fill_row(row, rec, decision(rec.id))
         self.setSortingEnabled(True)
         self.sortItems(sort_col if 0 <= sort_col < len(COLUMNS) else 0, sort_order)
+        self.resizeColumnsToContents()
+        self.setUpdatesEnabled(True)
         self._emit = True
         if keep is not None and keep in self._records:
             self.select_id(keep, emit=False)

@@ -28,13 +28,13 @@ def _process_events(seconds: float = 0.3) -> None:
         time.sleep(0.01)
 
 
-def _dock(viewer, widget_name: str) -> object | None:
+def _dock(viewer, widget_name: str) -> tuple[object | None, object | None]:
+    """Add a dock of this plugin as a tab of the right dock area: (dock widget, widget)."""
     try:
-        _, widget = viewer.window.add_plugin_dock_widget("napari-softseg", widget_name)
-        return widget
+        return viewer.window.add_plugin_dock_widget("napari-softseg", widget_name, tabify=True)
     except Exception as err:  # a dock that fails must not stop the demo
         print(f"  dock {widget_name!r} unavailable: {err}")
-        return None
+        return None, None
 
 
 class StallMeter:
@@ -99,7 +99,9 @@ def run_demo(out: Path, headless: bool) -> int:
     viewer.open_sample("napari-softseg", "lesion_phantom")
     for name in ("Soft annotation", "Rater fusion"):
         _dock(viewer, name)
-    seg = _dock(viewer, "Segment & review")
+    seg_dock, seg = _dock(viewer, "Segment & review")
+    if seg_dock is not None:
+        seg_dock.raise_()  # the tab in front
 
     scan = viewer.layers["phantom_flair"]
     show_slices_along(viewer, scan.affine.affine_matrix)
@@ -157,7 +159,7 @@ def _segment_summary(seg, viewer, timings: dict, lesion_id) -> dict:
     return {
         "model": seg.model_identity(),
         "threshold": review.threshold,
-        "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
+        "timings_s": {k: (round(float(v), 3) if isinstance(v, (int, float)) else v) for k, v in timings.items()},
         "n_lesions": len(review.records()),
         "n_flagged": sum(r.flagged for r in review.records()),
         "selected_lesion": lesion_id,

@@ -72,6 +72,7 @@ class SegmentWidget(DockBase):
         self._relay.progress.connect(lambda done, total: self.run_controls.set_progress(done, total))
         self._writing = False
         self._selected = None
+        self._hooked = None  # the mask layer whose paint events are followed
 
         lay = self.group("Model")
         self.models = ModelPicker()
@@ -196,22 +197,25 @@ class SegmentWidget(DockBase):
     def _on_done(self, result) -> None:
         self.result, self.review, self.scan_layer = result, result.review, self._pending_scan
         self._selected = None
+        self._step_times = []
         steps = result_layer_steps(self.viewer, self.scan_layer, self.review, result.entropy,
                                    self.model_identity(), self.layers)
         self._run_steps(steps + [self._hook_mask, self._show_result, self._finish_segment])
 
     def _run_steps(self, steps: list) -> None:
-        """Run one step now and the rest on later turns of the event loop."""
+        """Run one step now and the rest on later turns of the event loop (durations kept)."""
         if steps:
+            t = time.perf_counter()
             steps[0]()
+            self._step_times.append((getattr(steps[0], "__name__", "step"), time.perf_counter() - t))
             if len(steps) > 1:
                 QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
 
     def _hook_mask(self) -> None:
         mask_layer = self.layers["mask"]
-        if not getattr(mask_layer, "_softseg_hooked", False):
+        if mask_layer is not self._hooked:
             mask_layer.events.paint.connect(self._on_paint)
-            mask_layer._softseg_hooked = True
+            self._hooked = mask_layer
 
     def _show_result(self) -> None:
         self.threshold.set_value(self.result.threshold, emit=False)
@@ -219,7 +223,8 @@ class SegmentWidget(DockBase):
         self._refresh_table()
 
     def _finish_segment(self) -> None:
-        self.last_timings = dict(self.result.timings, click_to_layers_s=time.perf_counter() - self._t_click)
+        self.last_timings = dict(self.result.timings, click_to_layers_s=time.perf_counter() - self._t_click,
+                                 ui_steps_s={name: round(dt, 4) for name, dt in self._step_times})
         t = self.last_timings
         self.say(f"Segmented in {t['click_to_layers_s']:.2f} s (prediction {t['predict_s']:.2f} s, lesion analysis "
                  f"{t['lesions_s']:.2f} s).")
