@@ -11,7 +11,9 @@ Runs the real dock in a napari viewer (needs a display; ``make bench`` uses Xvfb
   re-running the model on that volume (what the slider avoids) and against assigning a new
   ``soft > t`` array to ``layer.data`` (the naive update).
 * **UI stall**: the largest gap between the ticks of a 10 ms ``QTimer`` while Segment runs,
-  against the same measure while the viewer is idle (timer jitter).
+  against the stall of stepping the slice slider by one (one repaint of napari's window, the
+  floor of any visible change; under Xvfb the window is drawn by software OpenGL) and the
+  idle timer jitter.
 
 The budget: Segment <= 2 s on 2 CPU cores, slider <= 100 ms, stall <= 50 ms. Timings are
 noisy on a shared machine; the ratios are measured in one run.
@@ -47,6 +49,22 @@ def _idle_stall(seconds: float) -> float:
     return meter.stop()
 
 
+def _step_stall(viewer, n: int) -> float:
+    """Median UI stall of stepping the slice slider by one (one repaint of the viewer): the
+    floor that any visible change costs on this machine."""
+    from napari_softseg.widgets.demo import StallMeter
+
+    stalls = []
+    for k in range(n):
+        meter = StallMeter()
+        meter.start()
+        _events(0.05)
+        viewer.dims.set_current_step(viewer.dims.not_displayed[0], 10 + k)
+        _events(0.25)
+        stalls.append(meter.stop())
+    return statistics.median(stalls)
+
+
 def _synthetic_soft(shape=(256, 256, 48), seed: int = 0) -> np.ndarray:
     from scipy import ndimage
 
@@ -78,6 +96,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     dock.scan_combo.set_current(viewer.layers["phantom_flair"])
     _events(0.5)
     idle = _idle_stall(1.0 if quick else 3.0)
+    repaint = _step_stall(viewer, 3 if quick else 10)
 
     # --- Segment: click to layers, and the bare model on the same volume
     image = np.asarray(viewer.layers["phantom_flair"].data)
@@ -127,7 +146,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
         "segment_click_to_layers_s": {"median": med(click), "max": max(click), "runs": click},
         "segment_model_only_s": {"median": med(bare), "runs": bare},
         "segment_ratio_dock_over_model": med(click) / med(bare),
-        "segment_breakdown_s": {k: round(float(v), 3) for k, v in runs[-1].items()},
+        "segment_breakdown_s": {k: (round(float(v), 3) if isinstance(v, (int, float)) else v) for k, v in runs[-1].items()},
         "slider_update_s": {"median": med(slider), "max": max(slider), "n": len(slider)},
         "slider_naive_assign_s": {"median": med(naive), "max": max(naive)},
         "slider_rerun_model_s": rerun,
@@ -135,6 +154,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
         "slider_ratio_over_naive": med(slider) / med(naive),
         "ui_stall_during_segment_s": {"max": max(stall), "runs": stall},
         "ui_stall_idle_s": idle,
+        "ui_stall_one_slice_step_s": repaint,
         "volume": {"segment": list(image.shape), "slider": list(soft.shape)},
         "budget": {"segment_s": 2.0, "slider_s": 0.1, "stall_s": 0.05},
         "threads": torch.get_num_threads(),
@@ -151,9 +171,12 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
         f"{rerun:.2f} s | {result['slider_ratio_over_rerun']:.3f} | 100 ms |",
         f"| threshold slider vs naive `layer.data = soft > t` | {ms(med(slider))} | {ms(med(naive))} | "
         f"{result['slider_ratio_over_naive']:.2f} | |",
-        f"| largest UI stall during Segment (10 ms timer) | {ms(max(stall))} | idle {ms(idle)} | "
-        f"{max(stall) / max(idle, 1e-9):.1f} | 50 ms |",
-        "", "Breakdown of the last Segment: " + ", ".join(f"{k} {v}" for k, v in result["segment_breakdown_s"].items()),
+        f"| largest UI stall during Segment (10 ms timer) | {ms(max(stall))} | one slice step {ms(repaint)} | "
+        f"{max(stall) / max(repaint, 1e-9):.1f} | 50 ms |",
+        f"| UI stall with the viewer idle | {ms(idle)} | | | |",
+        "", "Breakdown of the last Segment (s): " + ", ".join(f"{k} {v}" for k, v in result["segment_breakdown_s"].items()),
+        "", "The stall is measured on the UI thread with everything else the machine runs; the idle value is "
+        "the same measure with the viewer doing nothing (the machine's own scheduling noise).",
     ]
     (out_dir / "segment.md").write_text("\n".join(lines) + "\n")
     return result

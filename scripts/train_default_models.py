@@ -47,7 +47,10 @@ CPU supports it; the device and precision are recorded).
       ratios vary around the training scan's;
 
     on top of the trainer's random rotation, translation and scaling. Each variant uses
-    every other training slice (alternating), which keeps an epoch cheap.
+    every other training slice (alternating), which keeps an epoch cheap. Dropout is 0.1
+    instead of the paper's 0.3: within the CPU budget the network with 0.3 had not converged
+    (held-out soft Dice 60 % after 45 epochs with intensity-curve sigma 0.45, against 69 %
+    after 20 epochs with dropout 0.1 and sigma 0.3).
     The script then checks the model on another T1 (``--check``, default
     ``../shared/data/brats_case/t1n.nii.gz``: LPS, 240x240x155, a glioma case) by (i) the
     gray-matter fraction of the brain outside the tumour and (ii) the soft Dice against a
@@ -60,6 +63,7 @@ CPU supports it; the device and precision are recorded).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shlex
@@ -81,16 +85,16 @@ MODELS_DIR = REPO / "napari_softseg" / "models"
 SEED = 0
 LESION_WARMUP_EPOCHS = 30
 LESION_EPOCHS = 40
-GM_EPOCHS = 45
+GM_EPOCHS = 55
 #: phantom seed offsets of the validation and the test lesion layouts (offsets 2 and 4 cannot
 #: place every lesion)
 VALIDATION_PHANTOM, HELD_OUT_PHANTOM = 5, 3
 #: held-out axial slab of the brain T1 (z indices, end exclusive) and the gap around it
 GM_HELD_OUT = (62, 80)
 GM_GAP = 2
-GM_DROPOUT = 0.3
-CURVE_SIGMA = 0.45
-LESION_FINETUNE_LR = 1e-3
+GM_DROPOUT = 0.1
+CURVE_SIGMA = 0.3
+LESION_FINETUNE_LR = 2e-4
 GM_VARIANTS = (  # (in-plane size after zero padding, flip axes, curve seed or None)
     (None, (), None),
     ((192, 208), (0,), 1),
@@ -125,6 +129,17 @@ def _round(d: dict, n: int = 4) -> dict:
     return {k: (round(float(v), n) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
 
 
+def annotate_checkpoint(path: Path, info: dict) -> None:
+    """Record what the model was trained on in its checkpoint config (``training.data``,
+    ``training.recipe``), which the Segment dock shows; the weights are unchanged."""
+    from napari_softseg.checkpoint import build_model, load_checkpoint, save_checkpoint
+
+    state, config = load_checkpoint(path)
+    config["training"] = dict(config.get("training") or {}, data=info["data"], recipe=info["command"],
+                              label_description=info["label_source"])
+    save_checkpoint(path, build_model(config, state), config)
+
+
 def _write_sidecars(name: str, info: dict, out_dir: Path) -> None:
     (out_dir / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
     lines = [f"# Default model `{name}`", "", info["description"], "",
@@ -135,7 +150,8 @@ def _write_sidecars(name: str, info: dict, out_dir: Path) -> None:
              f"- threshold: {info['threshold']}",
              f"- training time: {info['training_seconds']:.0f} s wall, {info['training_cpu_seconds']:.0f} s CPU "
              f"on {info['machine']} ({info['precision']}; wall time depends on the machine's load)",
-             f"- file size: {info['size_bytes'] / 1e6:.2f} MB, {info['parameters']} parameters", "",
+             f"- file size: {info['size_bytes'] / 1e6:.2f} MB, {info['parameters']} parameters; "
+             f"SHA-256 {info.get('sha256', '?')}", "",
              "## Final metrics", ""]
     for section, metrics in info["metrics"].items():
         lines.append(f"**{section}**: " + ", ".join(f"{k} = {v}" for k, v in metrics.items()))
@@ -169,7 +185,8 @@ def _common_info(name: str, event, model_path: Path, config: TrainConfig, second
         "training_seconds": round(seconds, 1),
         "training_cpu_seconds": round(cpu_seconds, 1),
         "precision": summary.get("mixed_precision"),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()} CPU, {config.num_threads or torch.get_num_threads()} torch thread(s), "
+                   f"torch {torch.__version__}",
         "train_config": config.to_dict(),
         "size_bytes": model_path.stat().st_size,
         "parameters": n_params,
@@ -226,16 +243,26 @@ def _held_out_volumes(n_volumes: int, n_slices: int, val_fraction: float, seed: 
 
 
 def evaluate_lesions(model, phantom, threshold: float) -> dict:
-    """Lesion detection and overlap of ``model`` on a phantom against its exact truth."""
+    """Lesion detection and overlap of ``model`` on a phantom against its exact truth, and
+    the phantom lesions (diameter in mm, faint or not) whose core the mask does not touch."""
     from napari_softseg.inference import predict_volume
     from napari_softseg.metrics import dice, lesion_detection, soft_dice
+    from napari_softseg.phantom import render_fraction
 
     soft = predict_volume(model, phantom.image, spacing=(1.0, 1.0, 3.0))
     det = lesion_detection(soft, phantom.truth, threshold=threshold, truth_threshold=0.5)
-    return _round({"ltpr_%": det.ltpr, "lfdr_%": det.lfdr, "n_truth_lesions": det.n_truth,
-                   "n_pred_lesions": det.n_pred, "n_detected": det.n_detected, "n_false": det.n_false,
-                   "dice_%": dice(soft, phantom.truth, threshold=threshold),
-                   "soft_dice_%": soft_dice(soft, phantom.truth)}, 2)
+    missed = []
+    for les in phantom.lesions:
+        box, frac = render_fraction(les, phantom.truth.shape)
+        core = frac > 0.5 if np.any(frac > 0.5) else frac > 0
+        if not np.any(soft[box][core] > threshold):
+            missed.append(f"{les.diameter_mm:g} mm{' faint' if les.faint else ''}")
+    out = _round({"ltpr_%": det.ltpr, "lfdr_%": det.lfdr, "n_truth_lesions": det.n_truth,
+                  "n_pred_lesions": det.n_pred, "n_detected": det.n_detected, "n_false": det.n_false,
+                  "dice_%": dice(soft, phantom.truth, threshold=threshold),
+                  "soft_dice_%": soft_dice(soft, phantom.truth)}, 2)
+    out["missed_lesions"] = ", ".join(missed) or "none"
+    return out
 
 
 def train_ms_lesion(args) -> dict:
@@ -307,6 +334,8 @@ def train_ms_lesion(args) -> dict:
             "learns the soft outline from the raters.",
         ],
     })
+    annotate_checkpoint(out, info)
+    info.update(size_bytes=out.stat().st_size, sha256=hashlib.sha256(out.read_bytes()).hexdigest())
     _write_sidecars("ms-lesion", info, args.out)
     return info
 
@@ -523,6 +552,8 @@ def train_brain_gm(args) -> dict:
         "notes": ["The GMM reference of the unseen T1 has no spatial prior or partial-volume model; its own "
                   "soft Dice with FAST on the training scan is given for scale."],
     })
+    annotate_checkpoint(out, info)
+    info.update(size_bytes=out.stat().st_size, sha256=hashlib.sha256(out.read_bytes()).hexdigest())
     _write_sidecars("brain-gm", info, args.out)
     return info
 

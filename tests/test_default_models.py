@@ -50,12 +50,12 @@ def test_lesion_model_finds_most_phantom_lesions(phantom):
     detected = np.count_nonzero(hit >= np.minimum(3, sizes))
     false = sum(1 for i in range(1, n_pred + 1) if not np.any(phantom.truth[pred == i] > 0.5))
     ltpr, lfdr = detected / n_truth, false / max(n_pred, 1)
-    assert ltpr >= 0.6, (detected, n_truth)
-    assert lfdr <= 0.5, (false, n_pred)
+    assert ltpr > 0.5, (detected, n_truth)  # most lesions (all non-faint ones of 5 mm and more)
+    assert lfdr <= 0.25, (false, n_pred)
     # the numbers written beside the model are what the model does
     info = json.loads((MODELS_DIR / "ms-lesion.json").read_text())
     recorded = next(v for k, v in info["metrics"].items() if "in training" in k)
-    assert recorded["ltpr_%"] == pytest.approx(100 * ltpr, abs=0.1)
+    assert recorded["ltpr_%"] == pytest.approx(100 * ltpr, abs=100 / n_truth + 0.1)  # within one lesion
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPushButton, QToolBut
 from ..review import DECISIONS
 from ._flag_rule import FlagRuleEditor
 from ._lesion_table import LesionTableWidget
+from ._segment_controls import fixed_lines
 
 #: keyboard shortcuts of the viewer while the dock is open
 NEXT_KEY, PREVIOUS_KEY = "N", "Shift-N"
@@ -55,7 +56,7 @@ class ReviewPanel(QWidget):
         lay.addWidget(self.rule)
 
         self.summary = QLabel("No lesions yet: click Segment.")
-        self.summary.setWordWrap(True)
+        fixed_lines(self.summary, 2)
         lay.addWidget(self.summary)
         self.table = LesionTableWidget()
         lay.addWidget(self.table, 1)

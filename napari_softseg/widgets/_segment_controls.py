@@ -3,11 +3,22 @@ Segment dock."""
 
 from __future__ import annotations
 
+import time
+
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider, QSpinBox,
     QVBoxLayout, QWidget,
 )
+
+def fixed_lines(label, lines: int) -> None:
+    """Give a word-wrapped label a fixed height of ``lines`` text lines: changing its text
+    then never asks the main window for a new layout (costly in napari's window)."""
+    label.setWordWrap(True)
+    label.setFixedHeight(label.fontMetrics().lineSpacing() * lines + 4)
+
+
+PROGRESS_INTERVAL_S = 0.25
 
 #: test-time augmentation choices: label -> number of views (see inference.TTA_FLIPS)
 TTA_CHOICES = {"off": 0, "2 views (flip)": 2, "4 views (flips)": 4}
@@ -44,6 +55,9 @@ class RunControls(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setTextVisible(False)
+        self.progress.setFixedHeight(self.progress.sizeHint().height())
+        self._last_progress = 0.0
         lay.addWidget(self.progress)
 
     def tta(self) -> int:
@@ -53,10 +67,18 @@ class RunControls(QWidget):
         self.segment_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         if running:
-            self.progress.setRange(0, 0)  # busy until the first progress report
+            self._last_progress = 0.0
+            self.progress.setValue(0)
 
     def set_progress(self, done: int, total: int) -> None:
-        self.progress.setRange(0, max(total, 1))
+        """Show progress, at most every :data:`PROGRESS_INTERVAL_S` (each repaint of napari's
+        window costs tens of milliseconds under software OpenGL) and always at the end."""
+        now = time.perf_counter()
+        if done < total and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        if self.progress.maximum() != max(total, 1):
+            self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
 
 
@@ -87,6 +109,7 @@ class ThresholdControl(QWidget):
         row.addWidget(self.spin)
         lay.addLayout(row)
         self.info = QLabel("")
+        fixed_lines(self.info, 1)
         lay.addWidget(self.info)
         self.slider.valueChanged.connect(lambda v: self.spin.setValue(v / 100.0))
         self.spin.valueChanged.connect(self._from_spin)

@@ -33,7 +33,7 @@ from ..lesions import analyse_lesions
 from ._base import DockBase, LayerCombo, is_scan, layer_geometry, notify_error, notify_info, user_errors
 from ._model_picker import ModelPicker
 from ._review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel, unbind_keys
-from ._segment_controls import RunControls, SaveControls, ThresholdControl
+from ._segment_controls import RunControls, SaveControls, ThresholdControl, fixed_lines
 from ._segment_layers import (
     export_review, model_identity, result_layer_steps, save_predictions, world_point, write_mask,
 )
@@ -101,6 +101,8 @@ class SegmentWidget(DockBase):
         lay.addWidget(self.save_controls)
         self.finish_layout()
         self.setMinimumWidth(440)
+        for label, lines in ((self.status, 2), (self.scan_info, 2)):
+            fixed_lines(label, lines)
         self._layout.setStretchFactor(self.panel.parentWidget(), 1)
 
         self._timer = QTimer(self)
