@@ -40,6 +40,7 @@ from ._segment_layers import (
 from ._segment_run import SegmentRequest, contrast_layers, input_problem, segment, stack_contrasts
 
 ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recomputed
+STEP_GAP_MS = 15  # between two layer additions the event loop repaints and serves input
 
 
 def _is_input_scan(layer) -> bool:
@@ -211,7 +212,7 @@ class SegmentWidget(DockBase):
             steps[0]()
             self._step_times.append((getattr(steps[0], "__name__", "step"), time.perf_counter() - t))
             if len(steps) > 1:
-                QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
+                QTimer.singleShot(STEP_GAP_MS, lambda: self._run_steps(steps[1:]))
 
     def _hook_mask(self) -> None:
         mask_layer = self.layers["mask"]
