@@ -169,6 +169,10 @@ def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
     return result
 
 
+def _ratio(a, b) -> float:
+    return a / b if b else float("nan")
+
+
 def _name(source: str, pipe: str) -> str:
     return f"{SOURCE_TITLES[source]} / {PIPELINE_TITLES[pipe]}"
 
@@ -216,8 +220,8 @@ def markdown(r: dict) -> str:
     for source in SOURCES:
         s, c = r["table"][_name(source, "softseg")], r["table"][_name(source, "conventional")]
         lines.append(f"- {SOURCE_TITLES[source]}: SoftSeg / conventional ECE vs average "
-                     f"{C.fmt(s['ece_average']['mean'] / c['ece_average']['mean'], 2)}, entropy MAE "
-                     f"{C.fmt(s['entropy_mae']['mean'] / c['entropy_mae']['mean'], 2)}, Dice difference "
+                     f"{C.fmt(_ratio(s['ece_average']['mean'], c['ece_average']['mean']), 2)}, entropy MAE "
+                     f"{C.fmt(_ratio(s['entropy_mae']['mean'], c['entropy_mae']['mean']), 2)}, Dice difference "
                      f"{s['dice']['mean'] - c['dice']['mean']:+.1f} points.")
     lines += ["", "![reliability](fusion_reliability.png)", "", "![entropy](fusion_entropy.png)", ""]
     return "\n".join(lines)
