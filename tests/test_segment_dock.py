@@ -198,20 +198,23 @@ def test_painted_edits_are_kept_and_mark_the_lesion_edited(dock, qtbot):
     review, layer = dock.review, dock.layers["mask"]
     target = max(review.records(), key=lambda r: r.voxels)
     dock.panel.table.select_id(target.id)
-    dock.start_edit()
-    assert dock.viewer.layers.selection.active is layer and layer.mode == "paint"
     # the reviewer erases one voxel of the lesion and paints one far from any lesion
     inside = tuple(int(v) for v in np.argwhere(review.table.labels == target.id)[0])
     outside = next(tuple(int(v) for v in idx) for idx in np.argwhere(review.soft < 0.01))
     layer.brush_size = 1
-    layer.selected_label = 0
     layer.paint(inside, 0)
     layer.paint(outside, 1)
-    assert review.decision(target.id).status == "edited"
+    qtbot.waitUntil(lambda: review.added[outside] and review.removed[inside], timeout=5000)
+    assert review.decision(target.id).status == "edited"  # the lesion touched by the eraser
+    assert dock.panel.table.item(dock.panel.table.row_of(target.id), 2).text() == "edited"
     dock.set_threshold(review.threshold + 0.01, analyse_now=True)  # edits survive a new threshold
     assert layer.data[outside] == 1 and layer.data[inside] == 0
     final = review.final_mask()
     assert final[outside] and not final[inside]
+    # Edit hands the mask layer to napari's paint tools
+    dock.start_edit()
+    assert dock.viewer.layers.selection.active is layer and layer.mode == "paint"
+    assert layer.selected_label == 1 and layer.contour == 0
 
 
 @gui

@@ -60,17 +60,27 @@ def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, l
     def uncertainty() -> None:
         _put(viewer, layers, "entropy", f"{base} entropy", entropy, "image", kwargs(
             "entropy", colormap="viridis", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False))
-        if layers["entropy"] in viewer.layers and layers["soft"] in viewer.layers:  # keep it under the soft map
-            index = viewer.layers.index(layers["soft"])
-            if viewer.layers.index(layers["entropy"]) > index:
-                viewer.layers.move(viewer.layers.index(layers["entropy"]), index)
+        names = [lay.name for lay in viewer.layers]
+        soft_name, entropy_name = layers["soft"].name, layers["entropy"].name
+        if soft_name in names and entropy_name in names and names.index(entropy_name) > names.index(soft_name):
+            viewer.layers.move(names.index(entropy_name), names.index(soft_name))  # under the soft map
 
     return [soft, mask, uncertainty]
 
 
+def alive(viewer, layer) -> bool:
+    """Whether ``layer`` is (still) in the viewer. Docks opened from napari's menu see the
+    viewer through a proxy whose layers are new wrapper objects each time, so layers are
+    compared by the objects they wrap, never by ``in`` or ``is`` on the wrappers."""
+    if layer is None:
+        return False
+    target = getattr(layer, "__wrapped__", layer)
+    return any(getattr(lay, "__wrapped__", lay) is target for lay in viewer.layers)
+
+
 def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dict) -> None:
     old = layers.get(key)
-    if old is not None and old in viewer.layers and old.name == name and old.data.shape == data.shape:
+    if alive(viewer, old) and old.name == name and old.data.shape == data.shape:
         old.affine = kwargs["affine"]
         old.metadata = kwargs["metadata"]
         old.data = data

@@ -35,7 +35,7 @@ from ._model_picker import ModelPicker
 from ._review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel, unbind_keys
 from ._segment_controls import RunControls, SaveControls, ThresholdControl, fixed_lines
 from ._segment_layers import (
-    export_review, model_identity, result_layer_steps, save_predictions, world_point, write_mask,
+    alive, export_review, model_identity, result_layer_steps, save_predictions, world_point, write_mask,
 )
 from ._segment_run import SegmentRequest, contrast_layers, input_problem, segment, stack_contrasts
 
@@ -216,11 +216,14 @@ class SegmentWidget(DockBase):
 
     def _hook_mask(self) -> None:
         mask_layer = self.layers["mask"]
-        if mask_layer is not self._hooked:
+        if getattr(mask_layer, "__wrapped__", mask_layer) is not getattr(self._hooked, "__wrapped__", self._hooked):
             mask_layer.events.paint.connect(self._on_paint)
             self._hooked = mask_layer
 
     def _show_result(self) -> None:
+        active = self.viewer.layers.selection.active  # (plugin docks see proxies: compare names)
+        if active is not None and active.name == self.layers["entropy"].name:
+            self.viewer.layers.selection.active = self.viewer.layers[self.layers["soft"].name]
         self.threshold.set_value(self.result.threshold, emit=False)
         self._update_mask_info()
         self._refresh_table()
@@ -257,7 +260,7 @@ class SegmentWidget(DockBase):
 
     def _write_mask(self) -> None:
         layer = self.layers.get("mask")
-        if layer is None or layer not in self.viewer.layers:
+        if not alive(self.viewer, layer):
             return
         table = self.review.table
         self._writing = True
@@ -358,7 +361,7 @@ class SegmentWidget(DockBase):
         """Mark the selected lesion 'edited' and hand the mask layer to napari's paint tools."""
         self.decide("edited")
         layer = self.layers.get("mask")
-        if layer is None or layer not in self.viewer.layers:
+        if not alive(self.viewer, layer):
             return
         layer.contour = 0
         layer.selected_label = 1
@@ -367,7 +370,13 @@ class SegmentWidget(DockBase):
         self.say("Paint on the mask to add voxels, erase (E) to remove them; the final mask keeps your edits.")
 
     def _on_paint(self, event=None) -> None:
-        if self._writing or self.review is None:
+        # napari emits ``paint`` when an edit enters the undo history, which for a single
+        # programmatic ``paint()`` is before the voxels are written: look a turn later
+        if not self._writing and self.review is not None:
+            QTimer.singleShot(0, self._after_paint)
+
+    def _after_paint(self) -> None:
+        if self.review is None:
             return
         changed = self._sync_edits()
         for lesion_id in changed:
@@ -377,7 +386,7 @@ class SegmentWidget(DockBase):
 
     def _sync_edits(self):
         layer = self.layers.get("mask")
-        if self.review is None or layer is None or layer not in self.viewer.layers:
+        if self.review is None or not alive(self.viewer, layer):
             return []
         return self.review.sync_edits(layer.data)
 
