@@ -53,7 +53,7 @@ def _memory_gb(predict: dict | None):
     for key in ("peak_rss_gb", "peak_gb", "peak_rss_gib", "peak_gib"):
         if isinstance(mem.get(key), (int, float)):
             return float(mem[key]), key
-    for key in ("peak_rss_mib", "peak_mib", "peak_rss_mb", "peak_mb"):
+    for key in ("rss_peak_mib", "peak_rss_mib", "peak_mib", "peak_rss_mb", "peak_mb"):
         if isinstance(mem.get(key), (int, float)):
             return float(mem[key]) / 1024.0, key
     return None, None
