@@ -393,3 +393,21 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     pyplot().close(fig)
     return path
+
+
+def rebuild_summary(out_dir: Path = RESULTS, note: str = "") -> Path:
+    """Rewrite ``summary.md`` from the ``<name>.md`` tables in ``out_dir``, in the order and
+    format of ``benchmarks/run_all.py`` (for when some benchmarks were re-run alone);
+    ``note`` goes under the header."""
+    import pkgutil
+
+    out_dir = Path(out_dir)
+    info = json.loads((out_dir / "machine.json").read_text())
+    here = Path(__file__).resolve().parent
+    names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    sections = [f"# Benchmarks\n\n{info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']})\n"
+                + (f"\n{note}\n" if note else "")]
+    for name in names:
+        md = out_dir / f"{name}.md"
+        sections.append(md.read_text() if md.exists() else f"## {name}\n\n(no table written)\n")
+    return write_text(out_dir / "summary.md", "\n".join(sections))
