@@ -1,9 +1,10 @@
-"""Layers of the Segment dock's results, on the scan's world geometry (napari, no Qt)."""
+"""Layers and files of the Segment dock's results, on the scan's world geometry."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
 from ._base import data_to_world, layer_geometry
 
 #: colours of the mask outline and of the selected lesion's outline (both in the mask layer)
@@ -147,3 +148,44 @@ def export_review(folder, scan, review, model: dict) -> dict:
     src = (scan.metadata or {}).get("source_path")
     return review.export(folder, f"{file_stem(scan)}_review", like=geo.reference(), affine=geo.affine,
                          model=model, scan=src or scan.name)
+
+
+class SaveExportMixin:
+    """The Segment dock's file actions (it provides ``review``, ``result``, ``scan_layer``,
+    ``models``, ``_sync_edits``, ``_write_mask`` and ``_refresh_table``)."""
+
+    def model_identity(self) -> dict:
+        """What the export records about the model (name, file, SHA-256, config summary)."""
+        return model_identity(self.models.current(), self.models.path(), self.models.config())
+
+    def _ask_folder(self, action) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        from ._base import notify_error, notify_info, user_errors
+
+        if self.review is None:
+            notify_error("Nothing to save yet: click Segment first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder")
+        if folder:
+            with user_errors():
+                paths = action(folder)
+                notify_info(f"Saved {len(paths)} files to {folder}.")
+
+    def save_predictions(self, folder) -> dict:
+        """Soft map, mask (final, at the current threshold) and entropy as NIfTI in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to save yet: click Segment first.")
+        self._sync_edits()
+        return save_predictions(folder, self.scan_layer, self.review, self.result.entropy)
+
+    def export_review(self, folder) -> dict:
+        """CSV + JSON of the lesions and decisions, final soft and binary NIfTI, in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to export yet: click Segment first.")
+        self._sync_edits()
+        if self.review.table is None or abs(self.review.table.threshold - self.review.threshold) > 1e-9:
+            self.review.analyse()
+            self._write_mask()
+            self._refresh_table()
+        return export_review(folder, self.scan_layer, self.review, self.model_identity())

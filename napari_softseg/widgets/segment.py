@@ -22,21 +22,17 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
-
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QFileDialog, QLabel
+from qtpy.QtWidgets import QLabel
 
 from ..errors import UserError
 from ..lesions import analyse_lesions
-from ._base import DockBase, LayerCombo, is_scan, layer_geometry, notify_error, notify_info, user_errors
+from ._base import DockBase, LayerCombo, is_scan, layer_geometry, notify_error, notify_info
 from ._model_picker import ModelPicker
 from ._review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel, unbind_keys
 from ._segment_controls import RunControls, SaveControls, ThresholdControl, fixed_lines
-from ._segment_layers import (
-    alive, export_review, model_identity, result_layer_steps, save_predictions, world_point, write_mask,
-)
+from ._segment_layers import SaveExportMixin, alive, result_layer_steps, world_point, write_mask
 from ._segment_run import SegmentRequest, contrast_layers, input_problem, segment, stack_contrasts
 
 ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recomputed
@@ -52,7 +48,7 @@ class _Relay(QObject):
     progress = Signal(int, int)  # emitted from the worker thread, delivered on the UI thread
 
 
-class SegmentWidget(DockBase):
+class SegmentWidget(DockBase, SaveExportMixin):
     """Segment an open scan with a SoftSeg model and review the lesions it finds."""
 
     segmented = Signal()  # layers and table are up to date after a Segment
@@ -236,10 +232,6 @@ class SegmentWidget(DockBase):
                  f"{t['lesions_s']:.2f} s).")
         self.segmented.emit()
 
-    def model_identity(self) -> dict:
-        """What the export records about the model (name, file, SHA-256, config summary)."""
-        return model_identity(self.models.current(), self.models.path(), self.models.config())
-
     # ------------------------------------------------------------------ threshold
 
     def set_threshold(self, threshold: float, analyse_now: bool = False) -> None:
@@ -389,33 +381,3 @@ class SegmentWidget(DockBase):
         if self.review is None or not alive(self.viewer, layer):
             return []
         return self.review.sync_edits(layer.data)
-
-    # ------------------------------------------------------------------ files
-
-    def _ask_folder(self, action) -> None:
-        if self.review is None:
-            notify_error("Nothing to save yet: click Segment first.")
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Choose a folder")
-        if folder:
-            with user_errors():
-                paths = action(folder)
-                notify_info(f"Saved {len(paths)} files to {folder}.")
-
-    def save_predictions(self, folder) -> dict[str, Path]:
-        """Soft map, mask (final, at the current threshold) and entropy as NIfTI in ``folder``."""
-        if self.review is None:
-            raise UserError("Nothing to save yet: click Segment first.")
-        self._sync_edits()
-        return save_predictions(folder, self.scan_layer, self.review, self.result.entropy)
-
-    def export_review(self, folder) -> dict[str, Path]:
-        """CSV + JSON of the lesions and decisions, final soft and binary NIfTI, in ``folder``."""
-        if self.review is None:
-            raise UserError("Nothing to export yet: click Segment first.")
-        self._sync_edits()
-        if self.review.table is None or abs(self.review.table.threshold - self.review.threshold) > 1e-9:
-            self.review.analyse()
-            self._write_mask()
-            self._refresh_table()
-        return export_review(folder, self.scan_layer, self.review, self.model_identity())
