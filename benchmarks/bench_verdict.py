@@ -69,7 +69,7 @@ def collect(out_dir: Path) -> dict:
     else:
         bars += [dict(b, bar=f"{b['dataset']}: {b['bar']}") for b in ablation.get("bars", [])]
     if pv is None:
-        bars.append({"bar": "|SoftSeg total soft-volume error| <= 2 %", "value": None, "limit": 2.0, "met": None,
+        bars.append({"bar": "abs(total soft-volume error of SoftSeg) <= 2 %", "value": None, "limit": 2.0, "met": None,
                      "detail": "not measured (no partial_volume.json)"})
     else:
         bars += pv.get("bars", [])
