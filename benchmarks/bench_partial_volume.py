@@ -154,8 +154,8 @@ def markdown(r: dict) -> str:
                      cell("binarised_err", 2), cell("review_soft_err", 2), cell("outside_lesions_soft_mm3", 0),
                      cell("mean_abs_lesion_soft_err"), cell("mean_abs_lesion_binarised_err")])
     lines += [C.md_table(["pipeline", "true mm³", "Σp mm³", "Σp error %", "p>0.5 mm³", "p>0.5 error %",
-                          "review-dock soft error %", "Σp away from lesions mm³", "mean |lesion Σp error| %",
-                          "mean |lesion p>0.5 error| %"], rows), ""]
+                          "review-dock soft error %", "Σp away from lesions mm³", "mean abs lesion Σp error %",
+                          "mean abs lesion p>0.5 error %"], rows), ""]
     if r["lesions"]:
         lines += [f"Per lesion (seed 0; neighbourhood {r['radius_mm']:g} mm around each lesion):", ""]
         first = {p: next(x for x in r["runs"] if x["pipeline"] == p and x["seed"] == 0) for p in PIPELINES}
