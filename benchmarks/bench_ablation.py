@@ -25,7 +25,6 @@ paper's figures: Dice against threshold (Fig. 4.3), the distribution of predicte
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -276,15 +275,7 @@ def figures(r: dict, out_dir: Path) -> None:
     C.save_figure(fig, out_dir / "ablation_reliability.png")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(C.RESULTS))
-    args = parser.parse_args(argv)
-    r = run(quick=args.quick, out_dir=Path(args.out))
-    print(markdown(r))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "ablation"))

@@ -26,7 +26,6 @@ volume:
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -206,7 +205,6 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(r: dict) -> str:
-    b = r["budget"]
     lines = ["## Label fusion: STAPLE / average / random sampling x conventional / SoftSeg (Lemay et al. 2022, Table 5.1)", ""]
     if r["quick"]:
         lines += ["**Quick smoke run: tiny budget, numbers meaningless.**", ""]
@@ -268,14 +266,7 @@ def figures(r: dict, out_dir: Path) -> None:
     C.save_figure(fig, out_dir / "fusion_entropy.png")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(C.RESULTS))
-    args = parser.parse_args(argv)
-    print(markdown(run(quick=args.quick, out_dir=Path(args.out))))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "fusion"))

@@ -24,7 +24,6 @@ Errors are ``(V_pred − V_true) / V_true`` in %. Mean ± std over seeds for the
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -200,14 +199,7 @@ def figure(r: dict, out_dir: Path) -> None:
     C.save_figure(fig, out_dir / "partial_volume.png")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(C.RESULTS))
-    args = parser.parse_args(argv)
-    print(markdown(run(quick=args.quick, out_dir=Path(args.out))))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "partial_volume"))

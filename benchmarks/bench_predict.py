@@ -24,7 +24,6 @@ a fresh subprocess) of ``predict_volume`` on 512x512x200.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -269,15 +268,7 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick, out_dir=Path(args.out))
-    print((Path(args.out) / "predict.md").read_text())
-    return 0 if result else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "predict"))

@@ -21,10 +21,8 @@ noisy on a shared machine; the ratios are measured in one run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -182,15 +180,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick, out_dir=Path(args.out))
-    print((Path(args.out) / "segment.md").read_text())
-    return 0 if result else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "segment"))

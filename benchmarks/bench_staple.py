@@ -13,7 +13,6 @@ specificity differences, iteration counts and our peak extra memory (tracemalloc
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import tracemalloc
@@ -147,15 +146,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     return result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = parser.parse_args(argv)
-    res = run(quick=args.quick, out_dir=Path(args.out))
-    print(json.dumps(res, indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "staple"))

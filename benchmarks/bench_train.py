@@ -24,7 +24,6 @@ thread while the trainer runs in a worker thread (what a napari thread_worker se
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import threading
@@ -266,14 +265,7 @@ def _short_run_lines(r: dict) -> list[str]:
     return lines + [""]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = parser.parse_args(argv)
-    print(json.dumps(run(quick=args.quick, out_dir=Path(args.out)), indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "train"))

@@ -17,7 +17,6 @@ own targets (training step ≤ 0.5 of an eager float32 step, predict peak memory
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -122,14 +121,7 @@ def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
     return r
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(C.RESULTS))
-    args = parser.parse_args(argv)
-    print(markdown(run(quick=args.quick, out_dir=Path(args.out))))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.run_all import bench_cli
+
+    raise SystemExit(bench_cli(__doc__, run, "verdict"))

@@ -52,6 +52,23 @@ def machine() -> dict:
     }
 
 
+def bench_cli(module_doc: str | None, run, name: str, argv: list[str] | None = None) -> int:
+    """The command line of one benchmark module: ``python -m benchmarks.bench_<name> [--quick] [--out DIR]``.
+
+    Runs ``run(quick, out_dir)`` and prints the ``<name>.md`` table it wrote.
+    """
+    parser = argparse.ArgumentParser(description=module_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run(quick=args.quick, out_dir=out)
+    table = out / f"{name}.md"
+    print(table.read_text() if table.exists() else f"results in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke runs")
