@@ -249,20 +249,25 @@ class Trainer:
             el = time.perf_counter() - t0
             return el * (units_total - units_done) / units_done if units_done else None
 
-        history, best_state, best_loss, best_epoch = [], None, math.inf, 0
-        status, message, epoch, seen = "completed", "", 0, []
-        start_loss = start_dice = None
-        try:
+        def validation(epoch, **extra):
+            """Run one validation pass, yielding an event per batch; return (loss, dice)."""
+            nonlocal units_done
             gen = self.validate()
             while True:
                 self._check_cancel(cancel)
                 try:
                     s = next(gen)
                 except StopIteration as stop:
-                    start_loss, start_dice = stop.value
-                    break
+                    return stop.value
                 units_done += 1
-                yield TrainEvent("step", "validate", 0, step=s, eta_seconds=eta(), elapsed_seconds=time.perf_counter() - t0, **common)
+                yield TrainEvent("step", "validate", epoch, step=s, eta_seconds=eta(),
+                                 elapsed_seconds=time.perf_counter() - t0, **extra, **common)
+
+        history, best_state, best_loss, best_epoch = [], None, math.inf, 0
+        status, message, epoch, seen = "completed", "", 0, []
+        start_loss = start_dice = None
+        try:
+            start_loss, start_dice = yield from validation(0)
             if self.init_config is not None and start_loss is not None:
                 best_state, best_loss = copy.deepcopy(self.model.state_dict()), start_loss
             yield TrainEvent("start", val_loss=start_loss, val_dice=start_dice, start_loss=start_loss,
@@ -295,17 +300,7 @@ class Trainer:
                                      best_val_loss=_finite(best_loss), best_epoch=best_epoch, eta_seconds=eta(),
                                      elapsed_seconds=time.perf_counter() - t0, **common)
                 train_loss = total / max(count, 1)
-                gen = self.validate()
-                while True:
-                    self._check_cancel(cancel)
-                    try:
-                        s = next(gen)
-                    except StopIteration as stop:
-                        val_loss, val_dice = stop.value
-                        break
-                    units_done += 1
-                    yield TrainEvent("step", "validate", epoch, step=s, train_loss=train_loss, eta_seconds=eta(),
-                                     elapsed_seconds=time.perf_counter() - t0, **common)
+                val_loss, val_dice = yield from validation(epoch, train_loss=train_loss)
                 self.scheduler.step()
                 monitored = val_loss if val_loss is not None else train_loss
                 if not math.isfinite(monitored):
