@@ -293,10 +293,7 @@ def write_nifti(
     # nibabel recomputes nothing from affine=None; make sure qform/sform survive exactly.
     img.header.set_qform(header.get_qform(), code=int(header["qform_code"]))
     img.header.set_sform(header.get_sform(), code=int(header["sform_code"]))
-    if like is None:
-        img.header.set_qform(np.asarray(affine, float), code=1)
-        img.header.set_sform(np.asarray(affine, float), code=1)
-    else:  # keep the source's time/extra pixdim entries (nibabel resets them to 1)
+    if like is not None:  # keep the source's time/extra pixdim entries (nibabel resets them to 1)
         restored = img.header["pixdim"].copy()
         restored[4:] = pixdim[4:]
         img.header["pixdim"] = restored
