@@ -167,13 +167,15 @@ class Budget:
     lr: float = 1e-3
     val_fraction: float = 0.0
     augment: bool = True
+    foreground_weight: float = 10.0  # Adaptive Wing weighted loss map (0: unweighted)
 
     def describe(self) -> str:
         crop = "x".join(map(str, self.crop_size)) if self.crop_size else "whole slice"
         val = f"{self.val_fraction:.0%} validation slab" if self.val_fraction else "no validation set (fixed budget)"
         return (f"{self.epochs} epochs, batch {self.batch_size}, crop {crop}, U-Net depth {self.depth} / "
                 f"{self.base_features} features, Adam lr {self.lr:g} cosine-annealed, {val}, "
-                f"augmentation {'on' if self.augment else 'off'}, {THREADS} CPU threads")
+                f"augmentation {'on' if self.augment else 'off'}, Adaptive Wing loss map W = {self.foreground_weight:g} "
+                f"(Adaptive Wing candidates), {THREADS} CPU threads")
 
 
 @dataclass
@@ -187,41 +189,13 @@ class Trained:
     summary: dict = field(repr=False, default_factory=dict)
 
 
-def _as_normrelu(path: Path, out: Path, threshold: float, preset: str) -> Path:
-    """A conventional (sigmoid) checkpoint as the warm start of a NormReLU preset: the same
-    weights, the head's bias lowered by ``logit(threshold)`` so that the pixels the sigmoid
-    model puts above its threshold are the ones with a positive score (the recipe of
-    ``scripts/train_default_models.py``)."""
-    import copy
-
-    from napari_softseg.checkpoint import build_model, load_checkpoint, save_checkpoint
-    from napari_softseg.presets import PRESETS
-
-    state, config = load_checkpoint(path)
-    config = copy.deepcopy(config)
-    config["architecture"]["activation"] = PRESETS[preset].activation
-    config["preset"] = preset
-    state = dict(state)
-    t = min(max(float(threshold), 0.05), 0.95)
-    if PRESETS[preset].activation == "normrelu":
-        state["head.bias"] = state["head.bias"] - math.log(t / (1.0 - t))
-    return save_checkpoint(out, build_model(config, state), config)
-
-
 def train_predict(image: np.ndarray, labels, *, preset: str, seed: int, budget: Budget, spacing,
-                  predict_on: np.ndarray, slice_axis: int = 2, label_source: str = "label",
-                  warm_start: int = 0, finetune_lr: float = 2e-4) -> Trained:
+                  predict_on: np.ndarray, slice_axis: int = 2, label_source: str = "label") -> Trained:
     """Train ``preset`` on ``image`` with ``labels`` (one map, or a list of rater maps with a
     fusion/random ``label_source``), then predict the soft map of ``predict_on``.
 
-    ``warm_start > 0`` (for presets other than ``conventional``): the first ``warm_start`` of
-    the budget's epochs train the conventional preset, whose weights then start ``preset``
-    for the remaining epochs at ``finetune_lr`` (the two-stage recipe of the shipped lesion
-    model; the total number of epochs stays the budget's).
     The checkpoints go to a temporary folder that is removed afterwards.
     """
-    from dataclasses import replace
-
     from napari_softseg.data import TrainingData
     from napari_softseg.inference import load_model, predict_volume
     from napari_softseg.train import TrainConfig, run_training
@@ -231,18 +205,12 @@ def train_predict(image: np.ndarray, labels, *, preset: str, seed: int, budget: 
     cfg = TrainConfig(preset=preset, epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr,
                       crop_size=budget.crop_size, depth=budget.depth, base_features=budget.base_features,
                       val_fraction=budget.val_fraction, patience=10**6, seed=seed, device="cpu",
-                      augment=budget.augment, slice_axis=slice_axis, num_threads=THREADS)
-    two_stage = warm_start > 0 and preset != "conventional"
+                      augment=budget.augment, slice_axis=slice_axis, num_threads=THREADS,
+                      foreground_weight=budget.foreground_weight)
     folder = Path(tempfile.mkdtemp(prefix="softseg-bench-"))
     try:
         t0 = time.perf_counter()
-        init = None
-        if two_stage:
-            first = run_training(replace(cfg, preset="conventional", epochs=warm_start), data,
-                                 checkpoint_path=folder / "stage1.pt")
-            init = _as_normrelu(first.checkpoint, folder / "stage1-init.pt", first.threshold, preset)
-            cfg = replace(cfg, epochs=budget.epochs - warm_start, lr=finetune_lr)
-        done = run_training(cfg, data, init=init, checkpoint_path=folder / "model.pt")
+        done = run_training(cfg, data, checkpoint_path=folder / "model.pt")
         t1 = time.perf_counter()
         model = load_model(done.checkpoint)
         soft = predict_volume(model, predict_on, slice_axis=slice_axis, device="cpu")
@@ -250,7 +218,6 @@ def train_predict(image: np.ndarray, labels, *, preset: str, seed: int, budget: 
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     summary = {k: v for k, v in (done.summary or {}).items() if k not in ("history", "config", "distributed")}
-    summary["two_stage"] = two_stage
     return Trained(np.asarray(soft, np.float32), float(done.threshold), t1 - t0, t2 - t1, summary)
 
 

@@ -2,7 +2,9 @@
 
 The five candidates of :data:`napari_softseg.presets.PRESETS` — ``softseg`` (Soft-ReLU-Wing),
 ``conventional`` (Hard-Sig-Dice), ``hard-relu-wing``, ``soft-relu-dice`` and
-``soft-sig-wing`` — are trained with the same budget on two real datasets:
+``soft-sig-wing`` — are trained with the same budget on two real datasets, with a sixth row,
+``softseg-unweighted``: SoftSeg with the plain Adaptive Wing loss (no weighted loss map,
+which is what ivadomed's implementation computes in effect):
 
 * **brain grey matter**: the shipped T1 with FSL FAST's grey-matter partial-volume map as
   soft truth (2 mm isotropic block mean, the two artificial spheres removed);
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +37,17 @@ import numpy as np
 
 from . import _common as C
 
-CANDIDATES = ("softseg", "conventional", "hard-relu-wing", "soft-relu-dice", "soft-sig-wing")
+CANDIDATES = ("softseg", "conventional", "hard-relu-wing", "soft-relu-dice", "soft-sig-wing", "softseg-unweighted")
+#: candidates that are a preset trained with another loss setting: key -> (preset, Budget overrides, title)
+VARIANTS = {"softseg-unweighted": ("softseg", {"foreground_weight": 0.0}, "Soft-ReLU-Wing, unweighted loss")}
+
+
+def title(cand: str) -> str:
+    from napari_softseg.presets import PRESETS
+
+    return VARIANTS[cand][2] if cand in VARIANTS else PRESETS[cand].title
+
+
 #: key, column title, better direction (+1 higher, -1 lower, 0 closer to zero), digits
 METRICS = (
     ("dice", "Dice %", 1, 1), ("precision", "precision %", 1, 1), ("recall", "recall %", 1, 1),
@@ -63,8 +75,8 @@ def plans(quick: bool) -> list[Plan]:
                  CANDIDATES[:2]),
         ]
     return [
-        Plan("brain_gm", C.brain_gm, C.Budget(epochs=15, batch_size=8, crop_size=(72, 96)), 5, 1),
-        Plan("sct_gm", lambda: C.sct_gm(size=48), C.Budget(epochs=60, batch_size=4, crop_size=(48, 48)), 5, 0),
+        Plan("brain_gm", C.brain_gm, C.Budget(epochs=60, batch_size=8, crop_size=(72, 96)), 5, 1),
+        Plan("sct_gm", lambda: C.sct_gm(size=48), C.Budget(epochs=300, batch_size=4, crop_size=(48, 48)), 5, 0),
     ]
 
 
@@ -92,7 +104,9 @@ def run_dataset(plan: Plan, log=print) -> dict:
     for seed, (train, test) in enumerate(folds):
         img, lab = vol.image[..., train], vol.truth[..., train]
         for cand in plan.candidates:
-            res = C.train_predict(img, lab, preset=cand, seed=seed, budget=plan.budget, spacing=vol.spacing,
+            preset, overrides, _ = VARIANTS.get(cand, (cand, {}, ""))
+            budget = replace(plan.budget, **overrides)
+            res = C.train_predict(img, lab, preset=preset, seed=seed, budget=budget, spacing=vol.spacing,
                                   predict_on=vol.image, slice_axis=vol.slice_axis)
             one = _one_run(vol, res.soft, test, res.threshold)
             one.update(candidate=cand, seed=seed, test_slices=[int(test[0]), int(test[-1])],
@@ -188,9 +202,7 @@ def _cell(row: dict, key: str, digits: int, with_p: bool) -> str:
 
 
 def markdown(r: dict) -> str:
-    from napari_softseg.presets import PRESETS
-
-    lines = ["## Ablation: the five SoftSeg candidates (Gros et al. 2021, Table 4.2)", ""]
+    lines = ["## Ablation: the five SoftSeg candidates (Gros et al. 2021, Table 4.2) and SoftSeg with an unweighted loss", ""]
     if r["quick"]:
         lines += ["**Quick smoke run: tiny budget, numbers meaningless.**", ""]
     lines += ["Mean ± std over seeds (each seed holds out a different slab of axial slices); "
@@ -210,7 +222,7 @@ def markdown(r: dict) -> str:
         rows = []
         for cand in d["candidates"]:
             row = d["summary"][cand]
-            rows.append([f"{PRESETS[cand].title} (`{cand}`)"]
+            rows.append([f"{title(cand)} (`{cand}`)"]
                         + [_cell(row, k, dg, cand != "softseg") for k, _, _, dg in METRICS]
                         + [f"{row['all_zero_runs']} / {n}", C.fmt(row["train_s_mean"], 0)])
         lines += [C.md_table(header, rows), ""]
@@ -230,8 +242,6 @@ def markdown(r: dict) -> str:
 
 
 def figures(r: dict, out_dir: Path) -> None:
-    from napari_softseg.presets import PRESETS
-
     plt = C.pyplot()
     sets = list(r["datasets"].values())
     # Fig. 4.3: Dice against threshold
@@ -242,7 +252,7 @@ def figures(r: dict, out_dir: Path) -> None:
             th = np.asarray(sw[0]["thresholds"], float)
             dice = np.array([[np.nan if v is None else v for v in s["dice"]] for s in sw], float)
             m, s = np.nanmean(dice, axis=0), np.nanstd(dice, axis=0)
-            ax.plot(th, m, marker=".", label=PRESETS[cand].title)
+            ax.plot(th, m, marker=".", label=title(cand))
             ax.fill_between(th, m - s, m + s, alpha=0.15)
         ax.set_xlabel("threshold")
         ax.set_ylabel("Dice % (held-out slabs, mean ± std)")
@@ -256,7 +266,7 @@ def figures(r: dict, out_dir: Path) -> None:
     for ax, d in zip(axes[0], sets):
         for cand in d["candidates"]:
             h = np.sum([run["histogram"] for run in d["runs"] if run["candidate"] == cand], axis=0)
-            ax.step(centres, np.maximum(h / max(h.sum(), 1), 1e-7), where="mid", label=PRESETS[cand].title)
+            ax.step(centres, np.maximum(h / max(h.sum(), 1), 1e-7), where="mid", label=title(cand))
         t = np.asarray(d["truth_histogram"], float)
         ax.step(centres, np.maximum(t / max(t.sum(), 1), 1e-7), where="mid", color="k", ls=":", label="truth")
         ax.set_yscale("log")
@@ -270,7 +280,7 @@ def figures(r: dict, out_dir: Path) -> None:
     for ax, d in zip(axes[0], sets):
         for cand in d["candidates"]:
             pooled = C.pooled_reliability([run["reliability"] for run in d["runs"] if run["candidate"] == cand])
-            C.plot_reliability(ax, pooled, PRESETS[cand].title)
+            C.plot_reliability(ax, pooled, title(cand))
         C.reliability_axes(ax, f"{d['dataset']} (pooled over seeds)")
     C.save_figure(fig, out_dir / "ablation_reliability.png")
 

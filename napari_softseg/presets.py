@@ -82,7 +82,8 @@ class Preset:
         return ACTIVATIONS[self.activation]()
 
     def make_loss(self, **kwargs) -> nn.Module:
-        """A fresh loss with the paper's defaults (Adaptive Wing: ω=8, θ=0.5, ε=1, α=2.1);
+        """A fresh loss with the papers' defaults (Adaptive Wing: ω=8, θ=0.5, ε=1, α=2.1,
+        weighted loss map W=10, τ=0.2);
         keyword arguments override them (e.g. ``reduction="sum"``)."""
         return LOSSES[self.loss](**kwargs)
 

@@ -85,6 +85,10 @@ class TrainConfig:
         checkpoint's.
     loss_reduction : ``"mean"`` or ``"sum"``
         Reduction of the loss (mean keeps the scale independent of batch and crop).
+    foreground_weight : float
+        Adaptive Wing presets only: :math:`W` of the loss's weighted map (``1 + W`` on the
+        dilated foreground, Wang et al. 2019; 10 as in the paper, 0 unweighted). Without it
+        SoftSeg collapses to an all-zero map on sparse targets.
     preview_slice : (volume, slice) or None
         A slice to predict after every ``preview_every`` epochs (for a live preview).
     num_threads : int or None
@@ -113,6 +117,7 @@ class TrainConfig:
     slice_axis: int | None = None
     spacing: tuple | None = None
     loss_reduction: str = "mean"
+    foreground_weight: float = 10.0
     preview_slice: tuple | None = None
     preview_every: int = 1
     num_threads: int | None = None
@@ -129,6 +134,8 @@ class TrainConfig:
             (self.seed >= 0, f"seed must be a non-negative integer, got {self.seed}"),
             (self.preview_every >= 1, f"preview interval must be at least 1 epoch, got {self.preview_every}"),
             (self.loss_reduction in ("mean", "sum"), f"loss reduction must be mean or sum, got {self.loss_reduction!r}"),
+            (math.isfinite(self.foreground_weight) and self.foreground_weight >= 0,
+             f"foreground weight must be a number >= 0, got {self.foreground_weight}"),
             (self.image_interpolation in ("bilinear", "bicubic"), f"image interpolation must be bilinear or bicubic, got {self.image_interpolation!r}"),
         ]
         for ok, message in checks:

@@ -105,7 +105,8 @@ class Trainer:
 
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(cfg.seed + 1 + self.ctx.rank)  # dropout differs per process
-        self.loss_fn = preset.make_loss(reduction=cfg.loss_reduction)
+        loss_options = {"foreground_weight": cfg.foreground_weight} if preset.loss == "adaptive_wing" else {}
+        self.loss_fn = preset.make_loss(reduction=cfg.loss_reduction, **loss_options)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
