@@ -7,7 +7,7 @@ the fused label binarised) and with SoftSeg (Soft-ReLU-Wing), the same budget fo
 
 Training data: the phantom of :func:`napari_softseg.phantom.build_phantom` generated with
 another seed (``SEED + 1``: the same brain with different lesions, noise and rater
-disagreements), its slices holding lesions. Test data: the phantom of the default
+disagreements), every slice (lesion-free ones too). Test data: the phantom of the default
 seed and its four raters (conservative, generous, jitter, misses-small). Both are cropped
 in-plane to one box around every lesion. Metrics inside the brain, on the whole test
 volume:
@@ -49,13 +49,15 @@ COLUMNS = (  # key, title, digits
 def settings(quick: bool) -> dict:
     if quick:
         return {"budget": C.Budget(epochs=2, batch_size=16, depth=2, base_features=4), "seeds": 1}
-    return {"budget": C.Budget(epochs=200, batch_size=8), "seeds": 1}
+    return {"budget": C.Budget(epochs=100, batch_size=8), "seeds": 3}
 
 
 def phantom_pair(quick: bool, box_margin: int = 8) -> dict:
-    """Training and test phantoms, cropped in-plane to one box around every lesion; training
-    uses the slices holding lesions (empty slices are left out, as ivadomed's default slice
-    filter does), the test volume keeps every slice.
+    """Training and test phantoms, cropped in-plane to one box around every lesion; both keep
+    every slice. Training on the lesion-free slices too matters for the normalised ReLU:
+    its per-slice maximum lifts any positive score of a slice to 1, so a network that never
+    saw an empty slice puts false lesions of p = 1 in the test volume's empty slices
+    (measured: 1.3–24 cm³ of Σp away from the lesions when trained on lesion slices only).
 
     Quick mode: the test phantom alone, cropped to 40x40 voxels around its largest lesion
     and the slices it spans, stands in for both.
@@ -76,7 +78,7 @@ def phantom_pair(quick: bool, box_margin: int = 8) -> dict:
         box = C.phantom_box(test.truth, train.truth, margin=box_margin)
         box = tuple(slice(int(b.start), int(b.stop)) for b in box)
         te = box + (slice(0, test.truth.shape[2]),)
-        train_z = np.nonzero(train.truth[box].sum(axis=(0, 1)) > 0)[0]
+        train_z = np.arange(train.truth.shape[2])
 
     def tr(a):
         return a[box][..., train_z]
@@ -197,7 +199,7 @@ def markdown(r: dict) -> str:
     if r["quick"]:
         lines += ["**Quick smoke run: tiny budget, numbers meaningless.**", ""]
     lines += [f"Lesion phantom, 4 raters ({', '.join(r['raters'])}). Training: phantom seed SEED+1, "
-              f"{'x'.join(map(str, r['train_shape']))} voxels (its slices holding lesions); test: phantom seed SEED, "
+              f"{'x'.join(map(str, r['train_shape']))} voxels (every slice); test: phantom seed SEED, "
               f"{'x'.join(map(str, r['test_shape']))} voxels of {'x'.join(f'{s:g}' for s in r['spacing'])} mm, "
               f"both cropped in-plane to the lesion box {r['box']}. Budget per candidate and seed: {r['budget_text']}; "
               "both pipelines trained from scratch (SoftSeg with the weighted Adaptive Wing loss); "

@@ -33,7 +33,6 @@ from . import _common as C
 from .bench_fusion import phantom_pair, settings
 
 PIPELINES = ("softseg", "conventional")
-SEEDS = 3  # full run: seeds of weights, augmentation and dropout (one training and one test phantom)
 TITLES = {"softseg": "SoftSeg", "conventional": "conventional"}
 RADIUS_MM = 3.0
 
@@ -98,7 +97,6 @@ def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     s = settings(quick)
-    s["seeds"] = 1 if quick else SEEDS
     budget: C.Budget = s["budget"]
     data = phantom_pair(quick)
     if budget.crop_size is None:
