@@ -116,3 +116,70 @@ def test_wilcoxon_and_pooled_reliability_by_hand():
     assert pooled["confidence"][1] == pytest.approx(0.75)
     assert pooled["accuracy"][1] == pytest.approx(0.625)
     assert pooled["ece"] == pytest.approx(0.125)
+
+
+def test_partial_volume_breakdown_by_hand():
+    """The Σp error splits into lesion-free slices, false positives in lesion slices, faint and
+    other lesions; each part checked on a prediction built by hand from the exact truth."""
+    from benchmarks.bench_fusion import phantom_pair
+    from benchmarks.bench_partial_volume import analyse, lesion_owner
+
+    d = phantom_pair(quick=False)  # the full test phantom: every lesion lies inside the crop
+    owner, true_voxels = lesion_owner(d["lesions"], d["full_shape"], d["test_offset"], d["test_truth"].shape,
+                                      d["spacing"])
+    vv = float(np.prod(d["spacing"]))
+    truth, m = d["test_truth"], d["mask"]
+    exact = analyse(truth.copy(), d, owner, true_voxels)["breakdown"]["parts_mm3"]
+    for key, value in exact.items():  # the exact truth has no error anywhere
+        assert value == pytest.approx(0.0, abs=1e-3), key
+
+    pred = truth.copy()
+    free_z = int(np.nonzero(((truth * m).sum(axis=(0, 1)) == 0) & m.any(axis=(0, 1)))[0][0])
+    x, y = (int(v[0]) for v in np.nonzero(m[..., free_z] & (owner[..., free_z] == 0)))
+    pred[x, y, free_z] = 1.0  # one false voxel of p = 1 in a lesion-free slice
+    lesion_z = int(np.argmax((truth * m).sum(axis=(0, 1))))
+    x2, y2 = (int(v[0]) for v in np.nonzero(m[..., lesion_z] & (owner[..., lesion_z] == 0) & (truth[..., lesion_z] == 0)))
+    pred[x2, y2, lesion_z] = 0.5  # half a voxel away from the lesions, in a lesion slice
+    big = max(d["lesions"], key=lambda l: l.volume_mm3)
+    pred[owner == big.id] = 0.0  # the largest lesion missed entirely
+    r = analyse(pred, d, owner, true_voxels)
+    b = r["breakdown"]
+    parts = b["parts_mm3"]
+    assert parts["lesion_free_slices"] == pytest.approx(vv)
+    assert parts["away_in_lesion_slices"] == pytest.approx(0.5 * vv)
+    in_owner = float(truth[(owner == big.id) & m].sum(dtype=np.float64)) * vv
+    assert big.id in true_voxels and not big.faint
+    assert parts["other_lesions"] == pytest.approx(-in_owner, rel=1e-5)
+    assert in_owner == pytest.approx(true_voxels[big.id] * vv, rel=1e-3)  # its whole true volume
+    assert parts["faint_lesions"] == pytest.approx(0.0, abs=1e-3)
+    assert b["n_lesion_free_slices_at_1"] == 1
+    assert sum(parts.values()) == pytest.approx(r["total"]["soft_mm3"] - r["total"]["true_mm3"], abs=1e-3)
+
+
+def test_verdict_explains_missed_bars_from_the_data(tmp_path):
+    from benchmarks import bench_verdict
+    from benchmarks.bench_partial_volume import why_soft_volume
+
+    summary = {"softseg": {"ece": {"mean": 0.02}, "dice": {"mean": 80.0}, "brier": {"mean": 0.01}},
+               "conventional": {"ece": {"mean": 0.01}, "dice": {"mean": 70.0}, "brier": {"mean": 0.03}}}
+    ablation = {"datasets": {"cord": {"dataset": "cord", "summary": summary, "truth_histogram": [90] + [0] * 18 + [10]}},
+                "bars": [{"dataset": "cord", "bar": "ECE(SoftSeg) <= 0.5 x ECE(conventional)", "value": 2.0, "limit": 0.5,
+                          "met": False, "detail": "x"}]}
+    (tmp_path / "ablation.json").write_text(json.dumps(ablation))
+    run = {"matmul_gflops": {"bfloat16": 800.0, "float32": 200.0}, "ratio_bound_at_bf16_matmul_speed": 0.26,
+           "baseline_gflops_vs_fp32_matmul": 1.0}
+    (tmp_path / "predict.json").write_text(json.dumps({"ratio_ours_vs_baseline": 0.3, "default_threads": 2,
+                                                       "runs_by_threads": {"2": run}}))
+    r = bench_verdict.run(out_dir=tmp_path)
+    why = {b["bar"]: b.get("why", "") for b in r["bars"]}
+    assert "0.0 % of the truth's voxels" in why["cord: ECE(SoftSeg) <= 0.5 x ECE(conventional)"]
+    assert "0.0100 (SoftSeg) vs 0.0300" in why["cord: ECE(SoftSeg) <= 0.5 x ECE(conventional)"]
+    assert "4.0x" in why["predict_volume time / eager float32 loop <= 0.25"]  # 800 / 200
+    assert "Why the bars that are not met" in (tmp_path / "verdict.md").read_text()
+
+    part = lambda v: {"mean": v, "std": 0.0}  # noqa: E731
+    b = {"lesion_free_slices": part(45.2), "away_in_lesion_slices": part(9.6), "faint_lesions": part(-12.7),
+         "other_lesions": part(-22.9), "rest": part(0.0), "lesion_free_slices_at_1": [24, 26], "n_lesion_free_slices": 27}
+    text = why_soft_volume(b)
+    assert "+45.2 % Σp in the 27 lesion-free slices (maximum p = 1 in 24–26 of them" in text
+    assert "-12.7 % the faint lesions" in text and "truth outside" not in text  # a zero part is left out
