@@ -1,8 +1,8 @@
 """The bars the results are held to, checked from the other benchmarks' JSON files.
 
 Runs last (``run_all`` goes in name order) and reads ``ablation.json``,
-``partial_volume.json``, ``predict.json``, ``staple.json`` and ``train.json`` from the same
-folder; a missing file or key is reported as "not measured", never guessed. Writes
+``partial_volume.json``, ``predict.json``, ``staple.json``, ``train.json``, ``segment.json`` and
+``responsiveness.json`` from the same folder; a missing file or key is reported as "not measured", never guessed. Writes
 ``verdict.json`` and ``verdict.md``: one line per bar with the measured value, the limit,
 met / NOT met, and the numbers behind it; for every bar that is not met, why, in the
 measured numbers that explain it (the truth's softness and the Brier score for a missed
@@ -12,7 +12,9 @@ Bars: SoftSeg's ECE ≤ ½ the conventional candidate's and SoftSeg's Dice ≥ c
 point (ablation, per dataset); SoftSeg's total soft-volume error on the phantom ≤ 2 %;
 ``predict_volume`` ≤ 0.25 of an eager float32 loop; STAPLE ≤ 0.5 of SimpleITK. The engine's
 own targets (training step ≤ 0.5 of an eager float32 step, predict peak memory ≤ 3 GB on
-512x512x200, predict GFLOP/s ≥ 0.4 of a bf16 matmul) are listed after them.
+512x512x200, predict GFLOP/s ≥ 0.4 of a bf16 matmul) and the docks' (Segment ≤ 2 s, threshold
+slider ≤ 100 ms, largest UI stall ≤ 50 ms during Segment, training and painting with
+autosave) are listed after them.
 
     python -m benchmarks.bench_verdict [--out DIR]
 """
@@ -120,12 +122,40 @@ def collect(out_dir: Path) -> dict:
                              f"ratio {r:.3f}" if r is not None else ""))
     gb, key = _memory_gb(predict)
     engine.append(_ratio_bar("predict peak memory on 512x512x200 <= 3 GB", gb, 3.0, "predict.json",
-                             f"{gb:.2f} GB ({key})" if gb is not None else ""))
+                             f"{gb:.2f} GiB ({key})" if gb is not None else ""))
     r = _get(predict, "ours_gflops_vs_bf16_matmul")
     engine.append(_ratio_bar("predict GFLOP/s / bf16 matmul GFLOP/s >= 0.4 (aim)", r, 0.4, "predict.json",
                              f"ratio {r:.3f}" if r is not None else "", upper=False))
     quick = any(bool(_get(d, "quick")) for d in (ablation, pv, predict, staple, train) if d)
-    return {"quick": quick, "bars": bars, "engine_targets": engine}
+    return {"quick": quick, "bars": bars, "engine_targets": engine,
+            "ui_targets": _ui_targets(_load(out_dir, "segment"), _load(out_dir, "responsiveness"))}
+
+
+def _ui_targets(segment: dict | None, resp: dict | None) -> list[dict]:
+    """The docks' responsiveness targets; a missed stall target says what one repaint costs."""
+    ms = lambda s: f"{1000 * s:.0f} ms"  # noqa: E731
+    out = []
+    v = _get(segment, "segment_click_to_layers_s", "median")
+    out.append(_ratio_bar("Segment, click to layers <= 2 s", v, 2.0, "segment.json",
+                          f"{v:.2f} s (model alone {_get(segment, 'segment_model_only_s', 'median') or float('nan'):.2f} s)"
+                          if v is not None else ""))
+    v = _get(segment, "slider_update_s", "median")
+    out.append(_ratio_bar("threshold slider update <= 100 ms", v, 0.1, "segment.json",
+                          f"{ms(v)} on 256x256x48" if v is not None else ""))
+    stalls = [("largest UI stall during Segment <= 50 ms", _get(segment, "ui_stall_during_segment_s", "max"), "segment.json"),
+              ("largest UI stall while training in the Train dock <= 50 ms", _get(resp, "training", "stall_s"),
+               "responsiveness.json"),
+              ("largest UI stall over painted strokes with autosave on <= 50 ms", _get(resp, "painting", "stall_on_s"),
+               "responsiveness.json")]
+    repaint = _get(resp, "ui_stall_one_slice_step_s") or _get(segment, "ui_stall_one_slice_step_s")
+    idle = _get(resp, "ui_stall_idle_s") or _get(segment, "ui_stall_idle_s")
+    for name, v, source in stalls:
+        bar = _ratio_bar(name, v, 0.05, source, ms(v) if v is not None else "")
+        if bar["met"] is False and repaint is not None:
+            bar["why"] = (f"one repaint of the napari window (a one-slice step) stalls the same timer {ms(repaint)} "
+                          f"on this machine" + (f", the idle viewer {ms(idle)}" if idle is not None else ""))
+        out.append(bar)
+    return out
 
 
 def _status(b: dict) -> str:
@@ -145,6 +175,11 @@ def markdown(r: dict) -> str:
     lines += ["Engine targets (from the engine's specification):", ""]
     rows = [[b["bar"], f"**{_status(b)}**", b["detail"]] for b in r["engine_targets"]]
     lines += [C.md_table(["target", "status", "measured"], rows, "lll"), ""]
+    if r.get("ui_targets"):
+        lines += ["Dock responsiveness targets (under Xvfb, software OpenGL):", ""]
+        rows = [[b["bar"], f"**{_status(b)}**", b["detail"] + (f"; {b['why']}" if b.get("why") else "")]
+                for b in r["ui_targets"]]
+        lines += [C.md_table(["target", "status", "measured"], rows, "lll"), ""]
     n_met = sum(1 for b in r["bars"] if b["met"])
     n_measured = sum(1 for b in r["bars"] if b["met"] is not None)
     lines += [f"{n_met} of {n_measured} measured bars met; see the sections above for the data, budgets and figures.", ""]

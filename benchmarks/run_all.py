@@ -2,7 +2,8 @@
 
 Each benchmark module defines ``run(quick: bool, out_dir: Path) -> dict`` and writes its
 own tables (Markdown + JSON) and figures. This runner adds ``machine.json`` (CPU, cores,
-memory, library versions, date) and ``summary.md`` (one section per benchmark).
+memory, library versions, date), ``runtime.json`` (wall time of the run and of each
+benchmark) and ``summary.md`` (one section per benchmark).
 
     python -m benchmarks.run_all [--quick] [--only NAME ...] [--out DIR]
 """
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "machine.json").write_text(json.dumps(info, indent=1))
     sections, failures = [f"# Benchmarks\n\n{info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']})"
                           + (" — quick mode" if args.quick else "") + "\n"], 0
+    seconds, start = {}, time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
@@ -96,9 +98,20 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             traceback.print_exc()
             sections.append(f"## {name}\n\nFAILED:\n\n```\n{traceback.format_exc()[-2000:]}\n```\n")
-        print(f"   {time.perf_counter() - t0:.1f} s", flush=True)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        print(f"   {seconds[name]:.1f} s", flush=True)
+    runtime = {"started": info["date"], "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "total_s": round(time.perf_counter() - start, 1), "seconds": seconds, "quick": args.quick,
+               "complete": not args.only, "failures": failures}
+    (out / "runtime.json").write_text(json.dumps(runtime, indent=1))
+    sections[0] += (f"\nWall time of this run: {runtime['total_s'] / 60:.1f} min ("
+                    + ", ".join(f"{n} {s / 60:.1f}" for n, s in seconds.items()) + " min).\n")
     (out / "summary.md").write_text("\n".join(sections))
     print(f"results in {out}")
+    if runtime["complete"] and not args.quick and out.resolve() == (HERE / "results").resolve():
+        from . import readme  # the README quotes the committed results: keep it in step
+
+        readme.main([])
     return 1 if failures else 0
 
 

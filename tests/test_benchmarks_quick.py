@@ -183,3 +183,33 @@ def test_verdict_explains_missed_bars_from_the_data(tmp_path):
     text = why_soft_volume(b)
     assert "+45.2 % Σp in the 27 lesion-free slices (maximum p = 1 in 24–26 of them" in text
     assert "-12.7 % the faint lesions" in text and "truth outside" not in text  # a zero part is left out
+
+
+def test_readme_benchmark_figures_are_those_of_the_committed_results():
+    from benchmarks import readme
+
+    text = (REPO / "README.md").read_text()
+    assert readme.block(text) is not None, "README.md lost its benchmark block markers"
+    assert readme.block(text) == readme.render(REPO / "benchmarks" / "results"), \
+        "README's benchmark figures differ from benchmarks/results: run python -m benchmarks.readme"
+
+
+def test_readme_figures_render_from_the_json_by_hand(tmp_path):
+    from benchmarks import readme
+
+    (tmp_path / "staple.json").write_text(json.dumps({
+        "raters": 3, "voxels": 2_000_000, "ours_s": 0.3, "simpleitk_s": 0.5, "agreement_at_0.5": 1.0,
+        "ratio_ours_over_simpleitk": 0.6}))
+    (tmp_path / "runtime.json").write_text(json.dumps({"complete": True, "quick": False, "total_s": 1800.0,
+                                                       "seconds": {"a": 600.0, "b": 1200.0}}))
+    (tmp_path / "verdict.json").write_text(json.dumps({"quick": False, "bars": [
+        {"bar": "x <= 1", "met": False, "detail": "2 vs 1", "why": "because"},
+        {"bar": "y <= 1", "met": True, "detail": "0.5"}]}))
+    text = readme.render(tmp_path)
+    staple = next(line for line in text.splitlines() if line.startswith("| STAPLE"))
+    assert "3 raters x 2.0 M voxels" in staple and "0.300 s" in staple and "**0.600**" in staple
+    assert staple.endswith("≤ 0.5 ✗ |")  # 0.6 > 0.5
+    assert "it took **30 min** (a 10.0, b 20.0 min)" in text
+    assert "| x <= 1 | **NOT met** | 2 vs 1 |" in text and "| y <= 1 | met | 0.5 |" in text
+    assert "- *x <= 1*: because." in text
+    assert "training step" in text and "(not measured)" in text  # no train.json: said, not guessed
