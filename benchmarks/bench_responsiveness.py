@@ -22,32 +22,17 @@ budget: 50 ms. Timings are noisy on a shared machine.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from .bench_segment import _events, _idle_stall, _step_stall
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _events(seconds: float) -> None:
-    from qtpy.QtWidgets import QApplication
-
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        QApplication.processEvents()
-        time.sleep(0.002)
-
-
-def _stall_of(action, seconds: float) -> float:
-    from napari_softseg.widgets.demo import StallMeter
-
-    meter = StallMeter()
-    meter.start()
-    _events(0.05)
-    action()
-    _events(seconds)
-    return meter.stop()
+if str(ROOT / "tests") not in sys.path:  # the test helpers: data paths and simulated strokes
+    sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _add_file(viewer, path: Path):
@@ -65,7 +50,6 @@ def _training(viewer, epochs: int) -> dict:
     from napari_softseg.widgets.demo import StallMeter
     from napari_softseg.widgets.training import TrainingWidget
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from _paths import SHARED
 
     mt = SHARED / "sct_mt"
@@ -102,25 +86,18 @@ def _training(viewer, epochs: int) -> dict:
 
 
 def _p99(gaps: list[float]) -> float:
-    if not gaps:
-        return 0.0
-    s = sorted(gaps)
-    return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
+    return float(np.percentile(gaps, 99)) if gaps else 0.0
 
 
 def _painting(viewer, n_strokes: int, tmp: Path) -> dict:
     """Stall over ``n_strokes`` painted strokes, autosave off then on."""
     import shutil
 
-    from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication
-
     from napari_softseg.nifti import read_nifti
     from napari_softseg.widgets.annotation import SoftAnnotationWidget
     from napari_softseg.widgets.demo import StallMeter
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from _strokes import stroke_events
+    from _strokes import play, sweep_strokes
 
     src = ROOT / "sample_data" / "brain_t1" / "bet.nii.gz"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -137,28 +114,10 @@ def _painting(viewer, n_strokes: int, tmp: Path) -> dict:
         dock.autosave.setChecked(autosave)
         dock.set_level(level)
         written = dock.writer.n_written
-        events = []
-        for i in range(n):
-            x = 30 + 2 * i
-            events += stroke_events(layer, [(x, 40, 40), (x, 60, 50), (x, 80, 70), (x, 100, 75)])
-        driver = QTimer()
-        driver.setInterval(12)
-
-        def drive():
-            if events:
-                callback, event = events.pop(0)
-                callback(layer, event)
-            else:
-                driver.stop()
-
-        driver.timeout.connect(drive)
         meter = StallMeter()
         meter.start()
         _events(0.05)
-        driver.start()
-        while events or driver.isActive():
-            QApplication.processEvents()
-            time.sleep(0.001)
+        play(layer, sweep_strokes(layer, n))
         _events(0.4)  # the last autosave is written while the meter still runs
         dock.writer.flush(10)
         stall = meter.stop()
@@ -185,11 +144,9 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1600, 1000)
         _events(0.5)
-        idle = _stall_of(lambda: None, 1.0 if quick else 3.0)
+        idle = _idle_stall(1.0 if quick else 3.0)
         paint = _painting(viewer, 10 if quick else 50, Path(tmp) / "scans")
-        step = viewer.dims.not_displayed[0]
-        repaint = statistics.median(
-            _stall_of(lambda k=k: viewer.dims.set_current_step(step, 20 + k), 0.25) for k in range(3 if quick else 10))
+        repaint = _step_stall(viewer, 3 if quick else 10)
         for layer in list(viewer.layers):
             viewer.layers.remove(layer)
         train = _training(viewer, 3 if quick else 40)

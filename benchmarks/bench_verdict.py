@@ -36,10 +36,10 @@ def _load(out_dir: Path, name: str) -> dict | None:
         return None
 
 
-def _get(d: dict | None, *path):
+def _get(d: dict | None, *path, default=None):
     for key in path:
         if not isinstance(d, dict) or key not in d:
-            return None
+            return default
         d = d[key]
     return d
 

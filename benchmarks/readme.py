@@ -12,9 +12,11 @@ checks that the block matches the committed results.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from . import bench_verdict
+from .bench_verdict import _get
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -23,18 +25,7 @@ END = "<!-- end of benchmark figures -->"
 
 
 def _load(results: Path, name: str) -> dict:
-    try:
-        return json.loads((results / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _get(d, *path, default=None):
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return default
-        d = d[key]
-    return d
+    return bench_verdict._load(results, name) or {}
 
 
 def _ms(s) -> str:

@@ -52,3 +52,42 @@ def kill_test_strokes(shape, n: int):
         z0 = 20 + 30 * (i // 12)
         out.append((i % 10 + 1, [(x, y, z0), (x, y, z0 + 12), (x, y + 3, z0 + 20)]))
     return out
+
+
+def sweep_strokes(layer, n: int):
+    """The ``(callback, event)`` pairs of ``n`` parallel strokes (the responsiveness test and benchmark)."""
+    events = []
+    for i in range(n):
+        x = 30 + 2 * i
+        events += stroke_events(layer, [(x, 40, 40), (x, 60, 50), (x, 80, 70), (x, 100, 75)])
+    return events
+
+
+def play(layer, events, interval_ms: int = 12, timeout_s: float = 60.0) -> None:
+    """Feed ``events`` to ``layer`` one per ``interval_ms`` timer tick, as a user's mouse
+    does, running the Qt event loop in between; returns when all are played."""
+    import time
+
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    events = list(events)
+    driver = QTimer()
+    driver.setInterval(interval_ms)
+
+    def drive():
+        if events:
+            callback, event = events.pop(0)
+            callback(layer, event)
+        else:
+            driver.stop()
+
+    driver.timeout.connect(drive)
+    driver.start()
+    end = time.monotonic() + timeout_s
+    while (events or driver.isActive()) and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.001)
+    driver.stop()
+    if events:
+        raise TimeoutError(f"{len(events)} mouse events were not played within {timeout_s} s")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from _paths import SHARED
-from _strokes import kill_test_strokes, stroke, stroke_events
+from _strokes import kill_test_strokes, play, stroke, sweep_strokes
 
 pytestmark = pytest.mark.gui
 
@@ -366,9 +366,8 @@ def test_autosave_writes_off_the_gui_thread_while_painting(make_napari_viewer, t
     is measured in ``benchmarks/bench_responsiveness.py``)."""
     import threading
 
-    from qtpy.QtCore import QTimer
-
     from napari_softseg.autosave import AutosaveStore
+    from napari_softseg.widgets.demo import StallMeter
 
     writers = []
     original_save = AutosaveStore.save
@@ -388,36 +387,12 @@ def test_autosave_writes_off_the_gui_thread_while_painting(make_napari_viewer, t
         dock.autosave.setChecked(autosave)
         dock.set_level(level)
         written = dock.writer.n_written
-        events = []
-        for i in range(50):
-            x = 30 + 2 * i
-            events += stroke_events(layer, [(x, 40, 40), (x, 60, 50), (x, 80, 70), (x, 100, 75)])
-        gaps, last = [], [time.perf_counter()]
-
-        def probe():
-            now = time.perf_counter()
-            gaps.append(now - last[0])
-            last[0] = now
-
-        def drive():
-            if events:
-                callback, event = events.pop(0)
-                callback(layer, event)
-            else:
-                driver.stop()
-
-        probe_timer, driver = QTimer(), QTimer()
-        probe_timer.setInterval(10)
-        probe_timer.timeout.connect(probe)
-        driver.setInterval(12)
-        driver.timeout.connect(drive)
-        probe_timer.start()
-        driver.start()
-        qtbot.waitUntil(lambda: not events and not driver.isActive(), timeout=60_000)
+        meter = StallMeter()
+        meter.start()
+        play(layer, sweep_strokes(layer, 50))
         qtbot.wait(400)  # the last autosave is written while the probe still runs
         dock.writer.flush(10)
-        probe_timer.stop()
-        return max(gaps[1:]), dock.writer.n_written - written
+        return meter.stop(), dock.writer.n_written - written
 
     off, _ = run(False, level=3)
     on, n_saves = run(True, level=8)  # other level: every stroke changes voxels again
