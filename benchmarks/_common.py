@@ -1,9 +1,9 @@
 """Shared helpers of the accuracy benchmarks: data, train-and-predict, statistics, writers.
 
 Everything here is plain numpy / torch / matplotlib (Agg) and uses the package's public
-engine: :class:`napari_softseg.train.TrainConfig`, :func:`napari_softseg.train.run_training`,
-:class:`napari_softseg.data.TrainingData`, :func:`napari_softseg.inference.load_model` and
-:func:`napari_softseg.inference.predict_volume`.
+engine: :class:`napari_softseg.engine.training.train.TrainConfig`, :func:`napari_softseg.engine.training.train.run_training`,
+:class:`napari_softseg.engine.training.data.TrainingData`, :func:`napari_softseg.engine.predict.load_model` and
+:func:`napari_softseg.engine.predict.predict_volume`.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def brain_gm(factor: int = 2) -> Volume:
     ``factor``³ blocks (a ``factor`` mm isotropic acquisition; the truth stays an exact
     tissue fraction), and the axial slices holding brain are kept.
     """
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.sample_data import sample_path
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.io.samples import sample_path
 
     bet = read_nifti(sample_path("brain_t1", "bet.nii.gz"))
     gm = read_nifti(sample_path("brain_t1", "pve_1.nii.gz")).data.astype(np.float32)
@@ -102,8 +102,8 @@ def sct_gm(size: int = 48) -> Volume:
     around the cord (centred on the mask's centre of mass)."""
     from scipy import ndimage
 
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.sample_data import sample_path
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.io.samples import sample_path
 
     img = read_nifti(sample_path("sct_t2s", "t2s_uncropped.nii.gz"))
     gm = read_nifti(sample_path("sct_t2s", "t2s_uncropped_gmseg_manual.nii.gz")).data > 0
@@ -120,8 +120,8 @@ def sct_gm(size: int = 48) -> Volume:
 
 @functools.lru_cache(maxsize=4)
 def phantom(seed: int | None = None):
-    """The lesion phantom (:func:`napari_softseg.phantom.build_phantom`), cached per process."""
-    from napari_softseg.phantom import SEED, build_phantom
+    """The lesion phantom (:func:`napari_softseg.io.phantom.build_phantom`), cached per process."""
+    from napari_softseg.io.phantom import SEED, build_phantom
 
     return build_phantom(SEED if seed is None else seed)
 
@@ -196,9 +196,9 @@ def train_predict(image: np.ndarray, labels, *, preset: str, seed: int, budget: 
 
     The checkpoints go to a temporary folder that is removed afterwards.
     """
-    from napari_softseg.data import TrainingData
-    from napari_softseg.inference import load_model, predict_volume
-    from napari_softseg.train import TrainConfig, run_training
+    from napari_softseg.engine.training.data import TrainingData
+    from napari_softseg.engine.predict import load_model, predict_volume
+    from napari_softseg.engine.training.train import TrainConfig, run_training
 
     set_threads()
     data = TrainingData.from_arrays([image], [labels], spacings=[spacing], label_source=label_source)

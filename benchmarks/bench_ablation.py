@@ -1,6 +1,6 @@
 """Ablation of the SoftSeg ingredients (Gros, Lemay & Cohen-Adad, MedIA 2021, Table 4.2).
 
-The five candidates of :data:`napari_softseg.presets.PRESETS` — ``softseg`` (Soft-ReLU-Wing),
+The five candidates of :data:`napari_softseg.engine.presets.PRESETS` — ``softseg`` (Soft-ReLU-Wing),
 ``conventional`` (Hard-Sig-Dice), ``hard-relu-wing``, ``soft-relu-dice`` and
 ``soft-sig-wing`` — are trained with the same budget on two real datasets, with a sixth row,
 ``softseg-unweighted``: SoftSeg with the plain Adaptive Wing loss (no weighted loss map,
@@ -14,7 +14,7 @@ which is what ivadomed's implementation computes in effect):
 Each seed holds out a different contiguous slab of axial slices (the slabs tile the
 volume: a slab cross-validation), trains every candidate on the other slices with that
 seed and predicts the whole scan; metrics are computed on the held-out slab with
-:func:`napari_softseg.metrics.evaluate` (Dice, precision, recall, AVD, RVD at 0.5; MSE, ECE
+:func:`napari_softseg.metrics.segmentation.evaluate` (Dice, precision, recall, AVD, RVD at 0.5; MSE, ECE
 and Brier against the soft truth — the binary mask for the spinal cord — inside the brain
 mask / cord crop) plus softness (share of voxels with ``p > 0.05`` that lie strictly
 below 0.95). We report mean ± std over seeds, a two-sided Wilcoxon signed-rank test of each
@@ -43,7 +43,7 @@ VARIANTS = {"softseg-unweighted": ("softseg", {"foreground_weight": 0.0}, "Soft-
 
 
 def title(cand: str) -> str:
-    from napari_softseg.presets import PRESETS
+    from napari_softseg.engine.presets import PRESETS
 
     return VARIANTS[cand][2] if cand in VARIANTS else PRESETS[cand].title
 
@@ -81,7 +81,7 @@ def plans(quick: bool) -> list[Plan]:
 
 
 def _one_run(vol: C.Volume, pred: np.ndarray, test: np.ndarray, threshold: float) -> dict:
-    from napari_softseg.metrics import evaluate, reliability_diagram, threshold_sweep
+    from napari_softseg.metrics.segmentation import evaluate, reliability_diagram, threshold_sweep
 
     p, t, m = pred[..., test], vol.truth[..., test], vol.mask[..., test]
     ev = evaluate(p, t, spacing=vol.spacing, mask=m)

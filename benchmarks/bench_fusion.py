@@ -5,7 +5,7 @@ Three ways to train on four raters — STAPLE, the rater average, and random sam
 rater drawn per sample and epoch) — each with the conventional pipeline (Hard-Sig-Dice:
 the fused label binarised) and with SoftSeg (Soft-ReLU-Wing), the same budget for all.
 
-Training data: the phantom of :func:`napari_softseg.phantom.build_phantom` generated with
+Training data: the phantom of :func:`napari_softseg.io.phantom.build_phantom` generated with
 another seed (``SEED + 1``: the same brain with different lesions, noise and rater
 disagreements), every slice (lesion-free ones too). Test data: the phantom of the default
 seed and its four raters (conservative, generous, jitter, misses-small). Both are cropped
@@ -13,12 +13,12 @@ in-plane to one box around every lesion. Metrics inside the brain, on the whole 
 volume:
 
 * entropy MAE: |mean voxel entropy of the prediction − that of the rater average| over the
-  volume (:func:`napari_softseg.metrics.evaluate`), and the same per axial slice holding
+  volume (:func:`napari_softseg.metrics.segmentation.evaluate`), and the same per axial slice holding
   any rater's lesion, averaged over those slices (the per-image MAE of the paper);
 * Brier score and ECE against the rater average (ECE against STAPLE too);
 * Dice, precision, recall, AVD (and LTPR / LFDR) against the binarised STAPLE of the four
   test raters;
-* the composite score (:func:`napari_softseg.metrics.composite_score`: z-scored Dice,
+* the composite score (:func:`napari_softseg.metrics.segmentation.composite_score`: z-scored Dice,
   precision, recall and −AVD across the six candidates).
 
     python -m benchmarks.bench_fusion [--quick] [--out DIR]
@@ -62,7 +62,7 @@ def phantom_pair(quick: bool, box_margin: int = 8) -> dict:
     Quick mode: the test phantom alone, cropped to 40x40 voxels around its largest lesion
     and the slices it spans, stands in for both.
     """
-    from napari_softseg.phantom import SEED
+    from napari_softseg.io.phantom import SEED
 
     test = C.phantom()
     if quick:
@@ -98,7 +98,7 @@ def phantom_pair(quick: bool, box_margin: int = 8) -> dict:
 
 
 def _inside(lesion, shape, crop) -> bool:
-    from napari_softseg.phantom import render_fraction
+    from napari_softseg.io.phantom import render_fraction
 
     box, _ = render_fraction(lesion, shape)
     return all(b.start >= c.start and b.stop <= c.stop for b, c in zip(box, crop))
@@ -106,7 +106,7 @@ def _inside(lesion, shape, crop) -> bool:
 
 def slice_entropies(pred: np.ndarray, avg: np.ndarray, mask: np.ndarray) -> tuple[list, list]:
     """Mean voxel entropy per axial slice holding any rater's lesion: (predicted, raters)."""
-    from napari_softseg.metrics import image_entropy
+    from napari_softseg.metrics.segmentation import image_entropy
 
     hp, hr = [], []
     for z in range(pred.shape[2]):
@@ -117,7 +117,7 @@ def slice_entropies(pred: np.ndarray, avg: np.ndarray, mask: np.ndarray) -> tupl
 
 
 def evaluate_candidate(pred: np.ndarray, data: dict, staple_soft: np.ndarray, avg: np.ndarray) -> dict:
-    from napari_softseg.metrics import ece, evaluate, reliability_diagram
+    from napari_softseg.metrics.segmentation import ece, evaluate, reliability_diagram
 
     m = data["mask"]
     ev = evaluate(pred, staple_soft, raters=data["test_raters"], spacing=data["spacing"], mask=m)
@@ -131,8 +131,8 @@ def evaluate_candidate(pred: np.ndarray, data: dict, staple_soft: np.ndarray, av
 
 
 def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
-    from napari_softseg.fusion import fuse
-    from napari_softseg.metrics import rater_average
+    from napari_softseg.fusion.methods import fuse
+    from napari_softseg.metrics.segmentation import rater_average
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def _name(source: str, pipe: str) -> str:
 
 def summarise(runs: list[dict]) -> dict:
     """Mean ± std over seeds per (source, pipeline); composite score of the means."""
-    from napari_softseg.metrics import composite_score
+    from napari_softseg.metrics.segmentation import composite_score
 
     table = {}
     for source in SOURCES:

@@ -1,8 +1,8 @@
 """Partial volume against an exact truth: soft volume Σp vs binarised volume vs true volume.
 
-The lesion phantom (:func:`napari_softseg.phantom.build_phantom`) knows every voxel's lesion
+The lesion phantom (:func:`napari_softseg.io.phantom.build_phantom`) knows every voxel's lesion
 fraction exactly (each ellipsoid is rendered at 1/8 mm and averaged down,
-:func:`napari_softseg.phantom.render_fraction`). SoftSeg (soft labels = the true fractions)
+:func:`napari_softseg.io.phantom.render_fraction`). SoftSeg (soft labels = the true fractions)
 and the conventional pipeline (the same labels binarised at 0.5) are trained with the same
 budget on a phantom of another seed and predict the default phantom. For every lesion of the
 test phantom and in total we compare
@@ -15,7 +15,7 @@ test phantom and in total we compare
   their shared voxels by the larger true fraction);
 * in total: Σp (and the ``p > 0.5`` count) over the whole brain, false positives included,
   against the sum of the truth map; and the total soft volume of the lesions that the review
-  dock lists (:func:`napari_softseg.lesions.analyse_lesions`: each lesion with its rim).
+  dock lists (:func:`napari_softseg.review.lesions.analyse_lesions`: each lesion with its rim).
 
 Errors are ``(V_pred − V_true) / V_true`` in %. Mean ± std over seeds for the totals.
 
@@ -42,7 +42,7 @@ def lesion_owner(lesions, shape_full, offset, shape, spacing) -> tuple[np.ndarra
     and each lesion's true fraction map summed (its true volume in voxels)."""
     from scipy import ndimage
 
-    from napari_softseg.phantom import render_fraction
+    from napari_softseg.io.phantom import render_fraction
 
     best = np.zeros(shape, np.float32)
     owner = np.zeros(shape, np.int32)
@@ -62,7 +62,7 @@ def lesion_owner(lesions, shape_full, offset, shape, spacing) -> tuple[np.ndarra
 
 
 def analyse(pred: np.ndarray, data: dict, owner: np.ndarray, true_voxels: dict) -> dict:
-    from napari_softseg.lesions import analyse_lesions
+    from napari_softseg.review.lesions import analyse_lesions
 
     vv = float(np.prod(data["spacing"]))
     m = data["mask"]

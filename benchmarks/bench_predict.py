@@ -45,10 +45,10 @@ def _data_dir() -> Path:
 def _trained_model(steps: int):
     import torch
 
-    from napari_softseg.inference import MODELS_DIR, load_model
-    from napari_softseg.losses import AdaptiveWingLoss
-    from napari_softseg.model import UNet
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.engine.predict import MODELS_DIR, load_model
+    from napari_softseg.engine.losses import AdaptiveWingLoss
+    from napari_softseg.engine.model import UNet
+    from napari_softseg.io.nifti import read_nifti
 
     shipped = MODELS_DIR / "brain-gm.pt"
     if shipped.exists():
@@ -76,7 +76,7 @@ def _trained_model(steps: int):
 
 
 def _volume(size: int, n_slices: int) -> np.ndarray:
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     bet = read_nifti(_data_dir() / "bet.nii.gz").data
     vol = np.zeros((size, size, n_slices), np.float32)
@@ -117,8 +117,8 @@ def _matmul_gflops(dtype, n: int = 2048, repeats: int = 5) -> float:
 _MEMORY_SCRIPT = r"""
 import resource, sys, json, time
 import numpy as np
-from napari_softseg.model import UNet
-from napari_softseg.inference import predict_volume
+from napari_softseg.engine.model import UNet
+from napari_softseg.engine.predict import predict_volume
 X, Y, Z = (int(v) for v in sys.argv[1:4])
 model = UNet().eval()
 vol = np.random.default_rng(0).normal(100, 30, size=(X, Y, Z)).astype(np.float32)
@@ -180,9 +180,9 @@ def _time_contenders(contenders: dict, repeats: int, flops: int) -> dict:
 def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict:
     import torch
 
-    from napari_softseg.devices import cpu_supports_bf16
-    from napari_softseg.inference import predict_volume
-    from napari_softseg.model import count_flops
+    from napari_softseg.engine.devices import cpu_supports_bf16
+    from napari_softseg.engine.predict import predict_volume
+    from napari_softseg.engine.model import count_flops
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ if str(ROOT / "tests") not in sys.path:  # the test helpers: data paths and simu
 
 
 def _add_file(viewer, path: Path):
-    from napari_softseg._reader import layer_data
+    from napari_softseg.plugin.reader import layer_data
 
     (data, kwargs, kind), = layer_data(str(path))
     return getattr(viewer, f"add_{kind}")(data, **kwargs)
@@ -46,9 +46,9 @@ def _training(viewer, epochs: int) -> dict:
     """Train in the dock and measure the stall from the click to the end of training."""
     from qtpy.QtWidgets import QApplication
 
-    from napari_softseg.widgets._training_child import acquire_process
+    from napari_softseg.engine.training.child import acquire_process
     from napari_softseg.widgets.demo import StallMeter
-    from napari_softseg.widgets.training import TrainingWidget
+    from napari_softseg.widgets.training.dock import TrainingWidget
 
     from _paths import SHARED
 
@@ -93,8 +93,8 @@ def _painting(viewer, n_strokes: int, tmp: Path) -> dict:
     """Stall over ``n_strokes`` painted strokes, autosave off then on."""
     import shutil
 
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.widgets.annotation import SoftAnnotationWidget
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.widgets.annotation.dock import SoftAnnotationWidget
     from napari_softseg.widgets.demo import StallMeter
 
     from _strokes import play, sweep_strokes

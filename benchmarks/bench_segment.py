@@ -76,10 +76,10 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     import napari
     import torch
 
-    from napari_softseg.inference import load_model, predict_volume
-    from napari_softseg.review import Review
+    from napari_softseg.engine.predict import load_model, predict_volume
+    from napari_softseg.review.session import Review
     from napari_softseg.widgets.demo import segment_and_wait
-    from napari_softseg.widgets.segment import SegmentWidget
+    from napari_softseg.widgets.segment.dock import SegmentWidget
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

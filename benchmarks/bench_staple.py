@@ -40,7 +40,7 @@ def make_raters(crop=FULL_CROP, n_raters: int = 7, seed: int = 0) -> list[np.nda
     """Two real expert masks plus synthetic perturbations, cropped around the centre."""
     from scipy import ndimage
 
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     d = _data_dir()
     r1 = read_nifti(d / "training01_rater1.nii.gz").data > 0
@@ -82,7 +82,7 @@ def _time(fn, repeats: int) -> tuple[float, object]:
 def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict:
     import SimpleITK as sitk
 
-    from napari_softseg.fusion import soft_staple, staple
+    from napari_softseg.fusion.methods import soft_staple, staple
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

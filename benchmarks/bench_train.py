@@ -2,12 +2,12 @@
 
 Data: real brain slices (``../shared/data/fast_t1``: ``bet`` with the soft grey-matter map
 ``pve_1``, axial slices 40..99, away from the two artificial spheres), prepared by
-:class:`napari_softseg.data.TrainingData` and centre-cropped to 160x192 (the whole brain
+:class:`napari_softseg.engine.training.data.TrainingData` and centre-cropped to 160x192 (the whole brain
 slice), batch 8, the default network (depth 3, 16 base features, SoftSeg preset).
 
-* **ours**: one :meth:`napari_softseg.trainer.Trainer.train_step`: gather the batch, augment
+* **ours**: one :meth:`napari_softseg.engine.training.trainer.Trainer.train_step`: gather the batch, augment
   it on the device (rotation/translation/scaling), forward + backward + Adam with bfloat16
-  autocast and channels-last (as :func:`napari_softseg.train.train` runs it).
+  autocast and channels-last (as :func:`napari_softseg.engine.training.train.train` runs it).
 * **baseline**: the same network and batch in float32, contiguous (NCHW), no augmentation:
   ``loss(model(x), y).backward(); adam.step()``.
 
@@ -43,8 +43,8 @@ def _data_dir() -> Path:
 
 
 def _training_data(n_slices: int):
-    from napari_softseg.data import TrainingData
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.engine.training.data import TrainingData
+    from napari_softseg.io.nifti import read_nifti
 
     d = _data_dir()
     bet, gm = read_nifti(d / "bet.nii.gz"), read_nifti(d / "pve_1.nii.gz")
@@ -65,9 +65,9 @@ def _median_time(fn, n: int) -> float:
 def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict:
     import torch
 
-    from napari_softseg.model import UNet
-    from napari_softseg.train import TrainConfig
-    from napari_softseg.trainer import Trainer
+    from napari_softseg.engine.model import UNet
+    from napari_softseg.engine.training.train import TrainConfig
+    from napari_softseg.engine.training.trainer import Trainer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def _bf16_agreement(model, x, y, loss_fn) -> dict:
 
     import torch
 
-    from napari_softseg.devices import autocast_dtype
+    from napari_softseg.engine.devices import autocast_dtype
 
     dtype = autocast_dtype("cpu")
     if dtype is None:
@@ -163,7 +163,7 @@ def _bf16_agreement(model, x, y, loss_fn) -> dict:
 
 def _short_runs(data) -> dict:
     """The same short training (4 epochs, 96x96) in float32 and in bfloat16 + channels-last."""
-    from napari_softseg.train import TrainConfig, train
+    from napari_softseg.engine.training.train import TrainConfig, train
 
     out = {}
     for name, amp in (("float32", False), ("bf16", True)):
@@ -184,7 +184,7 @@ def _responsiveness(data, cfg, quick: bool, out_dir: Path) -> dict:
     between two events and the lateness of a 5 ms timer on the main thread."""
     from dataclasses import replace
 
-    from napari_softseg.train import train
+    from napari_softseg.engine.training.train import train
 
     run_cfg = replace(cfg, epochs=1, val_fraction=0.2, search_threshold=True)
     gaps, lateness = [], []

@@ -13,19 +13,19 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _LAZY = {
-    "read_nifti": "nifti",
-    "write_nifti": "nifti",
-    "NiftiVolume": "nifti",
+    "read_nifti": "io.nifti",
+    "write_nifti": "io.nifti",
+    "NiftiVolume": "io.nifti",
     "UserError": "errors",
-    "AdaptiveWingLoss": "losses",
-    "DiceLoss": "losses",
-    "NormReLU": "model",
-    "UNet": "model",
-    "PRESETS": "presets",
-    "staple": "fusion",
-    "fuse": "fusion",
-    "load_model": "inference",
-    "predict_volume": "inference",
+    "AdaptiveWingLoss": "engine.losses",
+    "DiceLoss": "engine.losses",
+    "NormReLU": "engine.model",
+    "UNet": "engine.model",
+    "PRESETS": "engine.presets",
+    "staple": "fusion.methods",
+    "fuse": "fusion.methods",
+    "load_model": "engine.predict",
+    "predict_volume": "engine.predict",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,5 +1,5 @@
 import sys
 
-from .commands import main
+from napari_softseg.commands import main
 
 sys.exit(main())

@@ -37,8 +37,8 @@ def brain_volumes():
     """The brain T1 with the two artificial spheres masked out, its GM map and brain mask."""
     from scipy import ndimage
 
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.sample_data import sample_path
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.io.samples import sample_path
 
     t1 = read_nifti(sample_path("brain_t1", "bet.nii.gz"))
     gm = read_nifti(sample_path("brain_t1", "pve_1.nii.gz"))
@@ -78,9 +78,9 @@ def check_gm_other_t1(model, path: Path, seg_path: Path | None, figure: Path | N
     """Plausibility of ``model`` on another T1 (see the module docstring)."""
     from scipy import ndimage
 
-    from napari_softseg.inference import predict_volume
-    from napari_softseg.metrics import soft_dice
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.engine.predict import predict_volume
+    from napari_softseg.metrics.segmentation import soft_dice
+    from napari_softseg.io.nifti import read_nifti
 
     vol = read_nifti(path)
     image = vol.data.astype(np.float32)
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="brain-gm", help="model name or checkpoint (default: brain-gm)")
     p.add_argument("--figure", default=None, help="PNG to write")
     args = p.parse_args(argv)
-    from napari_softseg.inference import load_model
+    from napari_softseg.engine.predict import load_model
 
     t1 = Path(args.t1)
     seg = Path(args.seg) if args.seg else t1.parent / "segmentation.nii.gz"

@@ -8,14 +8,14 @@ Usage (from the repository root)::
     .venv/bin/python scripts/train_default_models.py --model brain-gm --threads 2
 
 Each model is written as ``<name>.pt`` (weights + JSON config, see
-:mod:`napari_softseg.checkpoint`) with ``<name>.json`` (command, seed, data, epochs,
+:mod:`napari_softseg.engine.checkpoint`) with ``<name>.json`` (command, seed, data, epochs,
 timings and final metrics) and ``<name>.md`` (the same, readable) beside it. Results are
 deterministic for a given seed, torch version and CPU (bfloat16 autocast is used where the
 CPU supports it; the device and precision are recorded).
 
 ``ms-lesion`` (FLAIR-like, 1 contrast)
     SoftSeg preset (soft labels, NormReLU, Adaptive Wing) trained on the lesion phantom
-    (:mod:`napari_softseg.phantom`, the default seed) and a second phantom with other lesions
+    (:mod:`napari_softseg.io.phantom`, the default seed) and a second phantom with other lesions
     (seed + 1), each with its four raters; a third phantom (seed + 5) is the validation set
     that picks the best epoch (its target, the rater average, is deterministic, unlike the
     training loss under random sampling). Targets come from **random rater sampling**: every
@@ -78,9 +78,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from napari_softseg.data import TrainingData, TrainingSubject  # noqa: E402
+from napari_softseg.engine.training.data import TrainingData, TrainingSubject  # noqa: E402
 from napari_softseg.errors import UserError  # noqa: E402
-from napari_softseg.train import TrainConfig, run_training  # noqa: E402
+from napari_softseg.engine.training.train import TrainConfig, run_training  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_brain_gm import brain_volumes, check_gm_other_t1  # noqa: E402
@@ -136,7 +136,7 @@ def _round(d: dict, n: int = 4) -> dict:
 def annotate_checkpoint(path: Path, info: dict) -> None:
     """Record what the model was trained on in its checkpoint config (``training.data``,
     ``training.recipe``), which the Segment dock shows; the weights are unchanged."""
-    from napari_softseg.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from napari_softseg.engine.checkpoint import build_model, load_checkpoint, save_checkpoint
 
     state, config = load_checkpoint(path)
     config["training"] = dict(config.get("training") or {}, data=info["data"], recipe=info["command"],
@@ -168,7 +168,7 @@ def _write_sidecars(name: str, info: dict, out_dir: Path) -> None:
 def _common_info(name: str, event, model_path: Path, config: TrainConfig, seconds: float, cpu_seconds: float) -> dict:
     import torch
 
-    from napari_softseg.checkpoint import load_checkpoint
+    from napari_softseg.engine.checkpoint import load_checkpoint
 
     _, cfg = load_checkpoint(model_path)
     summary = event.summary or {}
@@ -202,7 +202,7 @@ def _common_info(name: str, event, model_path: Path, config: TrainConfig, second
 def _phantom_subject(seed: int, lesion_slices_only: bool = False):
     """A phantom and its training subject (image + four raters); optionally only the axial
     slices in which at least one rater marks a lesion."""
-    from napari_softseg.phantom import RATER_STYLES, build_phantom
+    from napari_softseg.io.phantom import RATER_STYLES, build_phantom
 
     ph = build_phantom(seed)
     spacing = tuple(float(s) for s in np.linalg.norm(ph.affine[:3, :3], axis=0))
@@ -226,7 +226,7 @@ def _as_normrelu(path: Path, out: Path, threshold: float) -> Path:
     import copy
     import math
 
-    from napari_softseg.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from napari_softseg.engine.checkpoint import build_model, load_checkpoint, save_checkpoint
 
     state, config = load_checkpoint(path)
     config = copy.deepcopy(config)
@@ -238,8 +238,8 @@ def _as_normrelu(path: Path, out: Path, threshold: float) -> Path:
 
 
 def _held_out_volumes(n_volumes: int, n_slices: int, val_fraction: float, seed: int) -> list[int]:
-    """The volumes the trainer's split (:func:`~napari_softseg.preprocess.split_validation`) holds out."""
-    from napari_softseg.preprocess import split_validation
+    """The volumes the trainer's split (:func:`~napari_softseg.engine.preprocess.split_validation`) holds out."""
+    from napari_softseg.engine.preprocess import split_validation
 
     volume = np.repeat(np.arange(n_volumes), n_slices)
     _, val = split_validation(volume, np.ones(volume.size, bool), val_fraction, seed)
@@ -249,9 +249,9 @@ def _held_out_volumes(n_volumes: int, n_slices: int, val_fraction: float, seed: 
 def evaluate_lesions(model, phantom, threshold: float) -> dict:
     """Lesion detection and overlap of ``model`` on a phantom against its exact truth, and
     the phantom lesions (diameter in mm, faint or not) whose core the mask does not touch."""
-    from napari_softseg.inference import predict_volume
-    from napari_softseg.metrics import dice, lesion_detection, soft_dice
-    from napari_softseg.phantom import render_fraction
+    from napari_softseg.engine.predict import predict_volume
+    from napari_softseg.metrics.segmentation import dice, lesion_detection, soft_dice
+    from napari_softseg.io.phantom import render_fraction
 
     soft = predict_volume(model, phantom.image, spacing=(1.0, 1.0, 3.0))
     det = lesion_detection(soft, phantom.truth, threshold=threshold, truth_threshold=0.5)
@@ -272,8 +272,8 @@ def evaluate_lesions(model, phantom, threshold: float) -> dict:
 def train_ms_lesion(args) -> dict:
     import tempfile
 
-    from napari_softseg.inference import load_model
-    from napari_softseg.phantom import SEED as PHANTOM_SEED
+    from napari_softseg.engine.predict import load_model
+    from napari_softseg.io.phantom import SEED as PHANTOM_SEED
 
     _log("ms-lesion: building phantoms ...")
     seeds = (PHANTOM_SEED, PHANTOM_SEED + 1, PHANTOM_SEED + VALIDATION_PHANTOM)
@@ -289,7 +289,7 @@ def train_ms_lesion(args) -> dict:
                        val_fraction=1 / 3, patience=10_000, seed=args.seed, device="cpu",
                        num_threads=args.threads, augment=True)
     if args.stage1:  # an earlier run's stage 1 (same seed and recipe), to iterate on stage 2
-        from napari_softseg.checkpoint import load_checkpoint
+        from napari_softseg.engine.checkpoint import load_checkpoint
 
         _, c1 = load_checkpoint(args.stage1)
         event1 = SimpleNamespace(checkpoint=Path(args.stage1), threshold=c1["threshold"], summary=c1["training"])
@@ -401,8 +401,8 @@ def gm_training_data(seed: int) -> tuple[TrainingData, dict]:
 
 
 def evaluate_gm_held_out(model) -> dict:
-    from napari_softseg.inference import predict_volume
-    from napari_softseg.metrics import soft_dice
+    from napari_softseg.engine.predict import predict_volume
+    from napari_softseg.metrics.segmentation import soft_dice
 
     t1, image, label, brain = brain_volumes()
     soft = predict_volume(model, image, spacing=t1.spacing)
@@ -418,7 +418,7 @@ def evaluate_gm_held_out(model) -> dict:
 
 
 def train_brain_gm(args) -> dict:
-    from napari_softseg.inference import load_model
+    from napari_softseg.engine.predict import load_model
 
     _log("brain-gm: preparing variants ...")
     data, meta = gm_training_data(args.seed)

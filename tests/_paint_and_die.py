@@ -19,8 +19,8 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from _strokes import kill_test_strokes, stroke
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.widgets.annotation import SoftAnnotationWidget
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.widgets.annotation.dock import SoftAnnotationWidget
 
     viewer = napari.Viewer(show=False)
     vol = read_nifti(scan_path)

@@ -34,7 +34,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def phantom():
     """The lesion phantom, built once per test run."""
-    from napari_softseg.phantom import build_phantom
+    from napari_softseg.io.phantom import build_phantom
 
     return build_phantom()
 
@@ -42,6 +42,6 @@ def phantom():
 @pytest.fixture(scope="session")
 def phantom_paths(phantom):
     """The phantom written as NIfTI files (built on first use, in the run's cache)."""
-    from napari_softseg.phantom import phantom_files
+    from napari_softseg.io.phantom import phantom_files
 
     return phantom_files(phantom=phantom)

@@ -34,14 +34,14 @@ def copy_scan(src: Path, folder: Path) -> Path:
 
 
 def add_scan(viewer, path):
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     vol = read_nifti(path)
     return viewer.add_image(vol.data, affine=vol.affine, metadata=vol.geometry_metadata(), name=vol.name)
 
 
 def open_dock(viewer):
-    from napari_softseg.widgets.annotation import SoftAnnotationWidget
+    from napari_softseg.widgets.annotation.dock import SoftAnnotationWidget
 
     dock = SoftAnnotationWidget(viewer)
     viewer.window.add_dock_widget(dock, name="Soft annotation")
@@ -78,7 +78,7 @@ def t2s_session(make_napari_viewer, tmp_path):
 def test_rater_layer_has_the_scan_geometry_and_confidence_colormap(make_napari_viewer, tmp_path):
     from napari.utils.colormaps import DirectLabelColormap
 
-    from napari_softseg.softlabels import level_colors
+    from napari_softseg.labels.softlabels import level_colors
 
     viewer, scan, dock = t2s_session(make_napari_viewer, tmp_path)
     layer = dock.add_rater("alice")
@@ -93,7 +93,7 @@ def test_rater_layer_has_the_scan_geometry_and_confidence_colormap(make_napari_v
 
 
 def test_paint_two_levels_gives_the_soft_map_and_undo_reverts(make_napari_viewer, tmp_path):
-    from napari_softseg.softlabels import levels_to_soft
+    from napari_softseg.labels.softlabels import levels_to_soft
 
     viewer, scan, dock = t2s_session(make_napari_viewer, tmp_path)
     layer = dock.add_rater("alice")
@@ -187,8 +187,8 @@ def test_soft_edge_gives_half_covered_border_voxels_half_the_level(make_napari_v
 
 
 def test_import_soft_mask_reports_rounding_and_export_round_trips(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.widgets import _base
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.widgets import base as _base
 
     errors = []
     monkeypatch.setattr(_base, "notify_error", errors.append)
@@ -233,8 +233,8 @@ def test_import_soft_mask_reports_rounding_and_export_round_trips(make_napari_vi
 
 
 def test_autosave_after_stroke_restore_and_close(make_napari_viewer, tmp_path):
-    from napari_softseg.autosave import sidecar_dir
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.labels.autosave import sidecar_dir
+    from napari_softseg.io.nifti import read_nifti
 
     scan_path = copy_scan(T2S, tmp_path / "scans")
     viewer = make_napari_viewer()
@@ -286,14 +286,14 @@ def test_removed_layer_is_saved_and_offered_again(make_napari_viewer, tmp_path):
     dock.discard_button.click()  # moved aside, not deleted
     assert dock.banner.isHidden()
     moved = list((tmp_path / "scans" / "mt1.softseg").glob("discarded-*/carol.nii.gz"))
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     assert len(moved) == 1 and np.array_equal(read_nifti(moved[0]).data, data)
 
 
 def test_closing_the_window_saves_pending_strokes_and_autosave_can_be_off(make_napari_viewer, tmp_path):
-    from napari_softseg.autosave import sidecar_dir
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.labels.autosave import sidecar_dir
+    from napari_softseg.io.nifti import read_nifti
 
     scan_path = copy_scan(MT / "mt1.nii.gz", tmp_path / "scans")
     viewer = make_napari_viewer()
@@ -366,7 +366,7 @@ def test_autosave_writes_off_the_gui_thread_while_painting(make_napari_viewer, t
     is measured in ``benchmarks/bench_responsiveness.py``)."""
     import threading
 
-    from napari_softseg.autosave import AutosaveStore
+    from napari_softseg.labels.autosave import AutosaveStore
     from napari_softseg.widgets.demo import StallMeter
 
     writers = []

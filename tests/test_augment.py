@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_softseg.augment import AffineParams, RandomAffine
-from napari_softseg.preprocess import binarise
+from napari_softseg.engine.training.augment import AffineParams, RandomAffine
+from napari_softseg.engine.preprocess import binarise
 
 
 def _blob(h=64, w=64, radius=10.0, cy=None, cx=None):

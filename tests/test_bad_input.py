@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from napari_softseg.errors import UserError
-from napari_softseg.nifti import read_nifti, write_nifti
+from napari_softseg.io.nifti import read_nifti, write_nifti
 
 
 def _save(path, data, affine=None):
@@ -108,7 +108,7 @@ def test_mask_on_another_grid_is_refused(shared_data, tmp_path):
 
 
 def test_reader_notifies_instead_of_raising(bad_files, shared_data, monkeypatch):
-    from napari_softseg import _reader
+    from napari_softseg.plugin import reader as _reader
 
     seen = []
     monkeypatch.setattr(_reader, "_notify_error", seen.append)

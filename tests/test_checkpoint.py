@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import napari_softseg
-from napari_softseg.checkpoint import FORMAT, build_model, load_checkpoint, make_config, save_checkpoint
+from napari_softseg.engine.checkpoint import FORMAT, build_model, load_checkpoint, make_config, save_checkpoint
 from napari_softseg.errors import UserError
-from napari_softseg.model import UNet
+from napari_softseg.engine.model import UNet
 
 
 def _model(seed=0, **kw):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from napari_softseg.commands import main
-from napari_softseg.fusion import fuse, staple
-from napari_softseg.metrics import evaluate
-from napari_softseg.nifti import read_nifti, write_nifti
+from napari_softseg.fusion.methods import fuse, staple
+from napari_softseg.metrics.segmentation import evaluate
+from napari_softseg.io.nifti import read_nifti, write_nifti
 
 AFFINE = np.array([[-1.0, 0, 0, 20], [0, 1.0, 0, -10], [0, 0, 2.0, 5], [0, 0, 0, 1]])  # LAS-like, 2 mm slices
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_softseg.checkpoint import make_config, save_checkpoint
+from napari_softseg.engine.checkpoint import make_config, save_checkpoint
 from napari_softseg.commands import main
-from napari_softseg.inference import load_model, predict_volume
-from napari_softseg.model import UNet
-from napari_softseg.nifti import read_nifti
+from napari_softseg.engine.predict import load_model, predict_volume
+from napari_softseg.engine.model import UNet
+from napari_softseg.io.nifti import read_nifti
 
 MT1 = Path("/work/shared/data/sct_mt/mt1.nii.gz")
 pytestmark = pytest.mark.skipif(not MT1.exists(), reason="shared test data not available")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_softseg.commands import build_parser, main
-from napari_softseg.nifti import read_nifti, write_nifti
+from napari_softseg.io.nifti import read_nifti, write_nifti
 
 TINY = ["--epochs", "2", "--depth", "1", "--features", "4", "--batch-size", "4", "--device", "cpu"]
 
@@ -37,7 +37,7 @@ def _shift():
 
 def test_preset_names_match_the_registry():
     from napari_softseg.commands.train import PRESET_NAMES
-    from napari_softseg.presets import PRESETS
+    from napari_softseg.engine.presets import PRESETS
 
     assert set(PRESET_NAMES) == set(PRESETS)
 
@@ -94,7 +94,7 @@ def test_raters_with_fusion_and_fine_tuning(scans, tmp_path, capsys):
                "--init", str(first), "--epochs", "1", "--device", "cpu", "--out", str(tuned), "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    from napari_softseg.checkpoint import load_checkpoint
+    from napari_softseg.engine.checkpoint import load_checkpoint
 
     _, cfg = load_checkpoint(tuned)
     assert cfg["training"]["init"] == "avg.pt" and cfg["architecture"]["base_features"] == 4

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_softseg.data import LABEL_SOURCES, TrainingData, TrainingSubject
+from napari_softseg.engine.training.data import LABEL_SOURCES, TrainingData, TrainingSubject
 from napari_softseg.errors import UserError
-from napari_softseg.nifti import write_nifti
-from napari_softseg.preprocess import (
+from napari_softseg.io.nifti import write_nifti
+from napari_softseg.engine.preprocess import (
     center_crop_or_pad,
     choose_slice_axis,
     resample_inplane,
@@ -161,7 +161,7 @@ def test_random_source_keeps_every_rater_and_truth_is_their_mean():
 
 
 def test_fused_sources_use_the_fusion_module():
-    fusion = pytest.importorskip("napari_softseg.fusion")
+    fusion = pytest.importorskip("napari_softseg.fusion.methods")
     img = np.random.rand(12, 12, 3).astype(np.float32)
     raters = [np.zeros((12, 12, 3), np.float32) for _ in range(3)]
     raters[0][2:8, 2:8] = 1

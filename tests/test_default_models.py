@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_softseg.inference import MODELS_DIR, SHIPPED_MODELS, load_model, predict_volume, resolve_model_path
+from napari_softseg.engine.predict import MODELS_DIR, SHIPPED_MODELS, load_model, predict_volume, resolve_model_path
 
 CONN18 = ndimage.generate_binary_structure(3, 2)
 

@@ -43,8 +43,8 @@ def test_headless_demo_segments_and_writes_outputs(tmp_path):
         assert summary["slice_shown"] == round(float(row["centroid_k"]))  # the viewer moved there
 
     # outputs carry the phantom's geometry; the binary mask is the soft map above the threshold
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.phantom import phantom_files
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.io.phantom import phantom_files
 
     source = read_nifti(phantom_files(tmp_path / "cache")["image"])
     soft = read_nifti(summary["outputs"]["prediction_soft"])

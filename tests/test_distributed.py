@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_softseg.nifti import read_nifti, write_nifti
+from napari_softseg.io.nifti import read_nifti, write_nifti
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_two_process_torchrun_training(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Finished after 2 epochs") == 1  # only rank 0 reports
 
-    from napari_softseg.checkpoint import build_model, load_checkpoint
+    from napari_softseg.engine.checkpoint import build_model, load_checkpoint
 
     state, cfg = load_checkpoint(out)
     build_model(cfg, state)
@@ -43,7 +43,7 @@ def test_two_process_torchrun_training(shared_data, tmp_path):
 def test_shards_are_disjoint_equal_and_cover_all_but_the_remainder():
     import torch
 
-    from napari_softseg.distributed import DistContext, shard
+    from napari_softseg.engine.training.distributed import DistContext, shard
 
     order = torch.randperm(11, generator=torch.Generator().manual_seed(0))
     parts = [shard(order, DistContext(rank=r, world_size=3)) for r in range(3)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_softseg.errors import UserError
-from napari_softseg.fusion import (
+from napari_softseg.fusion.methods import (
     METHODS,
     RandomRaterSampler,
     disagreement_map,
@@ -169,7 +169,7 @@ def test_multiclass_average_and_majority_ties_go_to_lowest_label():
 
 @pytest.mark.slow
 def test_staple_matches_simpleitk_on_real_raters_full_volume(shared_data):
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     d = shared_data / "isbi2015_raters"
     raters = [read_nifti(d / f"training01_rater{i}.nii.gz").data for i in (1, 2)]
@@ -183,7 +183,7 @@ def test_staple_matches_simpleitk_on_real_raters_full_volume(shared_data):
 
 @pytest.mark.parametrize("patient", [2, 3, 4, 5])
 def test_staple_matches_simpleitk_on_other_real_patients(shared_data, patient):
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     d = shared_data / "isbi2015_raters"
     raters = [read_nifti(d / f"training0{patient}_rater{i}.nii.gz").data for i in (1, 2)]
@@ -250,7 +250,7 @@ def test_soft_staple_matches_an_independent_float64_em_on_soft_raters():
 
 
 def test_multiclass_staple_with_two_classes_equals_binary_staple():
-    from napari_softseg.staple_em import em_patterns, pattern_histogram
+    from napari_softseg.fusion.staple import em_patterns, pattern_histogram
 
     _, raters = synthetic_raters(shape=(16, 16, 16))
     binary = staple(raters)

@@ -13,7 +13,7 @@ ISBI = SHARED / "isbi2015_raters"
 
 
 def add_volume(viewer, path, name=None, labels=True):
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     vol = read_nifti(path)
     add = viewer.add_labels if labels else viewer.add_image
@@ -35,9 +35,9 @@ def table(dock):
 
 
 def test_staple_on_two_real_raters_in_a_worker(make_napari_viewer, qtbot):
-    from napari_softseg.fusion import fuse
-    from napari_softseg.metrics import dice
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.fusion.methods import fuse
+    from napari_softseg.metrics.segmentation import dice
+    from napari_softseg.io.nifti import read_nifti
 
     viewer = make_napari_viewer()
     paths = [ISBI / f"training01_rater{k}.nii.gz" for k in (1, 2)]
@@ -75,8 +75,8 @@ def test_staple_on_two_real_raters_in_a_worker(make_napari_viewer, qtbot):
 
 
 def test_phantom_raters_with_the_scan_as_reference(make_napari_viewer, phantom_paths):
-    from napari_softseg.fusion import disagreement_map, fuse
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.fusion.methods import disagreement_map, fuse
+    from napari_softseg.io.nifti import read_nifti
 
     viewer = make_napari_viewer()
     scan = add_volume(viewer, phantom_paths["image"], name="flair", labels=False)
@@ -113,9 +113,9 @@ def test_phantom_raters_with_the_scan_as_reference(make_napari_viewer, phantom_p
 
 
 def test_soft_rater_layers_and_clear_messages_for_mismatched_grids(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
     from napari_softseg.widgets import fusion as fusion_dock
-    from napari_softseg.widgets.annotation import SoftAnnotationWidget
+    from napari_softseg.widgets.annotation.dock import SoftAnnotationWidget
 
     errors = []
     monkeypatch.setattr(fusion_dock, "notify_error", errors.append)

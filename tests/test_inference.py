@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_softseg.checkpoint import make_config, save_checkpoint
-from napari_softseg.devices import cpu_supports_bf16
+from napari_softseg.engine.checkpoint import make_config, save_checkpoint
+from napari_softseg.engine.devices import cpu_supports_bf16
 from napari_softseg.errors import UserError
-from napari_softseg.inference import (
+from napari_softseg.engine.predict import (
     SHIPPED_MODELS,
     Prediction,
     PredictionCancelled,
@@ -17,7 +17,7 @@ from napari_softseg.inference import (
     predict_volume,
     resolve_model_path,
 )
-from napari_softseg.model import UNet
+from napari_softseg.engine.model import UNet
 
 
 def _net(seed=0, in_channels=1, out_channels=1, activation="normrelu", depth=2):
@@ -180,7 +180,7 @@ def test_load_model_and_names(tmp_path):
 def test_resamples_to_training_voxel_size():
     from scipy import ndimage
 
-    from napari_softseg.inference import inplane_zoom
+    from napari_softseg.engine.predict import inplane_zoom
 
     model = _net()
     model.softseg_config = {"slice_axis": 2, "spacing": [1.0, 1.0, 3.0], "normalisation": "zscore"}

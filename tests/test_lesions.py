@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_softseg.lesions import FlagRule, LesionRecord, analyse_lesions
+from napari_softseg.review.lesions import FlagRule, LesionRecord, analyse_lesions
 
 SPACING = (1.0, 1.0, 2.0)  # 2 mm³ voxels
 H09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))

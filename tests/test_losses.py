@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_softseg.errors import UserError
-from napari_softseg.losses import LOSSES, AdaptiveWingLoss, DiceLoss
+from napari_softseg.engine.losses import LOSSES, AdaptiveWingLoss, DiceLoss
 
 
 def t(*values):

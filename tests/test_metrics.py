@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_softseg import metrics as M
-from napari_softseg.calibration import confidence_and_correctness
+from napari_softseg.metrics import segmentation as M
+from napari_softseg.metrics.calibration import confidence_and_correctness
 
 LN2 = math.log(2)
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from napari_softseg.errors import UserError
-from napari_softseg.model import (
+from napari_softseg.engine.model import (
     ACTIVATIONS,
     MultiClassNormReLU,
     NormReLU,
@@ -14,7 +14,7 @@ from napari_softseg.model import (
     count_flops,
     enable_mc_dropout,
 )
-from napari_softseg.presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
+from napari_softseg.engine.presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 
 
 def test_normrelu_values_and_zero_output():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_softseg.nifti import classify, read_nifti, write_nifti
+from napari_softseg.io.nifti import classify, read_nifti, write_nifti
 
 from _paths import SHARED
 

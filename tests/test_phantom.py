@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_softseg.nifti import read_nifti
-from napari_softseg.phantom import RATER_STYLES, SLAB, render_fraction
+from napari_softseg.io.nifti import read_nifti
+from napari_softseg.io.phantom import RATER_STYLES, SLAB, render_fraction
 
 S18 = ndi.generate_binary_structure(3, 2)
 
@@ -98,7 +98,7 @@ def test_files_match_the_phantom(phantom, phantom_paths):
 
 
 def test_deterministic(phantom):
-    from napari_softseg.phantom import _load_sources, _place_lesions
+    from napari_softseg.io.phantom import _load_sources, _place_lesions
 
     _, _, _, _, wm = _load_sources()
     again = _place_lesions(wm, np.random.default_rng(20210917))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_softseg import _sample_data
-from napari_softseg.sample_data import sample_dir
+from napari_softseg.plugin import sample_data as _sample_data
+from napari_softseg.io.samples import sample_dir
 
 
 def test_every_sample_folder_has_its_licence():

@@ -23,7 +23,7 @@ CONN18 = ndimage.generate_binary_structure(3, 2)
 
 @pytest.fixture
 def dock(make_napari_viewer, qtbot):
-    from napari_softseg.widgets.segment import SegmentWidget
+    from napari_softseg.widgets.segment.dock import SegmentWidget
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-softseg", "lesion_phantom")
@@ -48,8 +48,8 @@ def components(mask):
 @gui
 @slow
 def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
-    from napari_softseg.inference import load_model, predict_volume
-    from napari_softseg.widgets._base import data_to_world
+    from napari_softseg.engine.predict import load_model, predict_volume
+    from napari_softseg.widgets.base import data_to_world
 
     run_segment(qtbot, dock)
     viewer, scan = dock.viewer, dock.viewer.layers["phantom_flair"]
@@ -98,8 +98,8 @@ def test_threshold_slider_rebinarises_and_table_follows(dock, qtbot):
 def test_table_lists_the_components_the_core_finds(dock, qtbot):
     from qtpy.QtCore import Qt
 
-    from napari_softseg.lesions import analyse_lesions
-    from napari_softseg.widgets._lesion_table import FLAG_COLOUR
+    from napari_softseg.review.lesions import analyse_lesions
+    from napari_softseg.widgets.segment.lesion_table import FLAG_COLOUR
 
     run_segment(qtbot, dock)
     t = dock.review.threshold
@@ -220,7 +220,7 @@ def test_painted_edits_are_kept_and_mark_the_lesion_edited(dock, qtbot):
 @gui
 @slow
 def test_export_round_trips(dock, qtbot, tmp_path):
-    from napari_softseg.nifti import read_nifti
+    from napari_softseg.io.nifti import read_nifti
 
     run_segment(qtbot, dock)
     review = dock.review
@@ -271,8 +271,8 @@ def test_mc_dropout_samples_feed_the_lesion_statistics(dock, qtbot):
 
 @gui
 def test_wrong_contrast_count_gets_a_clear_message(dock, qtbot, tmp_path):
-    from napari_softseg.checkpoint import make_config, save_checkpoint
-    from napari_softseg.model import UNet
+    from napari_softseg.engine.checkpoint import make_config, save_checkpoint
+    from napari_softseg.engine.model import UNet
 
     net = UNet(2, 1, depth=1, base_features=2)
     path = save_checkpoint(tmp_path / "two.pt", net, make_config(net, contrasts=["T1", "FLAIR"]))
@@ -287,8 +287,8 @@ def test_wrong_contrast_count_gets_a_clear_message(dock, qtbot, tmp_path):
 def test_models_trained_in_the_session_are_offered(dock, qtbot, tmp_path):
     import shutil
 
-    from napari_softseg.inference import resolve_model_path
-    from napari_softseg.widgets._models import RECENT_MODELS
+    from napari_softseg.engine.predict import resolve_model_path
+    from napari_softseg.widgets.models import RECENT_MODELS
 
     path = tmp_path / "mine.pt"
     shutil.copy(resolve_model_path("ms-lesion"), path)
@@ -316,7 +316,7 @@ def _two_cubes():
 
 
 def test_review_decisions_follow_lesions_across_thresholds():
-    from napari_softseg.review import Review
+    from napari_softseg.review.session import Review
 
     review = Review(_two_cubes(), spacing=(1.0, 1.0, 2.0), threshold=0.5)
     table = review.analyse()
@@ -337,8 +337,8 @@ def test_review_decisions_follow_lesions_across_thresholds():
 
 
 def test_review_keeps_painted_edits_and_exports(tmp_path):
-    from napari_softseg.nifti import read_nifti
-    from napari_softseg.review import Review
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.review.session import Review
 
     review = Review(_two_cubes(), spacing=(1.0, 1.0, 2.0), threshold=0.3)
     review.analyse()

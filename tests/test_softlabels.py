@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_softseg.errors import UserError
-from napari_softseg.softlabels import (
+from napari_softseg.labels.softlabels import (
     N_LEVELS, brush_coverage, hard_volume, level_colors, levels_to_soft, mask_to_levels,
     soft_edge_values, soft_to_levels, soft_volume, sweep_path,
 )

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_softseg.checkpoint import build_model, load_checkpoint
-from napari_softseg.data import TrainingData
-from napari_softseg.nifti import read_nifti
-from napari_softseg.threshold import THRESHOLDS, DiceAccumulator, best_threshold, search_threshold
-from napari_softseg.train import TrainConfig, run_training, train
+from napari_softseg.engine.checkpoint import build_model, load_checkpoint
+from napari_softseg.engine.training.data import TrainingData
+from napari_softseg.io.nifti import read_nifti
+from napari_softseg.engine.training.threshold import THRESHOLDS, DiceAccumulator, best_threshold, search_threshold
+from napari_softseg.engine.training.train import TrainConfig, run_training, train
 
 # Axial slices 60..83 of fast_t1: the two artificial spheres of bet (z 112..132) lie outside.
 SLAB = slice(60, 84)
@@ -174,7 +174,7 @@ def test_cancel_stops_within_one_step_and_keeps_a_checkpoint(brain, tmp_path, ki
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_best_checkpoint(brain, tmp_path, monkeypatch):
-    from napari_softseg import presets
+    from napari_softseg.engine import presets
 
     calls = {"n": 0}
     original = presets.Preset.make_loss
@@ -201,7 +201,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best_checkpoint(brain, tmp_
 
 
 def test_out_of_memory_becomes_a_hint(brain, tmp_path, monkeypatch):
-    from napari_softseg.model import UNet
+    from napari_softseg.engine.model import UNet
 
     def boom(self, x):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -224,7 +224,7 @@ def test_early_stopping_after_patience(brain, tmp_path):
 
 def test_random_sampling_draws_raters_per_sample_and_epoch(brain, tmp_path, monkeypatch):
     """Two raters that differ everywhere: every batch target tells which rater it came from."""
-    from napari_softseg import trainer as trainer_mod
+    from napari_softseg.engine.training import trainer as trainer_mod
 
     img = brain["image"][:, :, :8]
     r0 = (brain["gm"][:, :, :8] > 0.5).astype(np.float32)
@@ -281,7 +281,7 @@ def test_cancel_while_choosing_the_threshold_keeps_the_trained_weights(brain, tm
 
 
 def test_conventional_preset_trains_on_binary_targets(brain, tmp_path, monkeypatch):
-    from napari_softseg import trainer as trainer_mod
+    from napari_softseg.engine.training import trainer as trainer_mod
 
     targets = []
     original = trainer_mod.Trainer._batch
@@ -305,9 +305,9 @@ def test_weighted_adaptive_wing_keeps_softseg_alive_on_a_sparse_target(shared_da
     the trainer built carries the configured weight (0: the unweighted loss)."""
     from scipy import ndimage
 
-    from napari_softseg.inference import predict_volume
-    from napari_softseg.metrics import dice
-    from napari_softseg.trainer import Trainer
+    from napari_softseg.engine.predict import predict_volume
+    from napari_softseg.metrics.segmentation import dice
+    from napari_softseg.engine.training.trainer import Trainer
 
     img = read_nifti(shared_data / "sct_t2s" / "t2s_uncropped.nii.gz")
     gm = read_nifti(shared_data / "sct_t2s" / "t2s_uncropped_gmseg_manual.nii.gz").data > 0
@@ -322,7 +322,7 @@ def test_weighted_adaptive_wing_keeps_softseg_alive_on_a_sparse_target(shared_da
     assert Trainer(TrainConfig(**{**cfg.__dict__, "foreground_weight": 0.0}), data).loss_fn.foreground_weight == 0
     assert not hasattr(Trainer(TrainConfig(**{**cfg.__dict__, "preset": "conventional"}), data).loss_fn, "foreground_weight")
     done = run_training(cfg, data, checkpoint_path=tmp_path / "cord.pt")
-    from napari_softseg.inference import load_model
+    from napari_softseg.engine.predict import load_model
 
     soft = predict_volume(load_model(done.checkpoint), image, slice_axis=2, device="cpu")
     assert soft.max() > 0.5  # not the all-zero map of a collapsed normalised ReLU

@@ -29,8 +29,8 @@ def _user_dir(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ probes (training process)
 def probe_steps():
     """Record, for every completed training step, whether cancel was set before and after."""
-    from napari_softseg import trainer
-    from napari_softseg.train import _is_cancelled
+    from napari_softseg.engine.training import trainer
+    from napari_softseg.engine.training.train import _is_cancelled
 
     original, log = trainer.Trainer.train_step, []
 
@@ -51,7 +51,7 @@ def probe_steps():
 
 def probe_raters():
     """Record the rater index of every training sample and the number of raters held."""
-    from napari_softseg import trainer
+    from napari_softseg.engine.training import trainer
 
     original, seen = trainer.Trainer._batch, {"raters": [], "held": None}
 
@@ -72,7 +72,7 @@ def probe_raters():
 
 def probe_oom():
     """Make the first training step fail as if the device ran out of memory."""
-    from napari_softseg import trainer
+    from napari_softseg.engine.training import trainer
 
     original = trainer.Trainer.train_step
 
@@ -90,7 +90,7 @@ def probe_oom():
 
 # ------------------------------------------------------------------ helpers
 def add_file(viewer, path):
-    from napari_softseg._reader import layer_data
+    from napari_softseg.plugin.reader import layer_data
 
     (data, kwargs, kind), = layer_data(str(path))
     return getattr(viewer, f"add_{kind}")(data, **kwargs)
@@ -105,7 +105,7 @@ def mt_viewer(make_napari_viewer):
 
 
 def open_dock(viewer, *, epochs=3, batch=2, crop=32, val=0.2):
-    from napari_softseg.widgets.training import TrainingWidget
+    from napari_softseg.widgets.training.dock import TrainingWidget
 
     dock = TrainingWidget(viewer)
     viewer.window.add_dock_widget(dock, name="Train SoftSeg")
@@ -147,7 +147,7 @@ def n_messages() -> int:
 def test_device_list_lists_only_existing_devices(make_napari_viewer):
     import torch
 
-    from napari_softseg.devices import autocast_dtype, available_devices
+    from napari_softseg.engine.devices import autocast_dtype, available_devices
 
     viewer, *_ = mt_viewer(make_napari_viewer)
     dock = open_dock(viewer)
@@ -165,8 +165,8 @@ def test_device_list_lists_only_existing_devices(make_napari_viewer):
 
 @pytest.mark.slow
 def test_tiny_training_completes_plots_saves_and_publishes(make_napari_viewer, qtbot, tmp_path):
-    from napari_softseg.checkpoint import build_model, load_checkpoint
-    from napari_softseg.widgets._models import RECENT_MODELS
+    from napari_softseg.engine.checkpoint import build_model, load_checkpoint
+    from napari_softseg.widgets.models import RECENT_MODELS
 
     viewer, scan, gm = mt_viewer(make_napari_viewer)
     dock = open_dock(viewer, epochs=3)
@@ -221,7 +221,7 @@ def test_tiny_training_completes_plots_saves_and_publishes(make_napari_viewer, q
 def test_cancel_mid_epoch_keeps_best_then_finetune_continues(make_napari_viewer, qtbot):
     from qtpy.QtCore import Qt
 
-    from napari_softseg.checkpoint import build_model, load_checkpoint
+    from napari_softseg.engine.checkpoint import build_model, load_checkpoint
 
     viewer, *_ = mt_viewer(make_napari_viewer)
     dock = open_dock(viewer, epochs=50, batch=1)  # 4 training slices: 4 steps per epoch
@@ -271,7 +271,7 @@ def test_cancel_mid_epoch_keeps_best_then_finetune_continues(make_napari_viewer,
 
 @pytest.mark.slow
 def test_random_sampling_uses_several_raters(make_napari_viewer, qtbot, phantom):
-    from napari_softseg.widgets._rater_layers import add_rater_layer
+    from napari_softseg.widgets.annotation.rater_layers import add_rater_layer
 
     # the four slices with the most lesion, whole in-plane extent (142 x 178, 1 x 1 x 3 mm)
     z = np.argsort(phantom.truth.sum(axis=(0, 1)))[-4:]
@@ -300,7 +300,7 @@ def test_training_runs_outside_the_viewer_process_while_the_event_loop_turns(
 
     from qtpy.QtCore import QTimer
 
-    from napari_softseg import trainer
+    from napari_softseg.engine.training import trainer
 
     in_viewer_process = []
     original = trainer.Trainer.train_step
@@ -312,7 +312,7 @@ def test_training_runs_outside_the_viewer_process_while_the_event_loop_turns(
     monkeypatch.setattr(trainer.Trainer, "train_step", spy)
     viewer, *_ = mt_viewer(make_napari_viewer)
     dock = open_dock(viewer, epochs=40, batch=2)  # 2 steps per epoch: events as fast as possible
-    from napari_softseg.widgets import _training_child
+    from napari_softseg.engine.training import child as _training_child
 
     qtbot.wait(50)  # the dock starts its training process at once, in the background
     assert _training_child.acquire_process(reserve=False).alive()
@@ -394,9 +394,9 @@ def test_failure_in_training_notifies_and_dock_stays_usable(make_napari_viewer, 
 
 
 def test_snapshots_copy_and_convert_rater_levels_and_folders(make_napari_viewer, tmp_path):
-    from napari_softseg.nifti import read_nifti, write_nifti
-    from napari_softseg.widgets._rater_layers import add_rater_layer
-    from napari_softseg.widgets._training_data import build_training_data, pair_folder
+    from napari_softseg.io.nifti import read_nifti, write_nifti
+    from napari_softseg.widgets.annotation.rater_layers import add_rater_layer
+    from napari_softseg.engine.training.sources import build_training_data, pair_folder
 
     viewer, scan, gm = mt_viewer(make_napari_viewer)
     levels = np.zeros((40, 40, 5), np.uint8)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_softseg._viewer import centre_on, show_slices_along
-from napari_softseg.nifti import read_nifti
+from napari_softseg.plugin.viewer import centre_on, show_slices_along
+from napari_softseg.io.nifti import read_nifti
 
 pytestmark = pytest.mark.gui
 
@@ -73,7 +73,7 @@ def test_several_files_open_as_contrasts_of_one_scan(make_napari_viewer, shared_
 
 
 def test_four_d_short_last_axis_is_channels(make_napari_viewer, tmp_path):
-    from napari_softseg.nifti import write_nifti
+    from napari_softseg.io.nifti import write_nifti
 
     data = np.random.default_rng(1).random((6, 7, 8, 3)).astype(np.float32) * 100
     path = write_nifti(tmp_path / "multi.nii.gz", data, affine=np.diag([2.0, 2.0, 4.0, 1.0]))

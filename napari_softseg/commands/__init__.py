@@ -16,13 +16,13 @@ import importlib
 import pkgutil
 import sys
 
-from ..errors import UserError
+from napari_softseg.errors import UserError
 
 USER_ERROR_STATUS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from napari_softseg import __version__
 
     parser = argparse.ArgumentParser(
         prog="napari-softseg",

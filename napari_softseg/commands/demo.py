@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from napari_softseg.errors import UserError
 
 
 def add_parser(subparsers) -> None:
@@ -33,14 +33,13 @@ def _has_display() -> bool:
 
 
 def run(args) -> int:
+    """Start the demo application (:mod:`napari_softseg.widgets.demo`) as its own process,
+    on a virtual screen when there is no display."""
     out = Path(args.out).resolve()
-    if not _has_display():
-        xvfb = shutil.which("xvfb-run")
-        if xvfb is None:
-            raise UserError("No display was found and xvfb-run is not installed; install the 'xvfb' package or run 'make demo'.")
-        cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_softseg",
-               "demo", "--headless", "--out", str(out)]
-        return subprocess.call(cmd)
-    from ..widgets.demo import run_demo
-
-    return run_demo(out, headless=args.headless)
+    app = [sys.executable, "-m", "napari_softseg.widgets.demo", "--out", str(out)]
+    if _has_display():
+        return subprocess.call(app + (["--headless"] if args.headless else []))
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        raise UserError("No display was found and xvfb-run is not installed; install the 'xvfb' package or run 'make demo'.")
+    return subprocess.call([xvfb, "-a", "-s", "-screen 0 1600x1000x24", *app, "--headless"])

@@ -52,7 +52,7 @@ def _check_unit(vol, what: str) -> None:
     data = vol.data
     lo, hi = float(np.min(data)), float(np.max(data))
     if lo < 0 or hi > 1.0 + 1e-3:
-        from ..errors import UserError
+        from napari_softseg.errors import UserError
 
         raise UserError(f"{vol.name} ({what}) has values in [{lo:g}, {hi:g}]; evaluate expects masks or probabilities in [0, 1].")
 
@@ -60,9 +60,9 @@ def _check_unit(vol, what: str) -> None:
 def run(args) -> int:
     import json
 
-    from ..errors import UserError
-    from ..metrics import EVALUATE_UNITS, RATER_UNITS, evaluate
-    from ..nifti import check_same_grid, read_nifti
+    from napari_softseg.errors import UserError
+    from napari_softseg.metrics.segmentation import EVALUATE_UNITS, RATER_UNITS, evaluate
+    from napari_softseg.io.nifti import check_same_grid, read_nifti
 
     pred = read_nifti(args.pred)
     truth = read_nifti(args.truth)

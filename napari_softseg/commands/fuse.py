@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-#: The names of :data:`napari_softseg.fusion.METHODS` (kept here so ``--help`` stays instant).
+#: The names of :data:`napari_softseg.fusion.methods.METHODS` (kept here so ``--help`` stays instant).
 METHOD_NAMES = ("average", "majority", "staple", "soft-staple")
 
 
@@ -50,10 +50,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..errors import UserError
-    from ..fusion import fuse, rater_statistics
-    from ..nifti import check_same_grid, read_nifti
-    from .evaluate import json_clean
+    from napari_softseg.errors import UserError
+    from napari_softseg.fusion.methods import fuse, rater_statistics
+    from napari_softseg.io.nifti import check_same_grid, read_nifti
+    from napari_softseg.commands.evaluate import json_clean
 
     if len(args.raters) < 2:
         raise UserError(f"Fusion needs at least two rater files, got {len(args.raters)}.")
@@ -69,7 +69,7 @@ def run(args) -> int:
         raise UserError(f"--{next(iter(opts)).replace('_', '-')} applies to STAPLE, not to the {args.method} method.")
     raters = [v.data for v in vols]
     result = fuse(raters, args.method, n_classes=args.n_classes, threshold=args.threshold, **opts)
-    from ..nifti import write_nifti
+    from napari_softseg.io.nifti import write_nifti
 
     if args.method == "majority":
         write_nifti(args.output, result.hard, like=ref)

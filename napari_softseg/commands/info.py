@@ -31,7 +31,7 @@ def describe(vol) -> dict:
 
 
 def run(args) -> int:
-    from ..nifti import check_same_grid, read_nifti
+    from napari_softseg.io.nifti import check_same_grid, read_nifti
 
     vol = read_nifti(args.image)
     masks = [read_nifti(m) for m in args.mask]

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from napari_softseg.errors import UserError
 
 DESCRIPTION = """\
 Predict a soft segmentation (float32 in [0, 1]) of a scan with a trained SoftSeg model and
@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
 
 
 def _sibling(out: Path, suffix: str) -> Path:
-    from ..nifti import nifti_stem
+    from napari_softseg.io.nifti import nifti_stem
 
     ext = ".nii.gz" if out.name.lower().endswith(".nii.gz") else ".nii"
     return out.with_name(f"{nifti_stem(out)}{suffix}{ext}")
@@ -92,7 +92,7 @@ def read_contrasts(paths: list[str]):
     """Read one or more NIfTI files of the same grid; return (reference volume, (X,Y,Z[,C]) array)."""
     import numpy as np
 
-    from ..nifti import check_same_grid, read_nifti
+    from napari_softseg.io.nifti import check_same_grid, read_nifti
 
     volumes = [read_nifti(p) for p in paths]
     reference = volumes[0]
@@ -110,8 +110,8 @@ def read_contrasts(paths: list[str]):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference import TTA_FLIPS, Prediction, load_model, predict_volume
-    from ..nifti import is_nifti_path, write_nifti
+    from napari_softseg.engine.predict import TTA_FLIPS, Prediction, load_model, predict_volume
+    from napari_softseg.io.nifti import is_nifti_path, write_nifti
 
     out = Path(args.out)
     if not is_nifti_path(out):

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-#: keys of napari_softseg.presets.PRESETS (kept here so that --help needs no torch)
+#: keys of napari_softseg.engine.presets.PRESETS (kept here so that --help needs no torch)
 PRESET_NAMES = (
     "softseg", "conventional", "hard-relu-wing", "soft-relu-dice", "soft-sig-wing",
     "multiclass-softmax-dice", "multiclass-softseg",
@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
 
 
 def parse_crop(text: str | None):
-    from ..errors import UserError
+    from napari_softseg.errors import UserError
 
     if text is None:
         return None
@@ -128,11 +128,11 @@ def _fmt(x) -> str:
 def run(args) -> int:
     from pathlib import Path
 
-    from .. import distributed
-    from ..data import TrainingData
-    from ..devices import resolve_device
-    from ..errors import UserError
-    from ..train import TrainConfig, train
+    from napari_softseg.engine.training import distributed
+    from napari_softseg.engine.training.data import TrainingData
+    from napari_softseg.engine.devices import resolve_device
+    from napari_softseg.errors import UserError
+    from napari_softseg.engine.training.train import TrainConfig, train
 
     out = Path(args.out)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._viewer import centre_on, show_slices_along
+from napari_softseg.plugin.viewer import centre_on, show_slices_along
 
 DEMO_MODEL = "ms-lesion"
 
@@ -150,7 +150,7 @@ def run_demo(out: Path, headless: bool) -> int:
 
 def _segment_summary(seg, viewer, timings: dict, lesion_id) -> dict:
     """What the demo did, with the prediction's lesion detection against the phantom truth."""
-    from ..metrics import lesion_detection
+    from napari_softseg.metrics.segmentation import lesion_detection
 
     review = seg.review
     truth = np.asarray(viewer.layers["truth_fraction"].data)
@@ -167,3 +167,20 @@ def _segment_summary(seg, viewer, timings: dict, lesion_id) -> dict:
         "detection_vs_truth": {"ltpr_%": det.ltpr, "lfdr_%": det.lfdr, "n_truth": det.n_truth,
                                "n_pred": det.n_pred, "n_detected": det.n_detected},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m napari_softseg.widgets.demo --out DIR [--headless]`` (started by ``napari-softseg demo``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="napari-softseg demo")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--headless", action="store_true")
+    args = parser.parse_args(argv)
+    return run_demo(Path(args.out).resolve(), headless=args.headless)
+
+
+if __name__ == "__main__":  # pragma: no cover - started as a process by the demo command
+    import sys
+
+    sys.exit(main())

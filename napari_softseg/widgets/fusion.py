@@ -20,12 +20,12 @@ from qtpy.QtWidgets import (
     QPushButton, QTableWidget, QTableWidgetItem,
 )
 
-from ..autosave import ScanGeometry
-from ..errors import UserError
-from ..fusion import METHODS, disagreement_map, fuse, rater_statistics
-from ..nifti import nifti_stem, read_nifti
-from ..softlabels import N_LEVELS
-from ._base import (
+from napari_softseg.labels.autosave import ScanGeometry
+from napari_softseg.errors import UserError
+from napari_softseg.fusion.methods import METHODS, disagreement_map, fuse, rater_statistics
+from napari_softseg.io.nifti import nifti_stem, read_nifti
+from napari_softseg.labels.softlabels import N_LEVELS
+from napari_softseg.widgets.base import (
     ROLE_KEY, DockBase, data_to_world, is_rater, is_scan, layer_geometry, notify_error, role,
 )
 
@@ -329,7 +329,7 @@ class FusionWidget(DockBase):
         return self.reference.currentData() or "raters"
 
     def _show_layers(self, result, dis, affine, geo, method, n, prefix) -> None:
-        from .._layers import soft_colormap
+        from napari_softseg.plugin.layers import soft_colormap
 
         meta = {}
         if geo is not None and geo.header is not None and np.allclose(geo.affine, affine, atol=GRID_ATOL):

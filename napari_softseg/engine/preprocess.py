@@ -1,0 +1,153 @@
+"""Array operations of training-data preparation (numpy, plus torch where noted).
+
+Slicing axis, per-contrast z-score, in-plane resampling, centre crop / pad, label
+binarisation and the validation split; :mod:`napari_softseg.engine.training.slices` strings them together.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "choose_slice_axis",
+    "zscore",
+    "zscore_stats",
+    "resample_inplane",
+    "center_crop_or_pad",
+    "uncrop",
+    "binarise",
+    "with_background",
+    "split_validation",
+]
+
+
+def choose_slice_axis(spacing: Sequence[float], *, rtol: float = 1e-3) -> int:
+    """The axis with the largest voxel size; among axes tied within ``rtol``, the last one
+    (so an isotropic scan is sliced along its last axis), as at prediction time."""
+    sp = np.asarray(spacing, dtype=float)[:3]
+    tied = np.flatnonzero(sp >= sp.max() / (1.0 + rtol))
+    return int(tied.max())
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
+    """Per-contrast z-score of ``(..., C)`` data over all voxels, float32.
+
+    ``x' = (x - mean_c) / std_c``; a constant contrast (``std_c = 0``) is only centred.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    mean, std = zscore_stats(x)
+    return (x - mean) / std
+
+
+def zscore_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-contrast ``(mean, std)`` (float32, std 0 replaced by 1) of ``(..., C)`` data."""
+    x = np.asarray(image, dtype=np.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes, dtype=np.float64)
+    std = x.std(axis=axes, dtype=np.float64)
+    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+
+
+def resample_inplane(array: np.ndarray, zoom: tuple[float, float], order: int) -> np.ndarray:
+    """Resample ``(S, C, H, W)`` by ``zoom`` along H and W (spline ``order``; 1 = linear).
+
+    Uses pixel-edge alignment (``grid_mode=True``) so a voxel keeps its extent; out-of-grid
+    samples take the nearest edge value. ``zoom == (1, 1)`` returns the input unchanged.
+    """
+    if abs(zoom[0] - 1.0) < 1e-6 and abs(zoom[1] - 1.0) < 1e-6:
+        return array
+    from scipy import ndimage
+
+    return ndimage.zoom(
+        np.asarray(array, dtype=np.float32), (1.0, 1.0, zoom[0], zoom[1]), order=order, grid_mode=True, mode="nearest"
+    ).astype(np.float32, copy=False)
+
+
+def center_crop_or_pad(array: np.ndarray, size: tuple[int, int], pad_value=0.0) -> np.ndarray:
+    """Centre-crop or pad the last two axes to ``size``.
+
+    ``pad_value`` is a scalar or an array broadcastable to ``array.shape[:-2]`` (e.g. one
+    value per channel). When a margin is odd, the extra row goes to the end.
+    """
+    h, w = array.shape[-2:]
+    th, tw = int(size[0]), int(size[1])
+    out = np.empty(array.shape[:-2] + (th, tw), dtype=array.dtype)
+    out[...] = np.asarray(pad_value, dtype=array.dtype)[..., None, None]
+    src_y, dst_y, ny = _overlap(h, th)
+    src_x, dst_x, nx = _overlap(w, tw)
+    out[..., dst_y : dst_y + ny, dst_x : dst_x + nx] = array[..., src_y : src_y + ny, src_x : src_x + nx]
+    return out
+
+
+def _overlap(n: int, target: int) -> tuple[int, int, int]:
+    """(source start, target start, length) of a centred crop/pad from n to target."""
+    if n >= target:
+        return (n - target) // 2, 0, target
+    return 0, (target - n) // 2, n
+
+
+def uncrop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`center_crop_or_pad` (what was cropped away comes back as 0)."""
+    h, w = array.shape[-2:]
+    out = np.zeros(array.shape[:-2] + tuple(int(s) for s in size), dtype=array.dtype)
+    dst_y, src_y, ny = _overlap(int(size[0]), h)
+    dst_x, src_x, nx = _overlap(int(size[1]), w)
+    out[..., dst_y : dst_y + ny, dst_x : dst_x + nx] = array[..., src_y : src_y + ny, src_x : src_x + nx]
+    return out
+
+
+def binarise(labels, multiclass: bool = False):
+    """Hard labels: ``labels >= 0.5`` per channel, or for ``multiclass`` (foreground classes on
+    axis -3, background implicit) the one-hot arg-max including background. numpy or torch."""
+    if not multiclass:
+        return (labels >= 0.5).astype(labels.dtype) if isinstance(labels, np.ndarray) else (labels >= 0.5).to(labels.dtype)
+    if isinstance(labels, np.ndarray):
+        bg = 1.0 - labels.sum(axis=-3, keepdims=True)
+        full = np.concatenate([bg, labels], axis=-3)
+        win = full.argmax(axis=-3)
+        return np.stack([(win == k) for k in range(1, full.shape[-3])], axis=-3).astype(labels.dtype)
+    import torch
+
+    bg = 1.0 - labels.sum(dim=-3, keepdim=True)
+    win = torch.cat([bg, labels], dim=-3).argmax(dim=-3, keepdim=True)
+    ks = torch.arange(1, labels.shape[-3] + 1, device=labels.device).view(-1, 1, 1)
+    return (win == ks).to(labels.dtype)
+
+
+def with_background(labels):
+    """Prepend the background channel ``clamp(1 - sum(foreground), 0, 1)`` (torch, axis 1)."""
+    import torch
+
+    bg = (1.0 - labels.sum(dim=1, keepdim=True)).clamp(0.0, 1.0)
+    return torch.cat([bg, labels], dim=1)
+
+
+def split_validation(volume: np.ndarray, has_foreground: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample indices ``(train, val)``.
+
+    Several volumes: ``max(1, round(val_fraction * V))`` whole volumes (at most ``V - 1``)
+    drawn with ``seed``. One volume: its slices are cut into ``round(1 / val_fraction)``
+    contiguous slabs and one slab holding foreground (any slab if none does) is held out.
+    ``val_fraction = 0`` (or a single slice) gives an empty validation set.
+    """
+    volume = np.asarray(volume)
+    n = volume.size
+    everything = np.arange(n, dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    if val_fraction <= 0 or n < 2:
+        return everything, empty
+    rng = np.random.default_rng(seed)
+    vols = np.unique(volume)
+    if vols.size >= 2:
+        n_val = min(vols.size - 1, max(1, int(round(val_fraction * vols.size))))
+        held = rng.choice(vols, size=n_val, replace=False)
+        is_val = np.isin(volume, held)
+        return everything[~is_val], everything[is_val]
+    n_slabs = min(n, max(2, int(round(1.0 / val_fraction))))
+    slabs = np.array_split(everything, n_slabs)
+    candidates = [i for i, s in enumerate(slabs) if np.any(has_foreground[s])] or list(range(n_slabs))
+    pick = slabs[int(rng.choice(candidates))]
+    is_val = np.isin(everything, pick)
+    return everything[~is_val], everything[is_val]

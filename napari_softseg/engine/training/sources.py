@@ -1,0 +1,149 @@
+"""Training data of the training dock, on the training process's side (no Qt, no napari).
+
+The viewer only *snapshots* what the user chose (:class:`ScanSnapshot`, made by
+:func:`._training_layers.snapshot_scan`): copies of the layer arrays, their voxel size and
+names. The training process turns snapshots and folders of NIfTI files into a
+:class:`~napari_softseg.engine.training.data.TrainingData` (:func:`build_training_data`), so painting on a
+layer while training cannot change the run.
+
+Label layers
+------------
+* a rater layer (``softseg_role == "rater"``) holds confidence levels 1..10, converted to the
+  soft map ``level / 10`` (:func:`napari_softseg.labels.softlabels.levels_to_soft`);
+* any other ``Labels`` layer holds class numbers (0 = background, 1..K);
+* an ``Image`` layer holds a soft map in [0, 1] (or one per class on a 4th axis).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from napari_softseg.errors import UserError
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class ScanSnapshot:
+    """Copies of one scan's contrasts and label maps (made in the GUI thread)."""
+
+    name: str
+    image: np.ndarray  # (X, Y, Z) or (X, Y, Z, C)
+    labels: list  # raw copies: uint8 levels, integer classes or float soft maps
+    label_kinds: list  # "rater", "classes" or "soft"
+    label_names: list
+    spacing: tuple
+    contrasts: list
+    layer: object = field(default=None, repr=False)  # the reference layer (for previews)
+
+
+def check_contrasts(snapshots: Sequence[ScanSnapshot]) -> None:
+    counts = {len(s.contrasts) for s in snapshots}
+    if len(counts) > 1:
+        a = snapshots[0]
+        b = next(s for s in snapshots if len(s.contrasts) != len(a.contrasts))
+        raise UserError(f"Scan '{a.name}' has {len(a.contrasts)} contrast(s) but '{b.name}' has {len(b.contrasts)}; every training scan needs the same contrasts.")
+
+
+
+# ------------------------------------------------------------------------------ folders
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_NIFTI_SUFFIXES))
+
+
+def pair_folder(images_dir, labels_dir) -> list[tuple[Path, list[Path]]]:
+    """Pair every NIfTI image of ``images_dir`` with its label file(s) in ``labels_dir``.
+
+    A label belongs to image ``<stem>.nii[.gz]`` when its stem is ``<stem>`` or starts with
+    ``<stem>_`` (``sub01_seg``, ``sub01_rater1`` ...); several matches are several raters.
+    When both folders are the same, files that are labels of another file are not images.
+    """
+    from napari_softseg.io.nifti import nifti_stem
+
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise UserError(f"Folder {folder} does not exist.")
+    labels = _nifti_files(labels_dir)
+    images = _nifti_files(images_dir)
+    if images_dir.resolve() == labels_dir.resolve():
+        stems = [nifti_stem(p) for p in images]
+        images = [p for p in images if not any(nifti_stem(p).startswith(s + "_") for s in stems if s != nifti_stem(p))]
+    if not images:
+        raise UserError(f"Folder {images_dir} holds no NIfTI image (.nii or .nii.gz).")
+    pairs = []
+    for img in images:
+        stem = nifti_stem(img)
+        mine = [p for p in labels if p != img and (nifti_stem(p) == stem or nifti_stem(p).startswith(stem + "_"))]
+        if not mine:
+            raise UserError(f"Image {img.name} has no label in {labels_dir} (expected {stem}.nii.gz or {stem}_<name>.nii.gz).")
+        pairs.append((img, mine))
+    return pairs
+
+
+# ------------------------------------------------------------------------------ worker side
+def _label_array(data: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "rater":
+        from napari_softseg.labels.softlabels import levels_to_soft
+
+        return levels_to_soft(data)
+    return data
+
+
+def build_training_data(snapshots: Sequence[ScanSnapshot], folders: Sequence[tuple], label_source):
+    """The :class:`~napari_softseg.engine.training.data.TrainingData` of snapshots (first) and folder pairs."""
+    from napari_softseg.engine.training.data import TrainingData, TrainingSubject
+
+    subjects = [
+        TrainingSubject(image=s.image, labels=[_label_array(a, k) for a, k in zip(s.labels, s.label_kinds)],
+                        spacing=s.spacing, name=s.name, label_names=list(s.label_names))
+        for s in snapshots
+    ]
+    for images_dir, labels_dir in folders:
+        for img, labs in pair_folder(images_dir, labels_dir):
+            subjects.append(TrainingSubject.from_nifti(img, labs))
+    if not subjects:
+        raise UserError("Choose at least one scan with a label, or add a folder of image/label pairs.")
+    contrasts = list(snapshots[0].contrasts) if snapshots else None
+    if contrasts is not None and len(contrasts) != subjects[0].n_channels:
+        contrasts = None
+    return TrainingData(subjects, label_source, contrasts=contrasts)
+
+
+def copy_atomic(src, dst) -> Path:
+    """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder and a rename, so
+    ``dst`` is never half-written."""
+    import shutil
+    import tempfile
+
+    src, dst = Path(src), Path(dst)
+    if not dst.parent.is_dir():
+        raise UserError(f"Cannot save {dst.name}: folder {dst.parent} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except PermissionError:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"Cannot save {dst.name}: permission denied in {dst.parent}.") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def models_dir() -> Path:
+    """Where trained models are written: ``$NAPARI_SOFTSEG_DATA/models`` or the per-user
+    data folder's ``models`` (next to the autosaves)."""
+    from napari_softseg.labels.autosave import user_data_dir
+
+    override = os.environ.get("NAPARI_SOFTSEG_DATA")
+    return Path(override) / "models" if override else user_data_dir().parent / "models"

@@ -1,0 +1,374 @@
+"""The training loop behind :func:`napari_softseg.engine.training.train.train` (see that module's docstring).
+
+One :class:`Trainer` prepares the data and the network once, then :meth:`Trainer.run`
+yields an event after each unit of work: a training step, a validation batch, a threshold
+batch. All decisions are taken from sums reduced over torchrun processes, so the processes
+stay in lock-step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from napari_softseg.engine.training import distributed as dist_utils
+from napari_softseg.engine.training.augment import RandomAffine
+from napari_softseg.engine.preprocess import binarise, with_background
+from napari_softseg.errors import UserError
+from napari_softseg.engine.training.threshold import DiceAccumulator, best_threshold
+from napari_softseg.engine.training.train import TrainConfig, TrainEvent, _is_cancelled
+
+__all__ = ["Trainer"]
+
+
+class _Stop(Exception):
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _oom_message(err: BaseException, batch: int, crop: tuple) -> str | None:
+    text = str(err).lower()
+    if isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ())) or "out of memory" in text or "can't allocate memory" in text:
+        return (f"Training ran out of memory with batch size {batch} and crop {crop[0]}x{crop[1]}; "
+                "try a smaller batch size or crop size.")
+    return None
+
+
+class Trainer:
+    """State of one training run (model, optimiser, data on the device, bookkeeping)."""
+
+    def __init__(self, config: TrainConfig, data, *, init=None, checkpoint_path=None) -> None:
+        from napari_softseg.engine.checkpoint import build_model, load_checkpoint
+        from napari_softseg.engine.devices import autocast_dtype, resolve_device
+        from napari_softseg.engine.model import UNet
+        from napari_softseg.engine.presets import get_preset
+
+        self.config = cfg = config
+        self.ctx = dist_utils.current()
+        device = resolve_device(cfg.device)
+        if self.ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", self.ctx.local_rank)
+        self.device = device
+        self.init_config: dict | None = None
+        self.init_name = Path(init).name if init is not None else None
+        torch.manual_seed(cfg.seed)
+        if init is not None:
+            state, icfg = load_checkpoint(init)
+            self.init_config = icfg
+            preset = get_preset(cfg.preset or icfg.get("preset", "softseg"))
+            model = build_model(icfg, state, source=Path(init).name)
+            if model.activation_name != preset.activation:
+                raise UserError(
+                    f"{Path(init).name} ends in {model.activation_name} but preset {preset.name} uses "
+                    f"{preset.activation}; fine-tune it with a preset of the same activation (e.g. {icfg.get('preset')})."
+                )
+            if model.in_channels != data.n_channels:
+                raise UserError(f"{Path(init).name} takes {model.in_channels} contrasts but the training images have {data.n_channels}.")
+            defaults = {k: icfg.get(k) for k in ("slice_axis", "spacing", "crop_size")}
+        else:
+            preset = get_preset(cfg.preset or "softseg")
+            model = UNet(data.n_channels, preset.out_channels(data.n_classes), cfg.depth, cfg.base_features,
+                         cfg.dropout, preset.activation)
+            defaults = {"slice_axis": None, "spacing": None, "crop_size": None}
+        if data.n_classes > 1 and not preset.multiclass:
+            raise UserError(f"The labels have {data.n_classes} classes but preset {preset.name} is binary; choose a multi-class preset.")
+        if model.out_channels != preset.out_channels(data.n_classes):
+            raise UserError(f"The network has {model.out_channels} outputs but the labels need {preset.out_channels(data.n_classes)}.")
+        self.preset = preset
+        pick = lambda value, key: value if value is not None else defaults[key]  # noqa: E731
+        self.data = data.prepare(
+            hard=not preset.soft_labels, multiclass=preset.multiclass,
+            slice_axis=pick(cfg.slice_axis, "slice_axis"), spacing=pick(cfg.spacing, "spacing"),
+            crop_size=pick(cfg.crop_size, "crop_size"), multiple=model.multiple,
+            val_fraction=cfg.val_fraction, seed=cfg.seed,
+        )
+        d = self.data
+        if d.train_idx.numel() == 0:
+            raise UserError("No slice is left for training after the validation split; lower the validation fraction.")
+        self.images = d.images.to(device)
+        self.labels = d.labels.to(device)
+        self.truth = d.truth.to(device)
+        # MPS float16 training needs a gradient scaler that older torch builds lack: float32 there
+        self.amp_dtype = autocast_dtype(device) if cfg.mixed_precision and device.type != "mps" else None
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(device).to(memory_format=self.memory_format)
+        self.net = self.model
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(cfg.seed + 1 + self.ctx.rank)  # dropout differs per process
+        loss_options = {"foreground_weight": cfg.foreground_weight} if preset.loss == "adaptive_wing" else {}
+        self.loss_fn = preset.make_loss(reduction=cfg.loss_reduction, **loss_options)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.augment = RandomAffine(image_mode=cfg.image_interpolation) if cfg.augment else None
+        self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1009 + 17 + self.ctx.rank)
+        self.binarise = partial(binarise, multiclass=preset.multiclass)
+        self.fg = slice(1, None) if preset.multiclass else slice(None)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else Path(tempfile.mkdtemp(prefix="softseg-")) / "model.pt"
+        bs = cfg.batch_size
+        n_local = d.train_idx.numel() // self.ctx.world_size if self.ctx.enabled else d.train_idx.numel()
+        self.steps = max(1, -(-n_local // bs))
+        self.val_local = d.val_idx[self.ctx.rank :: self.ctx.world_size]
+        self.val_steps = -(-self.val_local.numel() // (2 * bs))
+        self.volume = d.volume.to(device)
+        if cfg.preview_slice is not None:
+            sub, idx = (int(v) for v in cfg.preview_slice)
+            n_sub = len(d.subject_names)
+            if not (0 <= sub < n_sub and 0 <= idx < d.geometry[sub].shape[d.slice_axis]):
+                raise UserError(f"Preview slice {tuple(cfg.preview_slice)} does not exist in the training data.")
+        self.start_epoch = int((self.init_config or {}).get("training", {}).get("epochs_total", 0) or 0)
+
+    # ------------------------------------------------------------------ pieces of work
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _target(self, y: torch.Tensor) -> torch.Tensor:
+        return with_background(y) if self.preset.multiclass else y
+
+    def _batch(self, idx: torch.Tensor, raters: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx_dev = idx.to(self.device)
+        x = self.images.index_select(0, idx_dev)
+        r = torch.zeros_like(idx_dev) if raters is None else raters.to(self.device).index_select(0, idx_dev)
+        y = self.labels[r, idx_dev]
+        if self.augment is not None:
+            x, y = self.augment(x, y, generator=self.aug_gen, hard=self.data.hard, binarise=self.binarise)
+        return x.contiguous(memory_format=self.memory_format), self._target(y)
+
+    def train_step(self, idx: torch.Tensor, raters, cancel) -> float:
+        """One optimisation step; returns the batch loss (global mean under torchrun)."""
+        self.net.train()
+        local_cancel = _is_cancelled(cancel)
+        if local_cancel and not self.ctx.enabled:
+            raise _Stop("cancelled", "Training was cancelled.")
+        x, y = self._batch(idx, raters)
+        with self._autocast():
+            out = self.net(x)
+        loss = self.loss_fn(out.float(), y)
+        flags = torch.tensor([float(loss.detach()) * x.shape[0], x.shape[0], float(local_cancel)], dtype=torch.float64)
+        dist_utils.all_reduce_sum(self.ctx, flags)
+        value = float(flags[0] / flags[1])
+        if flags[2] > 0:
+            raise _Stop("cancelled", "Training was cancelled.")
+        if not math.isfinite(value):
+            raise _Stop("failed", "The training loss became NaN or infinite; try a lower learning rate "
+                        "(the best weights so far were kept).")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return value
+
+    def _check_cancel(self, cancel) -> None:
+        """Stop outside training steps too (single process; torchrun checks in the steps)."""
+        if not self.ctx.enabled and _is_cancelled(cancel):
+            raise _Stop("cancelled", "Training was cancelled.")
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model(x.contiguous(memory_format=self.memory_format)).float()
+
+    def validate(self):
+        """Yield after each validation batch; finally returns ``(loss, dice)`` (None if no set)."""
+        self.model.eval()
+        sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, inter, pred, truth
+        bs = 2 * self.config.batch_size
+        for s in range(self.val_steps):
+            idx = self.val_local[s * bs : (s + 1) * bs].to(self.device)
+            out = self._predict(self.images.index_select(0, idx))
+            y = self._target(self.truth.index_select(0, idx))
+            loss = self.loss_fn(out, y)
+            p, t = (out[:, self.fg] >= 0.5).double(), (y[:, self.fg] >= 0.5).double()
+            sums += torch.stack([loss.detach().double().cpu() * idx.numel(), torch.tensor(float(idx.numel()), dtype=torch.float64),
+                                 (p * t).sum().cpu(), p.sum().cpu(), t.sum().cpu()])
+            yield s + 1
+        dist_utils.all_reduce_sum(self.ctx, sums)
+        if sums[1] == 0:
+            return None, None
+        denom = float(sums[3] + sums[4])
+        return float(sums[0] / sums[1]), (2.0 * float(sums[2]) / denom if denom > 0 else 1.0)
+
+    def threshold_batches(self, acc: DiceAccumulator):
+        """Accumulate per-volume Dice sums for all thresholds over every sample (sharded)."""
+        self.model.eval()
+        everything = torch.arange(self.data.n_samples)[self.ctx.rank :: self.ctx.world_size]
+        bs = 2 * self.config.batch_size
+        n = -(-everything.numel() // bs)
+        for s in range(n):
+            idx = everything[s * bs : (s + 1) * bs].to(self.device)
+            out = self._predict(self.images.index_select(0, idx))
+            acc.update(out[:, self.fg], self.truth.index_select(0, idx), self.volume.index_select(0, idx))
+            yield s + 1, n
+        dist_utils.all_reduce_sum(self.ctx, *acc.tensors())
+
+    def preview(self, epoch: int):
+        sel = self.config.preview_slice
+        if sel is None or not self.ctx.is_main or epoch % self.config.preview_every:
+            return None
+        subject, index = int(sel[0]), int(sel[1])
+        x, (h1, w1) = self.data.preview_input(subject, index, self.model.multiple)
+        self.model.eval()
+        out = self._predict(torch.from_numpy(x)[None].to(self.device))[0, self.fg, :h1, :w1]
+        return self.data.preview_output(subject, out.cpu().numpy())
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, cancel):
+        """Yield the events of the whole run (see :func:`napari_softseg.engine.training.train.train`)."""
+        old_threads = torch.get_num_threads()
+        if self.config.num_threads:
+            torch.set_num_threads(int(self.config.num_threads))
+        try:
+            yield from self._run(cancel)
+        finally:
+            if self.config.num_threads:
+                torch.set_num_threads(old_threads)
+            # drop the DDP wrapper now, so that it never outlives the process group
+            self.net = self.model
+
+    def _run(self, cancel):
+        cfg, d = self.config, self.data
+        t0 = time.perf_counter()
+        units_total = cfg.epochs * (self.steps + self.val_steps) + self.val_steps
+        units_done = 0
+        common = dict(epochs=cfg.epochs, steps_per_epoch=self.steps, start_epoch=self.start_epoch)
+
+        def eta():
+            el = time.perf_counter() - t0
+            return el * (units_total - units_done) / units_done if units_done else None
+
+        def validation(epoch, **extra):
+            """Run one validation pass, yielding an event per batch; return (loss, dice)."""
+            nonlocal units_done
+            gen = self.validate()
+            while True:
+                self._check_cancel(cancel)
+                try:
+                    s = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                units_done += 1
+                yield TrainEvent("step", "validate", epoch, step=s, eta_seconds=eta(),
+                                 elapsed_seconds=time.perf_counter() - t0, **extra, **common)
+
+        history, best_state, best_loss, best_epoch = [], None, math.inf, 0
+        status, message, epoch, seen = "completed", "", 0, []
+        start_loss = start_dice = None
+        try:
+            start_loss, start_dice = yield from validation(0)
+            if self.init_config is not None and start_loss is not None:
+                best_state, best_loss = copy.deepcopy(self.model.state_dict()), start_loss
+            yield TrainEvent("start", val_loss=start_loss, val_dice=start_dice, start_loss=start_loss,
+                             lr=cfg.lr, elapsed_seconds=time.perf_counter() - t0, eta_seconds=eta(), **common)
+            stale = 0
+            for epoch in range(1, cfg.epochs + 1):
+                g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+                order = d.train_idx[torch.randperm(d.train_idx.numel(), generator=g)]
+                mine = dist_utils.shard(order, self.ctx)
+                if epoch == 1:
+                    seen = mine.tolist()
+                raters = None
+                if d.random_raters:
+                    from napari_softseg.fusion.methods import RandomRaterSampler
+
+                    raters = torch.as_tensor(RandomRaterSampler(d.n_raters, cfg.seed).draw(epoch, d.n_samples), dtype=torch.int64)
+                total, count = 0.0, 0
+                lr = self.optimizer.param_groups[0]["lr"]
+                for s in range(self.steps):
+                    idx = mine[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                    try:
+                        loss = self.train_step(idx, raters, cancel)
+                    except RuntimeError as err:
+                        oom = _oom_message(err, cfg.batch_size, d.crop_size)
+                        if oom is None:
+                            raise
+                        raise _Stop("failed", oom) from None
+                    total, count, units_done = total + loss * idx.numel(), count + idx.numel(), units_done + 1
+                    yield TrainEvent("step", "train", epoch, step=s + 1, train_loss=total / count, lr=lr,
+                                     best_val_loss=_finite(best_loss), best_epoch=best_epoch, eta_seconds=eta(),
+                                     elapsed_seconds=time.perf_counter() - t0, **common)
+                train_loss = total / max(count, 1)
+                val_loss, val_dice = yield from validation(epoch, train_loss=train_loss)
+                self.scheduler.step()
+                monitored = val_loss if val_loss is not None else train_loss
+                if not math.isfinite(monitored):
+                    raise _Stop("failed", "The validation loss became NaN or infinite; try a lower learning rate "
+                                "(the best weights so far were kept).")
+                improved = not math.isfinite(best_loss) or monitored < best_loss - cfg.early_stop_eps * abs(best_loss)
+                if improved:
+                    best_state, best_loss, best_epoch, stale = copy.deepcopy(self.model.state_dict()), monitored, epoch, 0
+                else:
+                    stale += 1
+                history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr})
+                yield TrainEvent("epoch", "validate", epoch, step=self.steps, train_loss=train_loss, val_loss=val_loss,
+                                 val_dice=val_dice, best_val_loss=best_loss, best_epoch=best_epoch, lr=lr,
+                                 eta_seconds=eta(), elapsed_seconds=time.perf_counter() - t0, start_loss=start_loss,
+                                 preview=self.preview(epoch), preview_slice=cfg.preview_slice, **common)
+                if stale >= cfg.patience:
+                    status, message = "early_stopped", f"No improvement for {cfg.patience} epochs; stopped after epoch {epoch}."
+                    break
+        except _Stop as stop:
+            status, message = stop.status, stop.message
+        # ---- best weights, threshold, checkpoint
+        if best_state is None and status == "cancelled":
+            best_state = copy.deepcopy(self.model.state_dict())
+        threshold, threshold_dice = float((self.init_config or {}).get("threshold", 0.5)), None
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+            if cfg.search_threshold and status in ("completed", "early_stopped"):
+                acc = DiceAccumulator(d.n_volumes, len(d.classes), device=self.device)
+                try:
+                    for s, n in self.threshold_batches(acc):
+                        yield TrainEvent("step", "threshold", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
+                                         elapsed_seconds=time.perf_counter() - t0)
+                        self._check_cancel(cancel)
+                    threshold, threshold_dice = best_threshold(acc.dice())
+                except _Stop as stop:  # cancelled while choosing: keep the default threshold
+                    status, message = stop.status, stop.message + " The threshold was not optimised."
+        ranks = dist_utils.gather_objects(self.ctx, seen)
+        summary = {
+            "status": status, "message": message, "epochs_run": len(history), "start_epoch": self.start_epoch,
+            "epochs_total": self.start_epoch + best_epoch, "best_epoch": best_epoch, "best_val_loss": _finite(best_loss),
+            "start_val_loss": start_loss, "threshold_dice": threshold_dice, "history": history,
+            "n_volumes": d.n_volumes, "n_train_slices": int(d.train_idx.numel()), "n_val_slices": int(d.val_idx.numel()),
+            "label_source": self.data.source.label_source.name, "device": str(self.device),
+            "mixed_precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+            "init": self.init_name,
+            "config": cfg.to_dict(), "duration_s": round(time.perf_counter() - t0, 3),
+            "distributed": {"world_size": self.ctx.world_size, "samples_per_rank": [len(r) for r in ranks],
+                            "shards_disjoint": len(set().union(*map(set, ranks))) == sum(len(r) for r in ranks)},
+        }
+        path = None
+        if best_state is not None:
+            path = self.checkpoint_path
+            if self.ctx.is_main:
+                from napari_softseg.engine.checkpoint import make_config, save_checkpoint
+
+                config = make_config(self.model, preset=self.preset.name, contrasts=d.contrasts, classes=d.classes,
+                                     normalisation="zscore", slice_axis=d.slice_axis, spacing=list(d.spacing),
+                                     crop_size=list(d.crop_size), threshold=threshold, training=summary)
+                save_checkpoint(path, self.model, config)
+        elif status == "failed":
+            message += " No checkpoint was written: no epoch had finished."
+        yield TrainEvent("done", "train", epoch, status=status, message=message, checkpoint=path, threshold=threshold,
+                         summary=summary, best_val_loss=_finite(best_loss), best_epoch=best_epoch, start_loss=start_loss,
+                         elapsed_seconds=time.perf_counter() - t0, eta_seconds=0.0, **common)
+
+
+def _finite(x):
+    return float(x) if x is not None and math.isfinite(x) else None
+
+

@@ -1,0 +1,291 @@
+"""A multi-rater MS-lesion phantom with an exactly known partial-volume truth.
+
+Built deterministically from the real brain T1 and its FSL FAST partial-volume maps
+(``sample_data/brain_t1``):
+
+* **Grid.** The 1 mm isotropic FAST maps are averaged over groups of three axial slices,
+  giving a clinical-looking thick-slice FLAIR grid of 1 x 1 x 3 mm (142 x 178 x 47 voxels,
+  an axis-aligned RAS affine centred where the source is; the source's slight obliquity is
+  dropped so napari slices and paints the phantom plane by plane). Averaging keeps tissue
+  partial volume exact.
+* **Lesions.** Ellipsoids of 3 to 15 mm diameter, randomly oriented, placed inside white
+  matter; two pairs of spheres *touch* (centre distance = sum of radii, so they share a
+  single point and no volume); three lesions are *faint* (low contrast). Each lesion is
+  rendered at high resolution (every phantom voxel is sampled on a regular
+  ``8 x 8 x 24`` grid, i.e. every 1/8 mm) and averaged down, so the truth map holds each
+  voxel's lesion fraction. The sum of the truth map equals the analytic volume
+  ``sum(4/3 pi a b c) / voxel_volume`` to within the sampling error (about 0.1 %).
+* **Image.** FLAIR-like contrast from the tissue fractions (CSF dark, grey matter slightly
+  brighter than white matter, lesions hyperintense), a smooth bias field and Gaussian noise:
+  ``I = (1 - f) * (0.15 csf + 0.62 gm + 0.50 wm) + f * L`` with ``L = 1.0`` (0.66 if faint),
+  then x 1000.
+* **Raters** (binary masks, documented styles):
+
+  ``conservative``
+      marks only lesion cores: truth fraction >= 0.75.
+  ``generous``
+      marks anything touched: fraction >= 0.15, then dilated by one voxel in-plane.
+  ``jitter``
+      redraws every boundary: each lesion re-rendered with semi-axes scaled by a random
+      factor in [0.8, 1.2] and its centre moved by up to 0.7 mm, thresholded at 0.5.
+  ``misses_small``
+      accurate (fraction >= 0.5) but misses faint lesions and those under 5 mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_softseg import __version__
+
+PHANTOM_VERSION = "2"
+SEED = 20210917
+SLAB = 3  # source slices averaged into one phantom slice
+SUPERSAMPLE = (8, 8, 24)  # samples per phantom voxel along each axis (1/8 mm spacing)
+TISSUE = {"csf": 0.15, "gm": 0.62, "wm": 0.50}
+LESION_INTENSITY, FAINT_INTENSITY = 1.0, 0.66
+RATER_STYLES = {
+    "conservative": "marks only lesion cores (true fraction >= 0.75)",
+    "generous": "marks anything touched (fraction >= 0.15) and dilates by one voxel in-plane",
+    "jitter": "redraws each boundary: semi-axes x U(0.8, 1.2), centre moved up to 0.7 mm, fraction >= 0.5",
+    "misses_small": "accurate (fraction >= 0.5) but misses faint lesions and those under 5 mm",
+}
+# (diameter mm, faint) of the isolated lesions; touching pairs are added separately
+_ISOLATED = [(3.0, False), (3.5, False), (4.0, True), (4.5, False), (5.0, False), (6.0, True),
+             (6.0, False), (7.0, False), (8.0, False), (9.0, False), (10.0, True), (11.0, False),
+             (12.0, False), (15.0, False)]
+_TOUCHING = [(7.0, 5.0), (6.0, 4.0)]
+
+
+@dataclass
+class Lesion:
+    """One ellipsoid, in the source's 1 mm voxel coordinates (x, y, z)."""
+
+    id: int
+    centre: tuple[float, float, float]
+    semi_axes: tuple[float, float, float]
+    rotation: tuple[tuple[float, ...], ...]  # 3x3, columns are the ellipsoid axes
+    faint: bool
+    touching: int | None = None
+
+    @property
+    def volume_mm3(self) -> float:
+        a, b, c = self.semi_axes
+        return 4.0 / 3.0 * np.pi * a * b * c
+
+    @property
+    def diameter_mm(self) -> float:
+        return 2.0 * float(np.max(self.semi_axes))
+
+
+@dataclass
+class Phantom:
+    image: np.ndarray  # float32 FLAIR-like, (142, 178, 47)
+    truth: np.ndarray  # float32 lesion fraction in [0, 1]
+    raters: dict[str, np.ndarray]  # name -> uint8 mask
+    affine: np.ndarray
+    lesions: list[Lesion]
+
+    @property
+    def voxel_volume(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    def analytic_volume_mm3(self) -> float:
+        return float(sum(les.volume_mm3 for les in self.lesions))
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return q
+
+
+def _load_sources():
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.io.samples import sample_path
+    from scipy import ndimage as ndi
+
+    bet = read_nifti(sample_path("brain_t1", "bet.nii.gz"))
+    gm = read_nifti(sample_path("brain_t1", "pve_1.nii.gz")).data.astype(np.float64)
+    wm = read_nifti(sample_path("brain_t1", "pve_2.nii.gz")).data.astype(np.float64)
+    lab, n = ndi.label(bet.data > 0)
+    brain = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)  # drop the two added spheres
+    gm, wm = np.clip(gm * brain, 0, 1), np.clip(wm * brain, 0, 1)
+    csf = np.clip(brain - gm - wm, 0, 1)
+    return bet.affine, brain, csf, gm, wm
+
+
+def _thick(vol: np.ndarray) -> np.ndarray:
+    nz = vol.shape[2] // SLAB
+    return vol[:, :, : nz * SLAB].reshape(vol.shape[0], vol.shape[1], nz, SLAB).mean(axis=3)
+
+
+def _place_lesions(wm: np.ndarray, rng: np.random.Generator) -> list[Lesion]:
+    from scipy import ndimage as ndi
+
+    depth = ndi.distance_transform_edt(ndi.binary_opening(wm > 0.5, iterations=1))
+    depth[:, :, : SLAB * 3] = 0  # keep lesions away from the first and last thick slices
+    depth[:, :, wm.shape[2] // SLAB * SLAB - SLAB * 3:] = 0
+    lesions: list[Lesion] = []
+
+    def free(c, r):
+        return all(np.linalg.norm(np.subtract(c, l.centre)) > r + max(l.semi_axes) + 2.0 for l in lesions)
+
+    def candidate(r):
+        pts = np.argwhere(depth >= r + 1.0)
+        for _ in range(500):
+            c = pts[rng.integers(len(pts))].astype(float) + rng.uniform(-0.5, 0.5, 3)
+            if free(c, r):
+                return c
+        raise RuntimeError("could not place a lesion in white matter")
+
+    for diameter, faint in sorted(_ISOLATED, key=lambda t: -t[0]):
+        r = diameter / 2.0
+        axes = (r, r * rng.uniform(0.7, 1.0), r * rng.uniform(0.7, 1.0))
+        c = candidate(r)
+        lesions.append(Lesion(len(lesions) + 1, tuple(c), axes, tuple(map(tuple, _random_rotation(rng))), faint))
+    for da, db in _TOUCHING:
+        ra, rb = da / 2.0, db / 2.0
+        for _ in range(500):
+            ca = candidate(ra + 2 * rb)
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            cb = ca + (ra + rb) * direction
+            if depth[tuple(np.round(cb).astype(int))] >= rb + 1.0:
+                break
+        ia = len(lesions) + 1
+        eye = tuple(map(tuple, np.eye(3)))
+        lesions.append(Lesion(ia, tuple(ca), (ra, ra, ra), eye, False, touching=ia + 1))
+        lesions.append(Lesion(ia + 1, tuple(cb), (rb, rb, rb), eye, False, touching=ia))
+    return lesions
+
+
+def render_fraction(lesion: Lesion, shape: tuple[int, int, int], scale: float = 1.0,
+                    shift=(0.0, 0.0, 0.0)) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Fraction of each thick-slice voxel inside ``lesion`` (optionally scaled/shifted).
+
+    Returns the bounding-box slices into the phantom grid and the fraction array there.
+    Phantom voxel (i, j, k) covers source coordinates x in [i-0.5, i+0.5],
+    y in [j-0.5, j+0.5], z in [3k-0.5, 3k+2.5].
+    """
+    axes = np.asarray(lesion.semi_axes) * scale
+    centre = np.asarray(lesion.centre) + np.asarray(shift)
+    rot = np.asarray(lesion.rotation)
+    reach = float(axes.max()) + 1.0
+    lo = np.floor([(centre[0] - reach), (centre[1] - reach), (centre[2] - reach + 0.5) / SLAB]).astype(int)
+    hi = np.ceil([(centre[0] + reach), (centre[1] + reach), (centre[2] + reach + 0.5) / SLAB]).astype(int) + 1
+    lo, hi = np.maximum(lo, 0), np.minimum(hi, shape)
+    sx, sy, sz = SUPERSAMPLE
+    offs = [(np.arange(n) + 0.5) / n for n in (sx, sy, sz)]
+    xs = (np.arange(lo[0], hi[0])[:, None] - 0.5 + offs[0][None, :]).ravel()
+    ys = (np.arange(lo[1], hi[1])[:, None] - 0.5 + offs[1][None, :]).ravel()
+    zs = (SLAB * np.arange(lo[2], hi[2])[:, None] - 0.5 + SLAB * offs[2][None, :]).ravel()
+    gx, gy, gz = np.meshgrid(xs - centre[0], ys - centre[1], zs - centre[2], indexing="ij")
+    pts = np.stack([gx, gy, gz], axis=-1) @ rot  # coordinates along the ellipsoid's axes
+    inside = np.sum((pts / axes) ** 2, axis=-1) <= 1.0
+    n = hi - lo
+    frac = inside.reshape(n[0], sx, n[1], sy, n[2], sz).mean(axis=(1, 3, 5))
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), frac
+
+
+def _render(lesions, shape, rng=None) -> np.ndarray:
+    out = np.zeros(shape, np.float64)
+    for les in lesions:
+        scale, shift = 1.0, (0.0, 0.0, 0.0)
+        if rng is not None:
+            scale = rng.uniform(0.8, 1.2)
+            d = rng.normal(size=3)
+            shift = tuple(d / np.linalg.norm(d) * rng.uniform(0, 0.7))
+        box, frac = render_fraction(les, shape, scale, shift)
+        out[box] += frac
+    return np.clip(out, 0.0, 1.0)
+
+
+def build_phantom(seed: int = SEED) -> Phantom:
+    """Generate the phantom (about 5 s); deterministic for a given seed."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    affine, brain, csf, gm, wm = _load_sources()
+    lesions = _place_lesions(wm, rng)
+    csf_t, gm_t, wm_t, brain_t = (_thick(v) for v in (csf, gm, wm, brain.astype(float)))
+    shape = gm_t.shape
+    truth = _render(lesions, shape)
+    faint = _render([l for l in lesions if l.faint], shape)
+    tissue = TISSUE["csf"] * csf_t + TISSUE["gm"] * gm_t + TISSUE["wm"] * wm_t
+    lesion_int = np.where(faint > 0, FAINT_INTENSITY, LESION_INTENSITY)
+    image = (1.0 - truth) * tissue + truth * lesion_int
+    xx, yy, zz = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    bias = 1.0 + 0.06 * xx - 0.04 * yy + 0.03 * zz * xx
+    noise = rng.normal(0.0, 0.018, size=shape)
+    image = np.where(brain_t > 0, image * bias + noise * (brain_t > 0.5), 0.0)
+    image = np.clip(image, 0, None) * 1000.0
+
+    # An axis-aligned RAS affine at the source's position: the source's slight obliquity is
+    # dropped so that napari slices (and paints) the phantom exactly, plane by plane.
+    thick_affine = np.diag([1.0, 1.0, float(SLAB), 1.0])
+    centre_src = (np.array(gm.shape) - 1) / 2.0
+    centre_new = (np.array(shape) - 1) / 2.0
+    thick_affine[:3, 3] = (affine[:3, :3] @ centre_src + affine[:3, 3]) - thick_affine[:3, :3] @ centre_new
+
+    in_plane = np.zeros((3, 3, 1), bool)
+    in_plane[1, :, 0] = in_plane[:, 1, 0] = True
+    small = [l for l in lesions if l.faint or l.diameter_mm < 5.0]
+    raters = {
+        "conservative": truth >= 0.75,
+        "generous": ndi.binary_dilation(truth >= 0.15, structure=in_plane) & (brain_t > 0),
+        "jitter": _render(lesions, shape, rng=np.random.default_rng(seed + 1)) >= 0.5,
+        "misses_small": (truth >= 0.5) & ~(_render(small, shape) > 0),
+    }
+    return Phantom(
+        image=image.astype(np.float32),
+        truth=truth.astype(np.float32),
+        raters={k: v.astype(np.uint8) for k, v in raters.items()},
+        affine=thick_affine,
+        lesions=lesions,
+    )
+
+
+def cache_dir() -> Path:
+    import os
+
+    base = Path(os.environ.get("NAPARI_SOFTSEG_CACHE", Path.home() / ".cache" / "napari-softseg"))
+    return base / f"phantom-v{PHANTOM_VERSION}-{SEED}"
+
+
+def phantom_files(folder: Path | None = None, phantom: Phantom | None = None) -> dict[str, Path]:
+    """Write the phantom as NIfTI on first use and return the paths.
+
+    Keys: ``image``, ``truth`` and ``rater_<style>`` for each style; ``lesions`` is a JSON
+    file with every lesion's geometry and analytic volume.
+    """
+    import json
+
+    from napari_softseg.io.nifti import write_nifti
+
+    folder = Path(folder) if folder is not None else cache_dir()
+    names = {"image": "flair.nii.gz", "truth": "truth.nii.gz", "lesions": "lesions.json"}
+    names.update({f"rater_{k}": f"rater_{k}.nii.gz" for k in RATER_STYLES})
+    paths = {k: folder / v for k, v in names.items()}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    ph = phantom if phantom is not None else build_phantom()
+    write_nifti(paths["image"], ph.image, affine=ph.affine)
+    write_nifti(paths["truth"], ph.truth, affine=ph.affine)
+    for k, mask in ph.raters.items():
+        write_nifti(paths[f"rater_{k}"], mask, affine=ph.affine)
+    info = {
+        "version": PHANTOM_VERSION, "seed": SEED, "package_version": __version__,
+        "voxel_volume_mm3": ph.voxel_volume, "analytic_volume_mm3": ph.analytic_volume_mm3(),
+        "rater_styles": RATER_STYLES, "lesions": [asdict(l) | {"volume_mm3": l.volume_mm3} for l in ph.lesions],
+    }
+    tmp = paths["lesions"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(paths["lesions"])
+    return paths

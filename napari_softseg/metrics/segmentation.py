@@ -1,0 +1,334 @@
+"""Segmentation metrics: overlap, volumes, soft errors, lesion detection, ranking, sweeps.
+
+All functions take numpy arrays and are vectorised; calibration and entropy live in
+:mod:`napari_softseg.metrics.calibration`, lesion detection in :mod:`napari_softseg.metrics.detection`;
+both are re-exported here.
+
+Conventions
+-----------
+* **Binarisation** is ``value > threshold`` (strict) for predictions and truths alike, so a
+  rater average of 0.5 (one of two raters) is background, as in majority voting.
+* Dice, precision, recall, AVD and RVD are in **percent**, as in the SoftSeg paper
+  (Gros et al., MedIA 2021): ``Dice = 2TP / (2TP + FP + FN)``, ``precision = TP / (TP + FP)``,
+  ``recall = TP / (TP + FN)``, ``RVD = (V_truth - V_pred) / V_truth`` (negative: the
+  prediction is too large), ``AVD = |RVD|``. MSE, Brier score and ECE are fractions.
+* Volumes are in mm³: voxel count times the product of ``spacing``.
+* **Edge cases**: both masks empty → Dice, precision and recall 100; an empty prediction
+  with a non-empty truth → precision NaN; an empty truth with a non-empty prediction →
+  recall NaN; an empty truth → RVD and AVD NaN. :func:`segmentation_scores` and
+  :func:`evaluate` report the reason for every NaN under ``"nan_reasons"``.
+* **Lesions** are 3-D connected components (18-connectivity by default; 6/18/26 in 3-D,
+  4/8 in 2-D) labelled as int32, so counts above 255 do not wrap. Soft predictions are
+  thresholded, never cast to int.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from napari_softseg.metrics.calibration import (  # noqa: F401  (re-exported)
+    N_BINS,
+    ReliabilityDiagram,
+    ece,
+    entropy,
+    entropy_mae,
+    image_entropy,
+    rater_average,
+    reliability_diagram,
+    voxel_entropy_mae,
+)
+from napari_softseg.metrics.detection import LesionDetection, connected_components, lesion_detection  # noqa: F401  (re-exported)
+from napari_softseg.labels.raters import foreground
+
+#: Weights of the composite score (Lemay et al. 2022): higher Dice/precision/recall and lower AVD are better.
+COMPOSITE_WEIGHTS: dict[str, float] = {"dice": 1.0, "precision": 1.0, "recall": 1.0, "avd": -1.0}
+#: Default thresholds of the sweep: 0.05, 0.10, ..., 0.95.
+SWEEP_THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)
+#: Numeric keys always present in :func:`evaluate`'s result, with their units.
+EVALUATE_UNITS: dict[str, str] = {
+    **dict.fromkeys(("dice", "precision", "recall", "avd", "rvd", "soft_dice"), "%"),
+    **dict.fromkeys(("mse", "brier", "ece"), "fraction"), "ltpr": "%", "lfdr": "%",
+    **dict.fromkeys(("n_truth_lesions", "n_pred_lesions", "n_detected_lesions", "n_false_lesions"), "count"),
+    **dict.fromkeys(("volume_pred_mm3", "volume_truth_mm3", "soft_volume_pred_mm3"), "mm³"), "threshold": "probability",
+}
+#: Extra keys when raters are given.
+RATER_UNITS: dict[str, str] = {"entropy_mae": "nats", "entropy_voxel_mae": "nats", "image_entropy_pred": "nats", "image_entropy_raters": "nats"}
+
+
+def binarize(x, threshold: float = 0.5) -> np.ndarray:
+    """Boolean mask ``x > threshold`` (booleans pass through; compared in ``x``'s dtype)."""
+    return foreground(np.asarray(x), threshold)
+
+
+def voxel_volume(spacing: Sequence[float]) -> float:
+    return float(np.prod(np.asarray(spacing, dtype=np.float64)))
+
+
+def volume(mask, spacing: Sequence[float] = (1.0, 1.0, 1.0), *, threshold: float = 0.5) -> float:
+    """Volume in mm³ of the binarised ``mask``."""
+    return float(np.count_nonzero(binarize(mask, threshold))) * voxel_volume(spacing)
+
+
+def soft_volume(prob, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """Soft (partial-volume) volume in mm³: ``sum(p) · voxel volume``."""
+    return float(np.sum(prob, dtype=np.float64)) * voxel_volume(spacing)
+
+
+@dataclass
+class Counts:
+    """Voxel counts of a binary comparison."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def n_pred(self) -> int:
+        return self.tp + self.fp
+
+    @property
+    def n_truth(self) -> int:
+        return self.tp + self.fn
+
+
+def confusion_counts(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5) -> Counts:
+    p = binarize(pred, threshold)
+    t = binarize(truth, truth_threshold)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
+    tp = int(np.count_nonzero(p & t))
+    n_p, n_t = int(np.count_nonzero(p)), int(np.count_nonzero(t))
+    return Counts(tp, n_p - tp, n_t - tp, p.size - n_p - n_t + tp)
+
+
+def segmentation_scores(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5,
+                        spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+    """Dice, precision, recall, AVD, RVD (%) and volumes (mm³), with ``nan_reasons``."""
+    c = confusion_counts(pred, truth, threshold=threshold, truth_threshold=truth_threshold)
+    vv = voxel_volume(spacing)
+    reasons: dict[str, str] = {}
+    both_empty = c.n_pred == 0 and c.n_truth == 0
+    out = {"dice": 100.0 if both_empty else 200.0 * c.tp / (c.n_pred + c.n_truth)}
+    if c.n_pred == 0:
+        out["precision"] = 100.0 if both_empty else float("nan")
+        if not both_empty:
+            reasons["precision"] = "the prediction is empty, so precision (TP / predicted voxels) is undefined"
+    else:
+        out["precision"] = 100.0 * c.tp / c.n_pred
+    if c.n_truth == 0:
+        out["recall"] = 100.0 if both_empty else float("nan")
+        if not both_empty:
+            reasons["recall"] = "the truth is empty, so recall (TP / truth voxels) is undefined"
+        out["rvd"] = out["avd"] = float("nan")
+        reasons["rvd"] = reasons["avd"] = "the truth is empty, so the relative volume difference is undefined"
+    else:
+        out["recall"] = 100.0 * c.tp / c.n_truth
+        out["rvd"] = 100.0 * (c.n_truth - c.n_pred) / c.n_truth
+        out["avd"] = abs(out["rvd"])
+    out["volume_pred_mm3"] = c.n_pred * vv
+    out["volume_truth_mm3"] = c.n_truth * vv
+    out["nan_reasons"] = reasons
+    return out
+
+
+def dice(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5) -> float:
+    """Dice coefficient in % (both empty → 100)."""
+    return segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold)["dice"]
+
+
+def precision(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5) -> float:
+    """Precision ``TP / (TP + FP)`` in % (NaN for an empty prediction unless both are empty)."""
+    return segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold)["precision"]
+
+
+def recall(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5) -> float:
+    """Recall (sensitivity) ``TP / (TP + FN)`` in % (NaN for an empty truth unless both are empty)."""
+    return segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold)["recall"]
+
+
+def rvd(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5, spacing=(1.0, 1.0, 1.0)) -> float:
+    """Relative volume difference ``(V_truth - V_pred) / V_truth`` in % (NaN for an empty truth)."""
+    return segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold, spacing=spacing)["rvd"]
+
+
+def avd(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5, spacing=(1.0, 1.0, 1.0)) -> float:
+    """Absolute volume difference ``|RVD|`` in % (NaN for an empty truth)."""
+    return abs(rvd(pred, truth, threshold=threshold, truth_threshold=truth_threshold, spacing=spacing))
+
+
+def mse(pred, truth, *, mask=None) -> float:
+    """Mean squared error ``mean((p - t)^2)`` against a (soft) truth."""
+    p, t = np.asarray(pred), np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
+    d = p.astype(np.float32, copy=False) - t.astype(np.float32, copy=False)
+    if mask is not None:
+        d = d[np.asarray(mask, dtype=bool)]
+    return float(np.mean(np.square(d), dtype=np.float64)) if d.size else float("nan")
+
+
+def brier(pred, truth, *, class_axis: int | None = None, mask=None) -> float:
+    """Brier score against a (soft) truth, e.g. the rater average.
+
+    Binary maps: ``mean((p - t)^2)`` (the usual binary Brier score, equal to :func:`mse`).
+    Multi-class maps: ``mean over voxels of sum_k (p_k - t_k)^2`` over ``class_axis``.
+    """
+    if class_axis is None:
+        return mse(pred, truth, mask=mask)
+    d = np.sum(np.square(np.asarray(pred, np.float32) - np.asarray(truth, np.float32)), axis=class_axis)
+    if mask is not None:
+        d = d[np.asarray(mask, dtype=bool)]
+    return float(np.mean(d, dtype=np.float64)) if d.size else float("nan")
+
+
+def soft_dice(pred, truth) -> float:
+    """Soft Dice ``2 sum(p t) / (sum p + sum t)`` in % (100 when both sums are 0)."""
+    p = np.asarray(pred, dtype=np.float32).ravel()
+    t = np.asarray(truth, dtype=np.float32).ravel()
+    denom = float(p.sum(dtype=np.float64) + t.sum(dtype=np.float64))
+    return 100.0 if denom == 0 else 200.0 * float(np.dot(p.astype(np.float64), t)) / denom
+
+
+# --------------------------------------------------------------------------- ranking and sweeps
+
+
+def composite_score(results: Mapping[str, Mapping[str, float]], weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Rank candidates by summed z-scores: ``score_c = sum_m w_m (x_cm - mean_m) / std_m``.
+
+    ``results`` maps a candidate name to its metrics; mean and (population) standard
+    deviation are taken across candidates. With the default weights (+1 Dice, precision,
+    recall; -1 AVD) higher is better. A metric that is equal for all candidates, or NaN for a
+    candidate, contributes 0 to that candidate.
+    """
+    weights = COMPOSITE_WEIGHTS if weights is None else weights
+    names = list(results)
+    scores = np.zeros(len(names))
+    for metric, w in weights.items():
+        x = np.array([float(results[n].get(metric, np.nan)) for n in names])
+        ok = np.isfinite(x)
+        if ok.sum() < 2:
+            continue
+        sd = x[ok].std()
+        if sd == 0:
+            continue
+        z = np.where(ok, (x - x[ok].mean()) / sd, 0.0)
+        scores += w * z
+    return {n: float(s) for n, s in zip(names, scores)}
+
+
+@dataclass
+class ThresholdSweep:
+    thresholds: np.ndarray
+    dice: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+    @property
+    def best_threshold(self) -> float:
+        return float(self.thresholds[int(np.nanargmax(self.dice))])
+
+    @property
+    def best_dice(self) -> float:
+        return float(np.nanmax(self.dice))
+
+    def to_dict(self) -> dict:
+        clean = lambda a: [None if not np.isfinite(v) else float(v) for v in a]  # noqa: E731
+        return {"thresholds": clean(self.thresholds), "dice": clean(self.dice), "precision": clean(self.precision),
+                "recall": clean(self.recall), "best_threshold": self.best_threshold, "best_dice": self.best_dice}
+
+
+def threshold_sweep(pred, truth, thresholds=None, *, truth_threshold: float = 0.5) -> ThresholdSweep:
+    """Dice, precision and recall (%) of ``pred > t`` for each threshold (default 0.05 … 0.95).
+
+    One pass: each voxel is placed among the sorted thresholds with ``searchsorted``, so the
+    cost does not grow with the number of thresholds.
+    """
+    th = np.asarray(SWEEP_THRESHOLDS if thresholds is None else thresholds, dtype=np.float64)
+    order = np.argsort(th)
+    p = np.asarray(pred)
+    p = p.astype(np.float32) if p.dtype.kind != "f" else p
+    th_cast = th[order].astype(p.dtype)
+    t = binarize(truth, truth_threshold)
+    k_all = np.searchsorted(th_cast, p.ravel(), side="left")  # thresholds strictly below each value
+    k_tp = k_all[t.ravel()]
+    n_th = th.size
+    above = np.cumsum(np.bincount(k_all, minlength=n_th + 1)[::-1])[::-1][1:]  # voxels > th[i]
+    tp = np.cumsum(np.bincount(k_tp, minlength=n_th + 1)[::-1])[::-1][1:]
+    n_truth = int(k_tp.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(above + n_truth > 0, 200.0 * tp / (above + n_truth), 100.0)
+        prec = np.where(above > 0, 100.0 * tp / above, 100.0 if n_truth == 0 else np.nan)
+        if n_truth > 0:
+            rec = 100.0 * tp / n_truth
+        else:
+            rec = np.where(above == 0, 100.0, np.nan)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n_th)
+    return ThresholdSweep(th, d[inverse], prec[inverse], rec[inverse])
+
+
+# --------------------------------------------------------------------------- one call
+
+
+def evaluate(pred, truth, *, raters: Sequence[np.ndarray] | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+             threshold: float = 0.5, truth_threshold: float = 0.5, connectivity: int = 18, min_overlap: int = 3,
+             min_overlap_fraction: float | None = None, n_bins: int = N_BINS, mask=None) -> dict:
+    """All metrics of the SoftSeg and label-fusion papers for one (soft) prediction.
+
+    Parameters
+    ----------
+    pred : array
+        Soft prediction in [0, 1] (or a binary mask).
+    truth : array
+        Binary or soft truth (e.g. a rater average or STAPLE); binarised with
+        ``> truth_threshold`` for the overlap and lesion metrics, used as is for MSE and ECE.
+    raters : sequence of arrays, optional
+        Individual raters: adds ``entropy_mae`` (|image entropy of pred − image entropy of the
+        rater average|), ``entropy_voxel_mae`` and the two image entropies, and makes
+        ``brier`` the Brier score against the rater average (otherwise against ``truth``).
+    spacing : 3 floats
+        Voxel size in mm for the volumes.
+    mask : array of bool, optional
+        Restricts the voxel-wise soft metrics (MSE, Brier, ECE, entropies) to these voxels.
+
+    Returns
+    -------
+    dict
+        The keys of :data:`EVALUATE_UNITS` (plus :data:`RATER_UNITS` with raters) as floats,
+        and ``nan_reasons`` (metric → sentence) for every NaN.
+    """
+    pred = np.asarray(pred)
+    truth = np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} and truth shape {truth.shape} differ.")
+    out = segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold, spacing=spacing)
+    reasons = out.pop("nan_reasons")
+    p_soft = pred if pred.dtype.kind == "f" else pred.astype(np.float32)
+    out["soft_dice"] = soft_dice(p_soft, truth)
+    out["soft_volume_pred_mm3"] = soft_volume(p_soft, spacing)
+    out["mse"] = mse(p_soft, truth, mask=mask)
+    out["ece"] = ece(p_soft, truth, n_bins=n_bins, mask=mask)
+    det = lesion_detection(pred, truth, threshold=threshold, truth_threshold=truth_threshold, connectivity=connectivity,
+                           min_overlap=min_overlap, min_overlap_fraction=min_overlap_fraction)
+    reasons.update(det.nan_reasons)
+    out.update(ltpr=det.ltpr, lfdr=det.lfdr, n_truth_lesions=det.n_truth, n_pred_lesions=det.n_pred,
+               n_detected_lesions=det.n_detected, n_false_lesions=det.n_false)
+    if raters is not None and len(raters) > 0:
+        if any(np.shape(r) != pred.shape for r in raters):
+            raise ValueError("every rater must have the prediction's shape.")
+        avg = rater_average(raters)
+        out["brier"] = brier(p_soft, avg, mask=mask)
+        out["image_entropy_pred"] = image_entropy(p_soft, mask=mask)
+        out["image_entropy_raters"] = image_entropy(avg, mask=mask)
+        out["entropy_mae"] = abs(out["image_entropy_pred"] - out["image_entropy_raters"])
+        out["entropy_voxel_mae"] = voxel_entropy_mae(p_soft, avg, mask=mask)
+    else:
+        out["brier"] = out["mse"]
+    out["threshold"] = float(threshold)
+    out = {k: (float(v) if not isinstance(v, (int, np.integer)) else int(v)) for k, v in out.items()}
+    out["nan_reasons"] = reasons
+    return out

@@ -1,0 +1,75 @@
+"""npe2 reader: ``.nii`` / ``.nii.gz`` through File > Open and drag-and-drop.
+
+* one file: a scan (Image), a soft map (Image, 0-1 overlay colormap), a label map (Labels),
+  or, for a 4-D file with a short last axis, one scan layer per contrast;
+* several files at once (File > Open Files as Stack, or ``viewer.open(paths, stack=True)``):
+  scans that share a voxel grid become the contrasts of one scan; label and soft maps are
+  paired with that scan and must lie on its grid.
+
+Problems a user can cause are shown as one-sentence napari notifications; the file is then
+claimed but nothing is added (``[(None,)]``), so napari shows no traceback dialog.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+from napari_softseg.plugin.layers import channel_layers, layers_for_volume
+from napari_softseg.errors import UserError
+from napari_softseg.io.nifti import NiftiVolume, check_same_grid, is_nifti_path, read_nifti, same_grid
+
+PathOrPaths = Union[str, Sequence[str]]
+
+
+def get_reader(path: PathOrPaths) -> Callable | None:
+    paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
+    if not paths or not all(is_nifti_path(p) for p in paths):
+        return None
+    return read_layers
+
+
+def read_layers(path: PathOrPaths) -> list[tuple]:
+    """The reader function: layer-data tuples, or ``[(None,)]`` after notifying an error."""
+    try:
+        return layer_data(path)
+    except UserError as err:
+        _notify_error(str(err))
+        return [(None,)]
+
+
+def layer_data(path: PathOrPaths) -> list[tuple]:
+    """Like :func:`read_layers` but raises :class:`UserError` (for the CLI and tests)."""
+    paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
+    volumes = [read_nifti(p) for p in paths]
+    if len(volumes) == 1:
+        return layers_for_volume(volumes[0])
+    return _group(volumes)
+
+
+def _group(volumes: list[NiftiVolume]) -> list[tuple]:
+    scans = [v for v in volumes if v.data.ndim == 3 and v.kind() == "image"]
+    masks = [v for v in volumes if not any(v is s for s in scans)]
+    layers: list[tuple] = []
+    if scans:
+        ref = scans[0]
+        if len(scans) > 1 and all(same_grid(ref, s) for s in scans[1:]):
+            layers += channel_layers(scans)
+        else:
+            for s in scans:
+                layers += layers_for_volume(s)
+        for m in masks:
+            check_same_grid(ref, m)
+    for m in masks:
+        layers += layers_for_volume(m)
+    return layers
+
+
+def _notify_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except Exception:  # pragma: no cover - napari missing: still never raise from a reader
+        import sys
+
+        print(message, file=sys.stderr)

@@ -1,0 +1,70 @@
+"""npe2 writers: Image layers (soft maps as float32) and Labels layers (integers) as NIfTI.
+
+The layer's ``metadata["nifti_header"]`` (kept by the reader) supplies the header, so
+qform/sform, their codes and units are written back unchanged; otherwise the layer's
+affine is used. Writes are atomic (see :func:`napari_softseg.io.nifti.write_nifti`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_softseg.errors import UserError
+from napari_softseg.io.nifti import NiftiVolume, classify, write_nifti
+
+
+def _like(data: np.ndarray, meta: dict[str, Any]):
+    md = meta.get("metadata") or {}
+    header = md.get("nifti_header")
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=float)
+    if affine.shape != (4, 4):
+        affine = np.eye(4)
+    if header is not None and tuple(md.get("shape", ())) == tuple(np.shape(data)[:3]):
+        if np.allclose(np.asarray(md.get("affine", affine), float), affine, atol=1e-6):
+            dummy = np.broadcast_to(np.zeros((), np.uint8), tuple(np.shape(data)[:3]))
+            return NiftiVolume(data=dummy, affine=affine, header=header.copy(), path=None), None
+    return None, affine
+
+
+def _write(path: str, data: Any, meta: dict, dtype) -> list[str]:
+    arr = np.asarray(data)
+    if arr.ndim not in (3, 4):
+        _notify(f"Cannot save {Path(path).name}: NIfTI layers must be 3-D (this layer is {arr.ndim}-D).")
+        return []
+    like, affine = _like(arr, meta)
+    try:
+        out = write_nifti(path, arr, like=like, affine=affine, dtype=dtype)
+    except UserError as err:
+        _notify(str(err))
+        return []
+    return [str(out)]
+
+
+def write_image(path: str, data: Any, meta: dict) -> list[str]:
+    arr = np.asarray(data)
+    dtype = np.float32 if classify(arr) == "soft" or np.issubdtype(arr.dtype, np.floating) else None
+    return _write(path, arr, meta, dtype)
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """Labels as integers; a rater layer (confidence levels) as its float32 soft map."""
+    arr = np.asarray(data)
+    if (meta.get("metadata") or {}).get("softseg_role") == "rater":
+        from napari_softseg.labels.softlabels import levels_to_soft
+
+        return _write(path, levels_to_soft(arr), meta, np.float32)
+    return _write(path, arr, meta, None)
+
+
+def _notify(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except Exception:  # pragma: no cover
+        import sys
+
+        print(message, file=sys.stderr)

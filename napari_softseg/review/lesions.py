@@ -1,0 +1,380 @@
+"""Lesion analysis for review: per-lesion statistics of a soft prediction and a flag rule.
+
+A **lesion** is a connected component (18-connectivity by default) of ``soft > threshold``.
+For each lesion :func:`analyse_lesions` reports
+
+* ``voxels``, ``centroid`` (mean voxel index), ``bbox_min``/``bbox_max`` (inclusive voxel
+  indices), ``hard_volume_mm3 = voxels · voxel volume``;
+* ``soft_volume_mm3``: the partial-volume estimate ``sum(p) · voxel volume`` over the lesion
+  **and its rim** — the connected voxels with ``soft_floor < p <= threshold`` around it (a
+  rim voxel shared by several lesions goes to the nearest one, in mm). Lesion boundaries
+  hold fractions of lesion, which this sum keeps and the hard volume drops;
+* ``mean/min/max_probability`` and ``mean_entropy`` (binary entropy, nats) over the lesion;
+* with samples (MC dropout or test-time augmentation, ``N x shape`` soft maps), the
+  structure-wise uncertainty of ivadomed's ``uncertainty.py`` (Roy et al. 2019; Nair et al.
+  2020): in each sample the lesion's structure is the union of the sample's components that
+  overlap it; ``sample_iou = |∩ structures| / |∪ structures|`` and ``volume_cv`` is the
+  coefficient of variation (std / mean, population) of the structure volumes. A lesion that
+  no sample reproduces has IoU 0 and an undefined (NaN) CV.
+
+A :class:`FlagRule` turns these numbers into ``flagged`` and a readable ``reason``. NaN
+values (no samples) never trigger a criterion. ``to_dict`` gives JSON-ready values (NaN →
+None), :meth:`LesionTable.csv_rows` one column per axis for the tuples.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from napari_softseg.metrics.calibration import entropy
+from napari_softseg.metrics.detection import connected_components
+from napari_softseg.metrics.segmentation import binarize, voxel_volume
+
+_AXES = "ijklmn"
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """When a lesion deserves a second look. ``None`` disables a criterion.
+
+    Attributes
+    ----------
+    min_mean_probability : float or None
+        Flag when the mean probability over the lesion is below this (default 0.6).
+    max_mean_entropy : float or None
+        Flag when the mean voxel entropy (nats, at most ln 2 ≈ 0.693) exceeds this.
+    min_sample_iou : float or None
+        Flag when the IoU of the lesion's structures across samples is below this (0.5).
+    max_volume_cv : float or None
+        Flag when the coefficient of variation of the structure volume across samples
+        exceeds this (0.3).
+    min_volume_mm3 : float or None
+        Flag lesions smaller than this hard volume (3 mm³).
+    """
+
+    min_mean_probability: float | None = 0.6
+    max_mean_entropy: float | None = None
+    min_sample_iou: float | None = 0.5
+    max_volume_cv: float | None = 0.3
+    min_volume_mm3: float | None = 3.0
+
+    def reasons(self, r: "LesionRecord") -> list[str]:
+        out = []
+        if self.min_mean_probability is not None and r.mean_probability < self.min_mean_probability:
+            out.append(f"mean probability {r.mean_probability:.2f} < {self.min_mean_probability:.2f}")
+        if self.max_mean_entropy is not None and r.mean_entropy > self.max_mean_entropy:
+            out.append(f"mean entropy {r.mean_entropy:.2f} > {self.max_mean_entropy:.2f}")
+        if self.min_sample_iou is not None and r.sample_iou < self.min_sample_iou:
+            out.append(f"IoU across {r.n_samples} samples {r.sample_iou:.2f} < {self.min_sample_iou:.2f}")
+        if self.max_volume_cv is not None and r.volume_cv > self.max_volume_cv:
+            out.append(f"volume CV across {r.n_samples} samples {r.volume_cv:.2f} > {self.max_volume_cv:.2f}")
+        if self.min_volume_mm3 is not None and r.hard_volume_mm3 < self.min_volume_mm3:
+            out.append(f"volume {r.hard_volume_mm3:.1f} mm³ < {self.min_volume_mm3:g} mm³")
+        return out  # comparisons with NaN are False: missing values never flag
+
+    def apply(self, r: "LesionRecord") -> "LesionRecord":
+        reasons = self.reasons(r)
+        return replace(r, flagged=bool(reasons), reason="; ".join(reasons))
+
+
+@dataclass
+class LesionRecord:
+    """Statistics of one lesion; ``id`` is its value in :attr:`LesionTable.labels`."""
+
+    id: int
+    voxels: int
+    centroid: tuple
+    bbox_min: tuple
+    bbox_max: tuple
+    hard_volume_mm3: float
+    soft_volume_mm3: float
+    mean_probability: float
+    min_probability: float
+    max_probability: float
+    mean_entropy: float
+    sample_iou: float = math.nan
+    volume_cv: float = math.nan
+    n_samples: int = 0
+    flagged: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready: tuples as lists, NaN as None."""
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+            elif isinstance(v, float) and not math.isfinite(v):
+                d[k] = None
+        return d
+
+    def csv_row(self) -> list:
+        row = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                row.extend(v)
+            elif isinstance(v, float) and not math.isfinite(v):
+                row.append("")
+            else:
+                row.append(v)
+        return row
+
+    @staticmethod
+    def csv_header(ndim: int = 3) -> list[str]:
+        names = []
+        for f in fields(LesionRecord):
+            if f.name in ("centroid", "bbox_min", "bbox_max"):
+                names.extend(f"{f.name}_{a}" for a in _AXES[:ndim])
+            else:
+                names.append(f.name)
+        return names
+
+
+@dataclass
+class LesionTable:
+    """The lesions of one prediction: a sequence of :class:`LesionRecord` plus the label image."""
+
+    records: list[LesionRecord]
+    labels: np.ndarray
+    threshold: float = 0.5
+    spacing: tuple = (1.0, 1.0, 1.0)
+    rule: FlagRule = field(default_factory=FlagRule)
+    n_samples: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[LesionRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+    def flagged(self) -> list[LesionRecord]:
+        return [r for r in self.records if r.flagged]
+
+    def by_id(self, lesion_id: int) -> LesionRecord:
+        for r in self.records:
+            if r.id == lesion_id:
+                return r
+        raise KeyError(lesion_id)
+
+    def sorted_by(self, key: str, *, reverse: bool = False) -> list[LesionRecord]:
+        """Records sorted by a field name; missing (NaN) values go last either way."""
+        def missing(r) -> bool:
+            v = getattr(r, key)
+            return isinstance(v, float) and not math.isfinite(v)
+
+        present = [r for r in self.records if not missing(r)]
+        return sorted(present, key=lambda r: getattr(r, key), reverse=reverse) + [r for r in self.records if missing(r)]
+
+    def reflag(self, rule: FlagRule) -> "LesionTable":
+        """The same statistics judged by another rule."""
+        return replace(self, records=[rule.apply(r) for r in self.records], rule=rule)
+
+    def to_dicts(self) -> list[dict]:
+        return [r.to_dict() for r in self.records]
+
+    def csv_header(self) -> list[str]:
+        return LesionRecord.csv_header(self.labels.ndim)
+
+    def csv_rows(self) -> list[list]:
+        return [r.csv_row() for r in self.records]
+
+    def write_csv(self, path) -> Path:
+        path = Path(path)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(self.csv_header())
+            w.writerows(self.csv_rows())
+        return path
+
+    def write_json(self, path, **extra) -> Path:
+        path = Path(path)
+        doc = {"threshold": self.threshold, "spacing": list(self.spacing), "n_samples": self.n_samples,
+               "rule": asdict(self.rule), **extra, "lesions": self.to_dicts()}
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        return path
+
+
+def analyse_lesions(
+    soft,
+    *,
+    threshold: float = 0.5,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    samples=None,
+    rule: FlagRule = FlagRule(),
+    connectivity: int = 18,
+    soft_floor: float = 0.05,
+) -> LesionTable:
+    """Find the lesions of a soft prediction and describe each (see module docstring).
+
+    Parameters
+    ----------
+    soft : array
+        Soft prediction in [0, 1].
+    threshold : float
+        Lesions are components of ``soft > threshold``.
+    spacing : floats
+        Voxel size in mm (volumes, nearest-lesion distances).
+    samples : array ``(N, *soft.shape)`` or sequence of N arrays, optional
+        MC-dropout / TTA soft maps, thresholded like ``soft``.
+    rule : FlagRule
+        Decides ``flagged`` and ``reason``.
+    connectivity : int
+        6, 18 or 26 in 3-D (4 or 8 in 2-D).
+    soft_floor : float
+        Rim voxels need ``p > soft_floor`` to count towards the soft volume.
+    """
+    from scipy import ndimage
+
+    p = np.asarray(soft)
+    p = p.astype(np.float32) if p.dtype.kind != "f" else p
+    spacing = tuple(float(s) for s in spacing)[: p.ndim]
+    if len(spacing) != p.ndim:
+        raise ValueError(f"spacing needs {p.ndim} values, got {len(spacing)}.")
+    vv = voxel_volume(spacing)
+    hard = binarize(p, threshold)
+    labels, n = connected_components(hard, connectivity)
+    if n == 0:
+        return LesionTable([], labels, float(threshold), spacing, rule, _n_samples(samples))
+    # statistics over the lesion voxels only (a small fraction of the volume)
+    flat = np.flatnonzero(labels)
+    lab = labels.reshape(-1)[flat]
+    pv = p.reshape(-1)[flat]
+    voxels = np.bincount(lab, minlength=n + 1)[1:]
+    core_sum = np.bincount(lab, weights=pv, minlength=n + 1)[1:]
+    h_mean = np.bincount(lab, weights=entropy(pv), minlength=n + 1)[1:] / voxels
+    order = np.argsort(lab, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(voxels)[:-1]])
+    p_min = np.minimum.reduceat(pv[order], starts)
+    p_max = np.maximum.reduceat(pv[order], starts)
+    coords = np.unravel_index(flat, p.shape)
+    centroids = np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] / voxels for c in coords], axis=1)
+    boxes = ndimage.find_objects(labels)
+    rim = _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing)
+    iou = np.full(n, np.nan)
+    cv = np.full(n, np.nan)
+    n_samples = _n_samples(samples)
+    if n_samples:
+        iou, cv = _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, p.shape)
+    records = []
+    for i in range(n):
+        box = boxes[i]
+        rec = LesionRecord(
+            id=i + 1,
+            voxels=int(voxels[i]),
+            centroid=tuple(round(float(c), 3) for c in centroids[i]),
+            bbox_min=tuple(int(s.start) for s in box),
+            bbox_max=tuple(int(s.stop) - 1 for s in box),
+            hard_volume_mm3=float(voxels[i]) * vv,
+            soft_volume_mm3=float(core_sum[i] + rim[i]) * vv,
+            mean_probability=float(core_sum[i] / voxels[i]),
+            min_probability=float(p_min[i]),
+            max_probability=float(p_max[i]),
+            mean_entropy=float(h_mean[i]),
+            sample_iou=float(iou[i]),
+            volume_cv=float(cv[i]),
+            n_samples=n_samples,
+        )
+        records.append(rule.apply(rec))
+    return LesionTable(records, labels, float(threshold), spacing, rule, n_samples)
+
+
+def _n_samples(samples) -> int:
+    return 0 if samples is None else len(samples)
+
+
+def _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing) -> np.ndarray:
+    """Probability mass of each lesion's rim (sub-threshold voxels above ``soft_floor``)."""
+    from scipy import ndimage
+
+    rim_mass = np.zeros(n + 1)
+    if soft_floor >= threshold:
+        return rim_mass[1:]
+    floor_lab, n_floor = connected_components(binarize(p, soft_floor), connectivity)
+    rim = (floor_lab > 0) & ~hard
+    if not rim.any():
+        return rim_mass[1:]
+    floor_of = np.zeros(n + 1, dtype=np.int64)
+    floor_of[labels[hard]] = floor_lab[hard]
+    lesions_in = np.bincount(floor_of[1:], minlength=n_floor + 1)
+    rim_sum = np.bincount(floor_lab[rim], weights=p[rim].astype(np.float64), minlength=n_floor + 1)
+    single = lesions_in == 1
+    owner = np.zeros(n_floor + 1, dtype=np.int64)
+    owner[floor_of[1:]] = np.arange(1, n + 1)  # meaningful where exactly one lesion
+    rim_mass[owner[single]] += rim_sum[single]
+    floor_boxes = ndimage.find_objects(floor_lab)
+    for f in np.flatnonzero(lesions_in > 1):
+        box = floor_boxes[f - 1]
+        in_comp = floor_lab[box] == f
+        lab = np.where(in_comp, labels[box], 0)
+        _, nearest = ndimage.distance_transform_edt(lab == 0, sampling=spacing, return_indices=True)
+        owner_lab = lab[tuple(nearest)]
+        sel = in_comp & (lab == 0)
+        rim_mass += np.bincount(owner_lab[sel], weights=p[box][sel].astype(np.float64), minlength=n + 1)
+    return rim_mass[1:]
+
+
+def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shape):
+    """IoU and volume CV of each lesion's structures across samples.
+
+    Pass 1 labels each sample once, links its components to the lesions they overlap and
+    keeps only the label crop that holds those components; pass 2 counts, per lesion and
+    over the union of its structures' boxes, in how many samples each voxel belongs to the
+    lesion's structure.
+    """
+    from scipy import ndimage
+
+    n_samples = len(samples)
+    lo = np.array([[s.start for s in b] for b in boxes])
+    hi = np.array([[s.stop for s in b] for b in boxes])
+    volumes = np.zeros((n, n_samples))
+    kept = []  # per sample: (lesion ids, component ids, label crop, crop origin)
+    lesion_mask = labels > 0
+    for s in range(n_samples):
+        sample = np.asarray(samples[s])
+        if sample.shape != tuple(shape):
+            raise ValueError(f"sample {s} has shape {sample.shape}, the prediction {tuple(shape)}.")
+        s_lab, m = connected_components(binarize(sample, threshold), connectivity)
+        both = lesion_mask & (s_lab > 0)
+        pairs = np.unique(labels[both].astype(np.int64) * (m + 1) + s_lab[both])
+        les, comp = pairs // (m + 1), pairs % (m + 1)
+        sizes = np.bincount(s_lab.ravel(), minlength=m + 1)
+        np.add.at(volumes[:, s], les - 1, sizes[comp])
+        if les.size == 0:
+            kept.append((les, comp, None, None))
+            continue
+        objs = ndimage.find_objects(s_lab)
+        c_lo = np.array([[b.start for b in objs[c - 1]] for c in comp])
+        c_hi = np.array([[b.stop for b in objs[c - 1]] for c in comp])
+        np.minimum.at(lo, les - 1, c_lo)
+        np.maximum.at(hi, les - 1, c_hi)
+        o_lo, o_hi = c_lo.min(axis=0), c_hi.max(axis=0)
+        crop = s_lab[tuple(slice(a, b) for a, b in zip(o_lo, o_hi))].copy()
+        kept.append((les, comp, crop, o_lo))
+    counts = [np.zeros(tuple(hi[i] - lo[i]), dtype=np.uint16) for i in range(n)]
+    for les, comp, crop, origin in kept:
+        for l_id in np.unique(les):
+            i = l_id - 1
+            a, b = np.maximum(lo[i], origin), np.minimum(hi[i], origin + crop.shape)
+            if np.any(b <= a):
+                continue
+            sub = crop[tuple(slice(x - o, y - o) for x, y, o in zip(a, b, origin))]
+            counts[i][tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo[i]))] += np.isin(sub, comp[les == l_id])
+    iou = np.zeros(n)
+    for i in range(n):
+        union = np.count_nonzero(counts[i])
+        iou[i] = np.count_nonzero(counts[i] == n_samples) / union if union else 0.0
+    mean = volumes.mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cv = np.where(mean > 0, volumes.std(axis=1) / mean, np.nan)
+    return iou, cv

@@ -1,0 +1,102 @@
+"""Editing the lesion flag rule (:class:`napari_softseg.review.lesions.FlagRule`) in the Segment dock.
+
+Every criterion has a check box (on/off) and a value, with a tooltip that explains what
+it measures and why the default is sensible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QGridLayout, QWidget
+
+from napari_softseg.review.lesions import FlagRule
+
+
+@dataclass(frozen=True)
+class Criterion:
+    field: str
+    label: str
+    minimum: float
+    maximum: float
+    step: float
+    decimals: int
+    fallback: float  # value shown when the default rule disables the criterion
+    tooltip: str
+
+
+CRITERIA: tuple[Criterion, ...] = (
+    Criterion("min_mean_probability", "mean probability <", 0.0, 1.0, 0.05, 2, 0.6,
+              "Flag lesions whose mean predicted probability is below this value.\n"
+              "Default 0.6: a lesion that only just passes the threshold on average is one the model "
+              "is unsure about (the soft map of a clear lesion is near 1 in its core)."),
+    Criterion("max_mean_entropy", "mean entropy >", 0.0, 0.7, 0.05, 2, 0.5,
+              "Flag lesions whose mean voxel entropy (nats; at most ln 2 = 0.69 at p = 0.5) exceeds this.\n"
+              "Off by default: it mostly repeats the mean-probability criterion; 0.5 nats means p "
+              "between about 0.2 and 0.8 on average."),
+    Criterion("min_sample_iou", "sample IoU <", 0.0, 1.0, 0.05, 2, 0.5,
+              "Flag lesions whose outline changes across MC-dropout / test-time-augmentation samples:\n"
+              "IoU of the lesion's structure in every sample (intersection over union). Needs samples.\n"
+              "Default 0.5 (Nair et al. 2020; ivadomed): below it the samples disagree on more than "
+              "half of the lesion."),
+    Criterion("max_volume_cv", "volume CV >", 0.0, 5.0, 0.05, 2, 0.3,
+              "Flag lesions whose volume varies across samples: coefficient of variation (std / mean).\n"
+              "Needs samples. Default 0.3: a 30 % spread of the volume between samples."),
+    Criterion("min_volume_mm3", "volume (mm³) <", 0.0, 10000.0, 1.0, 1, 3.0,
+              "Flag lesions smaller than this hard volume.\n"
+              "Default 3 mm³: below about three 1 mm voxels a lesion is indistinguishable from noise "
+              "(MS guidelines count lesions of 3 mm diameter and more)."),
+)
+
+
+class FlagRuleEditor(QWidget):
+    """Check boxes and spin boxes for each :class:`FlagRule` criterion; emits ``changed``."""
+
+    changed = Signal()
+
+    def __init__(self, rule: FlagRule | None = None, parent=None) -> None:
+        super().__init__(parent)
+        rule = rule or FlagRule()
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(6)
+        grid.setVerticalSpacing(2)
+        self._boxes: dict[str, tuple[QCheckBox, QDoubleSpinBox]] = {}
+        for i, c in enumerate(CRITERIA):
+            value = getattr(rule, c.field)
+            check = QCheckBox(c.label)
+            spin = QDoubleSpinBox()
+            spin.setRange(c.minimum, c.maximum)
+            spin.setSingleStep(c.step)
+            spin.setDecimals(c.decimals)
+            spin.setValue(c.fallback if value is None else float(value))
+            check.setChecked(value is not None)
+            spin.setEnabled(value is not None)
+            for w in (check, spin):
+                w.setToolTip(c.tooltip)
+            check.toggled.connect(spin.setEnabled)
+            check.toggled.connect(lambda *_: self.changed.emit())
+            spin.valueChanged.connect(lambda *_: self.changed.emit())
+            grid.addWidget(check, i // 2, 2 * (i % 2))
+            grid.addWidget(spin, i // 2, 2 * (i % 2) + 1)
+            self._boxes[c.field] = (check, spin)
+        assert {f.name for f in fields(FlagRule)} >= set(self._boxes)
+
+    def rule(self) -> FlagRule:
+        values = {name: (float(spin.value()) if check.isChecked() else None)
+                  for name, (check, spin) in self._boxes.items()}
+        return FlagRule(**values)
+
+    def set_rule(self, rule: FlagRule) -> None:
+        for name, (check, spin) in self._boxes.items():
+            value = getattr(rule, name)
+            for w in (check, spin):
+                w.blockSignals(True)
+            check.setChecked(value is not None)
+            spin.setEnabled(value is not None)
+            if value is not None:
+                spin.setValue(float(value))
+            for w in (check, spin):
+                w.blockSignals(False)
+        self.changed.emit()

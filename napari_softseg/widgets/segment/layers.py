@@ -1,0 +1,191 @@
+"""Layers and files of the Segment dock's results, on the scan's world geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_softseg.errors import UserError
+from napari_softseg.widgets.base import data_to_world, layer_geometry
+
+#: colours of the mask outline and of the selected lesion's outline (both in the mask layer)
+MASK_COLOUR, HIGHLIGHT_COLOUR = (0.25, 0.85, 1.0, 1.0), (0.3, 1.0, 0.3, 1.0)
+#: metadata keys copied from the scan so that the result layers save with its geometry
+GEOMETRY_KEYS = ("source_path", "affine", "shape", "spacing", "qform_code", "sform_code", "units", "orientation",
+                 "nifti_header")
+
+
+#: value of the selected lesion's voxels in the mask layer (the others are 1)
+SELECTED = 2
+
+
+def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, layers: dict) -> list:
+    """The additions of a Segment's layers, one callable per layer (run them in order).
+
+    Adding a napari layer costs tens of milliseconds or more (visuals, controls), so the dock
+    runs one step per turn of the event loop. The steps add, or update when a previous
+    Segment left a layer with the same name and shape, into ``layers`` (``{key: layer}``):
+
+    * ``soft``: the soft prediction, a transparent-to-opaque perceptual colormap, contrast 0-1;
+    * ``mask``: Labels, 1 = the final mask (outlined), :data:`SELECTED` = the selected lesion;
+    * ``entropy``: voxel-wise entropy (hidden at first).
+
+    Every layer gets the scan's full data-to-world transform as its affine and the scan's
+    NIfTI geometry in ``metadata`` (plus ``softseg_role`` and ``softseg_model``).
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from napari_softseg.plugin.layers import soft_colormap
+
+    base = scan.name
+    md = {k: v for k, v in (scan.metadata or {}).items() if k in GEOMETRY_KEYS}
+    geo = layer_geometry(scan)
+    md.setdefault("affine", geo.affine.tolist())
+    md.setdefault("shape", list(geo.shape))
+    affine = data_to_world(scan)
+
+    def kwargs(role: str, **extra) -> dict:
+        return {"affine": affine, "metadata": {**md, "softseg_role": role, "softseg_model": model}, **extra}
+
+    def soft() -> None:
+        _put(viewer, layers, "soft", f"{base} soft", review.soft, "image", kwargs(
+            "soft", colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8,
+            interpolation2d="nearest"))
+
+    def mask() -> None:
+        colours = {1: MASK_COLOUR, SELECTED: HIGHLIGHT_COLOUR, None: (0, 0, 0, 0)}
+        _put(viewer, layers, "mask", f"{base} mask", review.final_mask().astype(np.uint8), "labels", kwargs(
+            "prediction_mask", opacity=1.0, colormap=DirectLabelColormap(color_dict=colours)))
+        layers["mask"].contour = 1
+        layers["mask"].selected_label = 1
+
+    def uncertainty() -> None:
+        _put(viewer, layers, "entropy", f"{base} entropy", entropy, "image", kwargs(
+            "entropy", colormap="viridis", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False))
+        names = [lay.name for lay in viewer.layers]
+        soft_name, entropy_name = layers["soft"].name, layers["entropy"].name
+        if soft_name in names and entropy_name in names and names.index(entropy_name) > names.index(soft_name):
+            viewer.layers.move(names.index(entropy_name), names.index(soft_name))  # under the soft map
+
+    return [soft, mask, uncertainty]
+
+
+def alive(viewer, layer) -> bool:
+    """Whether ``layer`` is (still) in the viewer. Docks opened from napari's menu see the
+    viewer through a proxy whose layers are new wrapper objects each time, so layers are
+    compared by the objects they wrap, never by ``in`` or ``is`` on the wrappers."""
+    if layer is None:
+        return False
+    target = getattr(layer, "__wrapped__", layer)
+    return any(getattr(lay, "__wrapped__", lay) is target for lay in viewer.layers)
+
+
+def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dict) -> None:
+    old = layers.get(key)
+    if alive(viewer, old) and old.name == name and old.data.shape == data.shape:
+        old.affine = kwargs["affine"]
+        old.metadata = kwargs["metadata"]
+        old.data = data
+        return
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    add = viewer.add_image if kind == "image" else viewer.add_labels
+    layers[key] = add(data, name=name, **kwargs)
+
+
+def write_mask(layer, final: np.ndarray, labels: np.ndarray | None, selected: int | None) -> None:
+    """Write the final mask (1) and the selected lesion (:data:`SELECTED`) into ``layer`` in place."""
+    data = layer.data
+    np.copyto(data, final, casting="unsafe")
+    if selected is not None and labels is not None:
+        data[(labels == selected) & final] = SELECTED
+    layer.refresh()
+
+
+def world_point(layer, voxel) -> np.ndarray:
+    """World coordinates of a (fractional) voxel index of ``layer``."""
+    return (data_to_world(layer) @ np.append(np.asarray(voxel, float), 1.0))[:3]
+
+
+def model_identity(choice, path, config: dict | None) -> dict:
+    """What the export records about a model: name, file, checksum and its config summary."""
+    import hashlib
+
+    cfg = config or {}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
+    training = cfg.get("training") or {}
+    return {"name": choice.name if choice else None, "kind": choice.kind if choice else None,
+            "file": path.name if path is not None else None, "sha256": digest, "preset": cfg.get("preset"),
+            "contrasts": cfg.get("contrasts"), "classes": cfg.get("classes"), "threshold": cfg.get("threshold"),
+            "version": cfg.get("version"), "trained_on": training.get("data") or training.get("label_source")}
+
+
+def file_stem(scan) -> str:
+    """The scan's file name without .nii(.gz), or its layer name."""
+    from napari_softseg.io.nifti import nifti_stem
+
+    src = (scan.metadata or {}).get("source_path")
+    return nifti_stem(src) if src else scan.name.replace(" ", "_")
+
+
+def save_predictions(folder, scan, review, entropy: np.ndarray) -> dict:
+    """Soft map (float32), final mask (uint8) and entropy as NIfTI with the scan's geometry."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    geo, stem = layer_geometry(scan), file_stem(scan)
+    out = {"soft": folder / f"{stem}_soft.nii.gz", "mask": folder / f"{stem}_mask.nii.gz",
+           "entropy": folder / f"{stem}_entropy.nii.gz"}
+    geo.write(out["soft"], review.soft, dtype=np.float32)
+    geo.write(out["mask"], review.final_mask().astype(np.uint8), dtype=np.uint8)
+    geo.write(out["entropy"], entropy, dtype=np.float32)
+    return out
+
+
+def export_review(folder, scan, review, model: dict) -> dict:
+    """The review's CSV, JSON and final soft / binary NIfTI (see :meth:`Review.export`)."""
+    geo = layer_geometry(scan)
+    src = (scan.metadata or {}).get("source_path")
+    return review.export(folder, f"{file_stem(scan)}_review", like=geo.reference(), affine=geo.affine,
+                         model=model, scan=src or scan.name)
+
+
+class SaveExportMixin:
+    """The Segment dock's file actions (it provides ``review``, ``result``, ``scan_layer``,
+    ``models``, ``_sync_edits``, ``_write_mask`` and ``_refresh_table``)."""
+
+    def model_identity(self) -> dict:
+        """What the export records about the model (name, file, SHA-256, config summary)."""
+        return model_identity(self.models.current(), self.models.path(), self.models.config())
+
+    def _ask_folder(self, action) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        from napari_softseg.widgets.base import notify_error, notify_info, user_errors
+
+        if self.review is None:
+            notify_error("Nothing to save yet: click Segment first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder")
+        if folder:
+            with user_errors():
+                paths = action(folder)
+                notify_info(f"Saved {len(paths)} files to {folder}.")
+
+    def save_predictions(self, folder) -> dict:
+        """Soft map, mask (final, at the current threshold) and entropy as NIfTI in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to save yet: click Segment first.")
+        self._sync_edits()
+        return save_predictions(folder, self.scan_layer, self.review, self.result.entropy)
+
+    def export_review(self, folder) -> dict:
+        """CSV + JSON of the lesions and decisions, final soft and binary NIfTI, in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to export yet: click Segment first.")
+        self._sync_edits()
+        if self.review.table is None or abs(self.review.table.threshold - self.review.threshold) > 1e-9:
+            self.review.analyse()
+            self._write_mask()
+            self._refresh_table()
+        return export_review(folder, self.scan_layer, self.review, self.model_identity())
