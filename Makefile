@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
 
-.PHONY: demo test bench bench-quick env sysdeps clean
+.PHONY: demo test lint bench bench-quick env sysdeps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ sysdeps:
 demo: $(STAMP) sysdeps
 	$(VENV)/bin/napari-softseg demo
 
-test: $(STAMP) sysdeps
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check napari_softseg
+
+test: $(STAMP) sysdeps lint
 	$(XVFB) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP) sysdeps
