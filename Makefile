@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # torch is pinned here (CPU build) so that no multi-GB CUDA build is pulled in;
 # the project's own requirement is a range that this version satisfies.
 TORCH_PIN := torch==2.13.0
+# Bytecode caches make the many subprocesses of the suite (CLI, training process, demo)
+# start in seconds instead of recompiling torch and napari each time.
+unexport PYTHONDONTWRITEBYTECODE
 XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
 
 .PHONY: demo test lint bench bench-quick env sysdeps clean
