@@ -14,7 +14,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -274,30 +274,12 @@ def pooled_reliability(diagrams: Sequence[Mapping]) -> dict:
 # ----------------------------------------------------------------------------- writers
 
 
-def clean(obj):
-    """JSON-ready copy: numpy scalars/arrays to Python, non-finite floats to None."""
-    if isinstance(obj, Mapping):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return clean(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if hasattr(obj, "__dataclass_fields__"):
-        return clean(asdict(obj))
-    return obj
-
-
 def write_json(path: Path, obj) -> Path:
+    from napari_softseg.io.jsondoc import write_json as write_json_document
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(obj), indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json_document(path, obj, indent=1)
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -81,7 +81,8 @@ def plans(quick: bool) -> list[Plan]:
 
 
 def _one_run(vol: C.Volume, pred: np.ndarray, test: np.ndarray, threshold: float) -> dict:
-    from napari_softseg.metrics.segmentation import evaluate, reliability_diagram, threshold_sweep
+    from napari_softseg.metrics.calibration import reliability_diagram
+    from napari_softseg.metrics.segmentation import evaluate, threshold_sweep
 
     p, t, m = pred[..., test], vol.truth[..., test], vol.mask[..., test]
     ev = evaluate(p, t, spacing=vol.spacing, mask=m)

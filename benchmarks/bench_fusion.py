@@ -106,7 +106,7 @@ def _inside(lesion, shape, crop) -> bool:
 
 def slice_entropies(pred: np.ndarray, avg: np.ndarray, mask: np.ndarray) -> tuple[list, list]:
     """Mean voxel entropy per axial slice holding any rater's lesion: (predicted, raters)."""
-    from napari_softseg.metrics.segmentation import image_entropy
+    from napari_softseg.metrics.calibration import image_entropy
 
     hp, hr = [], []
     for z in range(pred.shape[2]):
@@ -117,7 +117,8 @@ def slice_entropies(pred: np.ndarray, avg: np.ndarray, mask: np.ndarray) -> tupl
 
 
 def evaluate_candidate(pred: np.ndarray, data: dict, staple_soft: np.ndarray, avg: np.ndarray) -> dict:
-    from napari_softseg.metrics.segmentation import ece, evaluate, reliability_diagram
+    from napari_softseg.metrics.calibration import ece, reliability_diagram
+    from napari_softseg.metrics.segmentation import evaluate
 
     m = data["mask"]
     ev = evaluate(pred, staple_soft, raters=data["test_raters"], spacing=data["spacing"], mask=m)
@@ -132,7 +133,7 @@ def evaluate_candidate(pred: np.ndarray, data: dict, staple_soft: np.ndarray, av
 
 def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
     from napari_softseg.fusion.methods import fuse
-    from napari_softseg.metrics.segmentation import rater_average
+    from napari_softseg.metrics.calibration import rater_average
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()

@@ -82,7 +82,7 @@ def _time(fn, repeats: int) -> tuple[float, object]:
 def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict:
     import SimpleITK as sitk
 
-    from napari_softseg.fusion.methods import soft_staple, staple
+    from napari_softseg.fusion.staple import soft_staple, staple
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

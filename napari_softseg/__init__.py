@@ -22,7 +22,7 @@ _LAZY = {
     "NormReLU": "engine.model",
     "UNet": "engine.model",
     "PRESETS": "engine.presets",
-    "staple": "fusion.methods",
+    "staple": "fusion.staple",
     "fuse": "fusion.methods",
     "load_model": "engine.predict",
     "predict_volume": "engine.predict",

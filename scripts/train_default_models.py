@@ -202,10 +202,11 @@ def _common_info(name: str, event, model_path: Path, config: TrainConfig, second
 def _phantom_subject(seed: int, lesion_slices_only: bool = False):
     """A phantom and its training subject (image + four raters); optionally only the axial
     slices in which at least one rater marks a lesion."""
+    from napari_softseg.io import geometry
     from napari_softseg.io.phantom import RATER_STYLES, build_phantom
 
     ph = build_phantom(seed)
-    spacing = tuple(float(s) for s in np.linalg.norm(ph.affine[:3, :3], axis=0))
+    spacing = geometry.spacing(ph.affine)
     image, raters = ph.image, [ph.raters[s] for s in RATER_STYLES]
     if lesion_slices_only:
         keep = np.flatnonzero(np.any(np.stack(raters) > 0, axis=(0, 1, 2)))
@@ -250,7 +251,8 @@ def evaluate_lesions(model, phantom, threshold: float) -> dict:
     """Lesion detection and overlap of ``model`` on a phantom against its exact truth, and
     the phantom lesions (diameter in mm, faint or not) whose core the mask does not touch."""
     from napari_softseg.engine.predict import predict_volume
-    from napari_softseg.metrics.segmentation import dice, lesion_detection, soft_dice
+    from napari_softseg.metrics.detection import lesion_detection
+    from napari_softseg.metrics.segmentation import dice, soft_dice
     from napari_softseg.io.phantom import render_fraction
 
     soft = predict_volume(model, phantom.image, spacing=(1.0, 1.0, 3.0))

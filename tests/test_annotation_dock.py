@@ -78,7 +78,7 @@ def t2s_session(make_napari_viewer, tmp_path):
 def test_rater_layer_has_the_scan_geometry_and_confidence_colormap(make_napari_viewer, tmp_path):
     from napari.utils.colormaps import DirectLabelColormap
 
-    from napari_softseg.labels.softlabels import level_colors
+    from napari_softseg.labels.levels import level_colors
 
     viewer, scan, dock = t2s_session(make_napari_viewer, tmp_path)
     layer = dock.add_rater("alice")
@@ -93,7 +93,7 @@ def test_rater_layer_has_the_scan_geometry_and_confidence_colormap(make_napari_v
 
 
 def test_paint_two_levels_gives_the_soft_map_and_undo_reverts(make_napari_viewer, tmp_path):
-    from napari_softseg.labels.softlabels import levels_to_soft
+    from napari_softseg.labels.levels import levels_to_soft
 
     viewer, scan, dock = t2s_session(make_napari_viewer, tmp_path)
     layer = dock.add_rater("alice")

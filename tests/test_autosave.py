@@ -8,16 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from napari_softseg.io.nifti import ScanGeometry, read_nifti, write_nifti
 from napari_softseg.labels.autosave import (
-    AutosaveStore, AutosaveWriter, ScanGeometry, candidate_dirs, rater_filename, rater_name,
-    scan_key, sidecar_dir, user_data_dir,
+    AutosaveStore, AutosaveWriter, candidate_dirs, rater_filename, rater_name, scan_key, sidecar_dir, user_data_dir,
 )
-from napari_softseg.io.nifti import read_nifti, write_nifti
 
 AFFINE = np.array([[-0.5, 0, 0, 10.0], [0, 0.5, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
 SHAPE = (12, 10, 6)
@@ -127,8 +125,8 @@ def test_restore_rejects_a_file_of_another_shape(scan):
 _LOOP = textwrap.dedent(
     """
     import sys, numpy as np
-    from napari_softseg.labels.autosave import AutosaveStore, ScanGeometry
-    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.labels.autosave import AutosaveStore
+    from napari_softseg.io.nifti import ScanGeometry, read_nifti
     store = AutosaveStore(ScanGeometry.from_metadata(read_nifti(sys.argv[1]).geometry_metadata()))
     shape = store.scan.shape
     k = 0

@@ -153,7 +153,7 @@ def test_interrupted_overwrite_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(nibabel.Nifti1Image, "to_filename", explode)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"^Cannot write out\.nii\.gz: disk full in .*\.$"):  # one sentence
         write_nifti(target, np.ones((4, 4, 4), np.float32), affine=np.eye(4))
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from napari_softseg.commands import main
-from napari_softseg.fusion.methods import fuse, staple
+from napari_softseg.fusion.methods import fuse
+from napari_softseg.fusion.staple import staple
 from napari_softseg.metrics.segmentation import evaluate
 from napari_softseg.io.nifti import read_nifti, write_nifti
 

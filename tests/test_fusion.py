@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 
 from napari_softseg.errors import UserError
-from napari_softseg.fusion.methods import (
-    METHODS,
-    RandomRaterSampler,
-    disagreement_map,
-    fuse,
-    rater_statistics,
-    soft_staple,
-    staple,
-)
+from napari_softseg.fusion.methods import METHODS, RandomRaterSampler, disagreement_map, fuse, rater_statistics
+from napari_softseg.fusion.staple import soft_staple, staple
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -121,7 +114,7 @@ def test_average_of_identical_soft_raters_is_that_rater():
     np.testing.assert_allclose(fuse([r, r, r, r], "average").soft, r, rtol=0, atol=1e-7)
 
 
-def test_average_values_and_half_split_is_background():
+def test_average_values_and_half_split_is_foreground():
     a = np.array([[0, 1, 1, 0]], np.uint8)
     b = np.array([[0, 1, 0, 0]], np.uint8)
     c = np.array([[0, 1, 0, 1]], np.uint8)
@@ -129,7 +122,7 @@ def test_average_values_and_half_split_is_background():
     np.testing.assert_allclose(res.soft, [[0, 1, 1 / 3, 1 / 3]], atol=1e-7)
     two = fuse([a, b], "average")
     np.testing.assert_allclose(two.soft, [[0, 1, 0.5, 0]])
-    np.testing.assert_array_equal(two.hard, [[0, 1, 0, 0]])  # 0.5 is not > 0.5
+    np.testing.assert_array_equal(two.hard, [[0, 1, 1, 0]])  # binarize: 0.5 >= 0.5
 
 
 def test_majority_of_three_with_known_pattern():
@@ -147,8 +140,8 @@ def test_majority_tie_is_background_and_soft_raters_are_binarised_first():
     r2 = np.array([1, 0, 0, 0.7, 1.0], np.float32)
     r3 = np.array([1, 1, 1, 0.2, 0.5], np.float32)
     r4 = np.array([0, 0, 1, 0.9, 0.4], np.float32)
-    # votes (> 0.5): 3, 2, 2, 3, 1 of 4 -> ties (2 of 4) are background
-    np.testing.assert_array_equal(fuse([r1, r2, r3, r4], "majority").hard, [1, 0, 0, 1, 0])
+    # votes (binarize: >= 0.5): 3, 2, 2, 3, 3 of 4 -> ties (2 of 4) are background
+    np.testing.assert_array_equal(fuse([r1, r2, r3, r4], "majority").hard, [1, 0, 0, 1, 1])
 
 
 def test_multiclass_average_and_majority_ties_go_to_lowest_label():

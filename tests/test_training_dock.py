@@ -212,7 +212,7 @@ def test_tiny_training_completes_plots_saves_and_publishes(make_napari_viewer, q
     # Save model: an exact, atomic copy, published too
     saved = dock.save_model(tmp_path / "mine")
     assert saved == tmp_path / "mine.pt" and saved.read_bytes() == path.read_bytes()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
     assert RECENT_MODELS.latest().path == saved
     assert dock.train_button.isEnabled() and not dock.cancel_button.isEnabled()
 

@@ -20,30 +20,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pred", required=True, metavar="P", help="prediction: soft map in [0, 1] or mask (.nii/.nii.gz)")
     p.add_argument("--truth", required=True, metavar="T", help="reference mask or soft map on the prediction's grid")
     p.add_argument("--raters", nargs="+", default=None, metavar="R", help="individual raters (adds entropy MAE, Brier vs their average)")
-    p.add_argument("--threshold", type=float, default=0.5, help="binarise the prediction with > T (default 0.5)")
+    p.add_argument("--threshold", type=float, default=0.5, help="binarise the prediction with >= T (default 0.5)")
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=18, help="lesion connectivity (default 18)")
     p.add_argument("--min-overlap", type=int, default=3, help="voxels a truth lesion must share with the prediction to count as detected (default 3)")
     p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
     p.set_defaults(run=run)
-
-
-def json_clean(obj):
-    """NaN/inf → None and numpy scalars/arrays → Python, recursively (strict JSON)."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_clean(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def _check_unit(vol, what: str) -> None:
@@ -58,11 +39,10 @@ def _check_unit(vol, what: str) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from napari_softseg.errors import UserError
-    from napari_softseg.metrics.segmentation import EVALUATE_UNITS, RATER_UNITS, evaluate
+    from napari_softseg.io.jsondoc import write_json
     from napari_softseg.io.nifti import check_same_grid, read_nifti
+    from napari_softseg.metrics.segmentation import EVALUATE_UNITS, RATER_UNITS, evaluate
 
     pred = read_nifti(args.pred)
     truth = read_nifti(args.truth)
@@ -87,6 +67,5 @@ def run(args) -> int:
     if args.json:
         doc = dict(result, units=units, pred=str(args.pred), truth=str(args.truth),
                    raters=[str(r) for r in (args.raters or [])], spacing=list(pred.spacing))
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(json_clean(doc), fh, indent=2, ensure_ascii=False)
+        write_json(args.json, doc)
     return 0

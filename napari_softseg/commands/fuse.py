@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--report", metavar="JSON", help="write per-rater statistics (sensitivity, specificity, Dice) here")
     p.add_argument("--n-classes", type=int, default=None, metavar="K",
                    help="raters are integer label maps with K labels (background included): multi-class fusion")
-    p.add_argument("--threshold", type=float, default=0.5, help="hard consensus = fused probability > T (default 0.5)")
+    p.add_argument("--threshold", type=float, default=0.5, help="hard consensus = fused probability >= T (default 0.5)")
     g = p.add_argument_group("STAPLE options")
     g.add_argument("--max-iter", type=int, default=None, help="iteration cap (default 1000)")
     g.add_argument("--tol", type=float, default=None, help="convergence tolerance on sensitivities/specificities (default 1e-7)")
@@ -46,14 +46,12 @@ def staple_options(args) -> dict:
 
 
 def run(args) -> int:
-    import json
-
     import numpy as np
 
     from napari_softseg.errors import UserError
     from napari_softseg.fusion.methods import fuse, rater_statistics
-    from napari_softseg.io.nifti import check_same_grid, read_nifti
-    from napari_softseg.commands.evaluate import json_clean
+    from napari_softseg.io.jsondoc import write_json
+    from napari_softseg.io.nifti import check_same_grid, read_nifti, write_nifti
 
     if len(args.raters) < 2:
         raise UserError(f"Fusion needs at least two rater files, got {len(args.raters)}.")
@@ -69,8 +67,6 @@ def run(args) -> int:
         raise UserError(f"--{next(iter(opts)).replace('_', '-')} applies to STAPLE, not to the {args.method} method.")
     raters = [v.data for v in vols]
     result = fuse(raters, args.method, n_classes=args.n_classes, threshold=args.threshold, **opts)
-    from napari_softseg.io.nifti import write_nifti
-
     if args.method == "majority":
         write_nifti(args.output, result.hard, like=ref)
     else:
@@ -93,8 +89,7 @@ def run(args) -> int:
         "consensus_volume_mm3": float(np.count_nonzero(result.hard)) * ref.voxel_volume,
     }
     if args.report:
-        with open(args.report, "w", encoding="utf-8") as fh:
-            json.dump(json_clean(report), fh, indent=2)
+        write_json(args.report, report)
     print(f"{result.method}: {len(vols)} raters fused into {args.output}"
           + (f" in {result.iterations} iterations" if result.iterations is not None else ""))
     header = f"  {'rater':24s} {'sens':>8s} {'spec':>8s} {'Dice %':>8s} {'volume mm3':>12s}"

@@ -164,11 +164,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def binarise(soft, threshold: float):
-    """Binary mask ``soft >= threshold`` (uint8); for a ``(X, Y, Z, K)`` multi-class map the
-    label ``1..K`` of the most likely class where its probability reaches the threshold."""
+    """Binary mask ``binarize(soft, threshold)`` (``soft >= threshold``, uint8); for a
+    ``(X, Y, Z, K)`` multi-class map the label ``1..K`` of the most likely class where its
+    probability reaches the threshold."""
     import numpy as np
 
+    from napari_softseg.labels.masks import binarize
+
     if soft.ndim == 3:
-        return (soft >= threshold).astype(np.uint8)
+        return binarize(soft, threshold).astype(np.uint8)
     best = soft.argmax(axis=-1)
-    return np.where(soft.max(axis=-1) >= threshold, best + 1, 0).astype(np.uint8)
+    return np.where(binarize(soft.max(axis=-1), threshold), best + 1, 0).astype(np.uint8)

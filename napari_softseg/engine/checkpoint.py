@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 
 from napari_softseg.errors import UserError
+from napari_softseg.io.atomic import atomic_open
 from napari_softseg.engine.model import ACTIVATIONS, UNet
 
 __all__ = [
@@ -160,36 +160,15 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
     :func:`make_config`); it is validated against the architecture before writing.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"Cannot write {path.name}: folder {folder} does not exist.")
     cfg = validate_config(config, path.name)
     try:
         text = json.dumps(cfg, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise TypeError(f"checkpoint config is not JSON-serialisable: {err}") from None
     payload = {"format": FORMAT, "config": text, "state_dict": _clean_state_dict(model.state_dict())}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except PermissionError:
-        _unlink(tmp)
-        raise UserError(f"Cannot write {path.name}: permission denied in {folder}.") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
     return path
-
-
-def _unlink(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

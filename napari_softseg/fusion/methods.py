@@ -4,17 +4,21 @@ Methods live in the registry :data:`METHODS` (name → class); :func:`fuse` look
 there. Every method returns a :class:`FusionResult` with a float32 ``soft`` map and a uint8
 ``hard`` consensus.
 
+The hard consensus of a binary fusion is the package's one binarisation rule,
+:func:`napari_softseg.labels.masks.binarize` (``soft >= threshold``), and soft raters are
+binarised by the same rule wherever a method needs decisions.
+
 * ``average`` — the voxel-wise mean of the raters (soft raters stay soft). Hard consensus:
-  ``mean > threshold`` (0.5), so a 1-of-2 split is background.
-* ``majority`` — each rater is binarised (``> 0.5``) and a voxel is foreground when
-  **more than half** of the raters mark it; a tie (even number of raters, half of them) is
-  background. ``soft`` is the hard vote as float32. Multi-class: the most voted label; a
-  tie goes to the **lowest** label.
+  ``mean >= threshold`` (0.5), so a 1-of-2 split is foreground.
+* ``majority`` — each rater is binarised (``>= 0.5``) and a voxel is foreground when
+  **more than half** of the raters mark it (a vote count, not a threshold on a soft map); a
+  tie (even number of raters, half of them) is background. ``soft`` is the hard vote as
+  float32. Multi-class: the most voted label; a tie goes to the **lowest** label.
 * ``staple`` — Warfield, Zou & Wells 2004, on binarised raters, defaults as ITK's
   ``STAPLEImageFilter`` (see :mod:`napari_softseg.fusion.staple`); multi-class STAPLE with
   ``n_classes``.
 * ``soft-staple`` — STAPLE on the soft values themselves (Kats et al. 2019 formulation,
-  see :mod:`napari_softseg.fusion.soft_staple`); binary/soft maps only.
+  :func:`napari_softseg.fusion.staple.soft_staple`); binary/soft maps only.
 
 Multi-class input (integer label maps, e.g. 0 background, 1 gray matter, 2 white matter) is
 requested with ``n_classes=K`` or ``multiclass=True`` (``K`` = largest label + 1); ``soft``
@@ -31,16 +35,15 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from napari_softseg.metrics.calibration import entropy, rater_average
 from napari_softseg.errors import UserError
-from napari_softseg.labels.raters import check_raters, check_unit_range, class_labels, foreground, label_dtype
-from napari_softseg.fusion.staple import DEFAULT_MAX_ITER, DEFAULT_TOL, StapleResult, staple
-from napari_softseg.fusion.soft_staple import dense_staple
+from napari_softseg.fusion.staple import StapleResult, soft_staple, staple
+from napari_softseg.io.geometry import spacing_volume
+from napari_softseg.labels.masks import binarize
+from napari_softseg.labels.raters import check_raters, check_unit_range, class_labels, label_dtype
+from napari_softseg.metrics.calibration import entropy, rater_average
+from napari_softseg.metrics.segmentation import dice
 
-__all__ = [
-    "FusionResult", "METHODS", "fuse", "staple", "soft_staple", "StapleResult", "RandomRaterSampler",
-    "disagreement_map", "rater_statistics", "DEFAULT_TOL", "DEFAULT_MAX_ITER",
-]
+__all__ = ["FusionResult", "METHODS", "fuse", "RandomRaterSampler", "disagreement_map", "rater_statistics"]
 
 
 @dataclass
@@ -98,7 +101,7 @@ class Average(FusionMethod):
             soft = _vote_fractions(raters, n_classes)
             return FusionResult(soft, np.argmax(soft, axis=-1).astype(label_dtype(n_classes)), None, None, None, self.name, n_classes=n_classes)
         soft = rater_average(raters)
-        return FusionResult(soft, (soft > np.float32(threshold)).astype(np.uint8), None, None, None, self.name)
+        return FusionResult(soft, binarize(soft, threshold).astype(np.uint8), None, None, None, self.name)
 
 
 class Majority(FusionMethod):
@@ -112,7 +115,7 @@ class Majority(FusionMethod):
             return FusionResult(soft, hard, None, None, None, self.name, n_classes=n_classes)
         votes = np.zeros(raters[0].shape, dtype=np.uint16 if len(raters) < 65535 else np.uint32)
         for r in raters:
-            votes += foreground(r, 0.5)
+            votes += binarize(r, 0.5)
         hard = (2 * votes.astype(np.uint32) > len(raters)).astype(np.uint8)
         return FusionResult(hard.astype(np.float32), hard, None, None, None, self.name)
 
@@ -134,7 +137,7 @@ class SoftStaple(FusionMethod):
     multiclass = False
 
     def run(self, raters, n_classes, threshold, **options):
-        return _from_staple(dense_staple(raters, **options), self.name, threshold)
+        return _from_staple(soft_staple(raters, **options), self.name, threshold)
 
 
 #: name → fusion method class.
@@ -144,11 +147,6 @@ METHODS: dict[str, type[FusionMethod]] = {m.name: m for m in (Average, Majority,
 def _from_staple(res: StapleResult, name: str, threshold: float) -> FusionResult:
     return FusionResult(res.posterior, res.hard(threshold), res.sensitivity, res.specificity, res.iterations, name,
                         res.prior, res.n_classes, res.converged)
-
-
-def soft_staple(raters: Sequence[np.ndarray], **options) -> StapleResult:
-    """STAPLE on soft rater maps (see :mod:`napari_softseg.fusion.soft_staple`)."""
-    return dense_staple(raters, **options)
 
 
 def fuse(raters: Sequence[np.ndarray], method: str = "average", *, n_classes: int | None = None,
@@ -167,7 +165,7 @@ def fuse(raters: Sequence[np.ndarray], method: str = "average", *, n_classes: in
     multiclass : bool
         Multi-class with ``n_classes`` = largest label + 1.
     threshold : float
-        Hard consensus of binary soft outputs: ``soft > threshold``.
+        Hard consensus of binary soft outputs: ``binarize(soft, threshold)`` (``soft >= threshold``).
     **options
         Method options (STAPLE: ``prior``, ``confidence_weight``, ``init_sensitivity``,
         ``init_specificity``, ``tol``, ``max_iter``, ``restrict_to_disagreement``).
@@ -230,11 +228,9 @@ def rater_statistics(raters: Sequence[np.ndarray], result: FusionResult, *, name
                      spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> list[dict]:
     """Per rater: name, sensitivity/specificity (STAPLE), Dice (%) against the hard consensus
     and volume (mm³). Multi-class: ``dice`` is the mean over foreground labels."""
-    from napari_softseg.metrics.segmentation import dice, voxel_volume
-
     arrays = check_raters(raters)
     names = list(names) if names is not None else [f"rater{j}" for j in range(1, len(arrays) + 1)]
-    vv = voxel_volume(spacing)
+    vv = spacing_volume(spacing)
     rows = []
     for j, a in enumerate(arrays):
         row: dict = {"name": names[j]}
@@ -246,7 +242,7 @@ def rater_statistics(raters: Sequence[np.ndarray], result: FusionResult, *, name
             row["dice"] = float(np.mean([dice(lab == k, result.hard == k) for k in range(1, result.n_classes)]))
             row["volume_mm3"] = float(np.count_nonzero(lab)) * vv
         else:
-            fg = foreground(np.asarray(a), 0.5)
+            fg = binarize(np.asarray(a), 0.5)
             row["dice"] = dice(fg, result.hard)
             row["volume_mm3"] = float(np.count_nonzero(fg)) * vv
         rows.append(row)

@@ -7,9 +7,12 @@ Conventions
 * The **affine** maps voxel indices ``(i, j, k)`` to world millimetres; it is nibabel's
   ``img.affine`` (the sform when its code is set, else the qform). napari layers get it as
   their ``affine`` so scans of different orientation and voxel size overlay in world space.
+  Voxel size and voxel volume are computed from it by :mod:`napari_softseg.io.geometry`;
+  :class:`ScanGeometry` is a scan's grid without its voxels (what autosave, export and the
+  docks need to write a map on the scan's grid).
 * Writing copies the source header (qform/sform and their codes, units, description), sets
   the data type for the values written and removes intensity scaling so the stored values
-  are exact. Writes are atomic: a temporary file in the same folder, then ``os.replace``.
+  are exact. Writes are atomic (:mod:`napari_softseg.io.atomic`).
 
 Every problem a user can cause raises :class:`~napari_softseg.errors.UserError` with a
 single sentence that names the file.
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +30,10 @@ from typing import Union
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.io import geometry
+from napari_softseg.io.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: A 4-D file whose last axis has at most this many entries is read as contrasts of one scan.
-MAX_CHANNELS = 8
 #: Float maps whose values lie in [0, 1 + SOFT_TOLERANCE] are soft maps (interpolated
 #: segmentations overshoot 1 slightly, e.g. 1.06 in sct_mt/mt1_gmseg).
 SOFT_TOLERANCE = 0.1
@@ -73,13 +75,13 @@ class NiftiVolume:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along the three array axes (column norms of the affine)."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        """Voxel size in mm along the three array axes (:func:`napari_softseg.io.geometry.spacing`)."""
+        return geometry.spacing(self.affine)
 
     @property
     def voxel_volume(self) -> float:
-        """Volume of one voxel in mm³."""
-        return float(abs(np.linalg.det(self.affine[:3, :3])))
+        """Volume of one voxel in mm³ (:func:`napari_softseg.io.geometry.voxel_volume`)."""
+        return geometry.voxel_volume(self.affine)
 
     @property
     def name(self) -> str:
@@ -100,7 +102,7 @@ class NiftiVolume:
             "qform_code": int(hdr["qform_code"]),
             "sform_code": int(hdr["sform_code"]),
             "units": list(hdr.get_xyzt_units()),
-            "orientation": "".join(axis_codes(self.affine)),
+            "orientation": "".join(geometry.axis_codes(self.affine)),
             "nifti_header": hdr.copy(),
         }
 
@@ -116,12 +118,6 @@ def nifti_stem(path: PathLike) -> str:
 
 def is_nifti_path(path: PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
-def axis_codes(affine: np.ndarray) -> tuple[str, ...]:
-    import nibabel as nib
-
-    return tuple(nib.aff2axcodes(np.asarray(affine)))
 
 
 def classify(data: np.ndarray) -> str:
@@ -142,16 +138,6 @@ def classify(data: np.ndarray) -> str:
     return "image"
 
 
-def check_affine(affine: np.ndarray, what: str) -> None:
-    affine = np.asarray(affine, dtype=float)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise UserError(f"{what} has a non-finite affine (NaN or infinite entries), so its position in space is unknown.")
-    det = float(np.linalg.det(affine[:3, :3]))
-    scale = float(np.max(np.abs(affine[:3, :3])))
-    if scale == 0.0 or abs(det) < 1e-9 * max(scale, 1.0) ** 3:
-        raise UserError(f"{what} has a singular affine (zero voxel size or collapsed axes), so its position in space is unknown.")
-
-
 def read_nifti(path: PathLike, *, allow_nonfinite: bool = False) -> NiftiVolume:
     """Read a ``.nii``/``.nii.gz`` file without reorienting it.
 
@@ -160,10 +146,26 @@ def read_nifti(path: PathLike, *, allow_nonfinite: bool = False) -> NiftiVolume:
     truncated or non-NIfTI file, more than four dimensions, an empty axis, NaN/Inf voxels
     (unless ``allow_nonfinite``) and a singular or non-finite affine.
     """
+    path = Path(path)
+    img = _load_image(path)
+    label = path.name
+    try:
+        data = np.asarray(np.asanyarray(img.dataobj))
+    except (EOFError, OSError, zlib.error, ValueError, gzip.BadGzipFile) as err:
+        raise UserError(f"{label} is truncated or corrupt: its voxel data could not be read completely ({_short(err)}).") from None
+    data = _scan_axes(data, label)
+    if not allow_nonfinite:
+        _check_finite(data, label)
+    affine = np.asarray(img.affine, dtype=float)
+    geometry.check_affine(affine, label)
+    return NiftiVolume(data=data, affine=affine, header=img.header.copy(), path=path)
+
+
+def _load_image(path: Path):
+    """The nibabel image of a NIfTI-1/2 file (voxels not read yet)."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
-    path = Path(path)
     label = path.name
     if not path.exists():
         raise UserError(f"{label}: no such file.")
@@ -177,11 +179,11 @@ def read_nifti(path: PathLike, *, allow_nonfinite: bool = False) -> NiftiVolume:
         raise UserError(f"{label} is not a readable NIfTI file ({_short(err)}).") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise UserError(f"{label} is not a NIfTI-1/2 image (it reads as {type(img).__name__}).")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except (EOFError, OSError, zlib.error, ValueError, gzip.BadGzipFile) as err:
-        raise UserError(f"{label} is truncated or corrupt: its voxel data could not be read completely ({_short(err)}).") from None
-    data = np.asarray(data)
+    return img
+
+
+def _scan_axes(data: np.ndarray, label: str) -> np.ndarray:
+    """``(X, Y, Z)`` or ``(X, Y, Z, C)``: trailing singleton axes dropped, 2-D made 3-D."""
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -193,16 +195,18 @@ def read_nifti(path: PathLike, *, allow_nonfinite: bool = False) -> NiftiVolume:
         )
     if data.ndim < 2 or 0 in data.shape:
         raise UserError(f"{label} has an empty axis (shape {tuple(data.shape)}), so it holds no voxels.")
-    if np.issubdtype(data.dtype, np.floating) and not allow_nonfinite:
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
-            raise UserError(
-                f"{label} contains {bad} NaN or infinite voxel{'s' if bad > 1 else ''}; "
-                "replace them (for example with 0) before opening it."
-            )
-    affine = np.asarray(img.affine, dtype=float)
-    check_affine(affine, label)
-    return NiftiVolume(data=data, affine=affine, header=img.header.copy(), path=path)
+    return data
+
+
+def _check_finite(data: np.ndarray, label: str) -> None:
+    if not np.issubdtype(data.dtype, np.floating):
+        return
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise UserError(
+            f"{label} contains {bad} NaN or infinite voxel{'s' if bad > 1 else ''}; "
+            "replace them (for example with 0) before opening it."
+        )
 
 
 def _short(err: BaseException) -> str:
@@ -223,6 +227,28 @@ def _output_dtype(data: np.ndarray, dtype) -> np.dtype:
                 return np.dtype(candidate)
         return np.dtype(np.int64)
     return np.dtype(np.float32)
+
+
+def fresh_header(affine: np.ndarray):
+    """A NIfTI-1 header for ``affine`` alone: qform and sform set with code 1, mm units."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_xyzt_units("mm", "sec")
+    header.set_qform(np.asarray(affine, float), code=1)
+    header.set_sform(np.asarray(affine, float), code=1)
+    return header
+
+
+def set_exact_values(header, dtype, shape) -> None:
+    """Make ``header`` describe ``shape`` voxels of ``dtype`` stored as is (no intensity
+    scaling, no display window)."""
+    header.set_data_dtype(dtype)
+    header.set_data_shape(shape)
+    header["scl_slope"] = np.nan
+    header["scl_inter"] = np.nan
+    header["cal_min"] = 0
+    header["cal_max"] = 0
 
 
 def write_nifti(
@@ -253,41 +279,11 @@ def write_nifti(
     import nibabel as nib
 
     path = Path(path)
-    if not is_nifti_path(path):
-        raise UserError(f"{path.name}: output must end in .nii or .nii.gz.")
-    data = np.asarray(data)
-    if data.ndim == 2:
-        data = data[:, :, np.newaxis]
-    if data.ndim not in (3, 4) or 0 in data.shape:
-        raise UserError(f"Cannot write {path.name}: expected a 3-D or 4-D array with no empty axis, got shape {data.shape}.")
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise UserError(f"Cannot write {path.name}: the data contain NaN or infinite values.")
-
-    if like is not None:
-        src = like if isinstance(like, NiftiVolume) else _header_only(like)
-        if tuple(data.shape[:3]) != tuple(src.spatial_shape):
-            raise UserError(
-                f"Cannot write {path.name}: its shape {tuple(data.shape[:3])} differs from "
-                f"the reference {src.name} {tuple(src.spatial_shape)}."
-            )
-        header = src.header.copy()
-    else:
-        if affine is None:
-            raise UserError(f"Cannot write {path.name}: give a reference image (like=...) or an affine.")
-        check_affine(affine, path.name)
-        header = nib.Nifti1Header()
-        header.set_xyzt_units("mm", "sec")
-        header.set_qform(np.asarray(affine, float), code=1)
-        header.set_sform(np.asarray(affine, float), code=1)
-
+    data = _writable_data(path, data)
+    header = _reference_header(path, data, like, affine)
     out_dtype = _output_dtype(data, dtype)
     pixdim = header["pixdim"].copy()
-    header.set_data_dtype(out_dtype)
-    header.set_data_shape(data.shape)
-    header["scl_slope"] = np.nan
-    header["scl_inter"] = np.nan
-    header["cal_min"] = 0
-    header["cal_max"] = 0
+    set_exact_values(header, out_dtype, data.shape)
     img_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     img = img_class(data.astype(out_dtype, copy=False), None, header=header)
     # nibabel recomputes nothing from affine=None; make sure qform/sform survive exactly.
@@ -297,37 +293,45 @@ def write_nifti(
         restored = img.header["pixdim"].copy()
         restored[4:] = pixdim[4:]
         img.header["pixdim"] = restored
-    atomic_save(img, path)
+    with atomic_path(path) as tmp:
+        img.to_filename(tmp)
     return path
 
 
-def atomic_save(img, path: Path) -> None:
-    """Save a nibabel image to ``path`` via a temporary file in the same folder."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"Cannot write {path.name}: folder {folder} does not exist.")
-    suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{nifti_stem(path)}.", suffix=".tmp" + suffix, dir=folder)
-    os.close(fd)
-    try:
-        img.to_filename(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except PermissionError:
-        _silent_unlink(tmp)
-        raise UserError(f"Cannot write {path.name}: permission denied in {folder}.") from None
-    except BaseException:
-        _silent_unlink(tmp)
-        raise
+def _writable_data(path: Path, data) -> np.ndarray:
+    """``data`` as a 3-D or 4-D array of finite values, or a :class:`UserError`."""
+    if not is_nifti_path(path):
+        raise UserError(f"{path.name}: output must end in .nii or .nii.gz.")
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[:, :, np.newaxis]
+    if data.ndim not in (3, 4) or 0 in data.shape:
+        raise UserError(f"Cannot write {path.name}: expected a 3-D or 4-D array with no empty axis, got shape {data.shape}.")
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise UserError(f"Cannot write {path.name}: the data contain NaN or infinite values.")
+    return data
 
 
-def _silent_unlink(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass
+def _reference_header(path: Path, data: np.ndarray, like, affine):
+    """A copy of ``like``'s header (checked against ``data``'s shape), or a fresh one for ``affine``."""
+    if like is not None:
+        src = like if isinstance(like, NiftiVolume) else _header_only(like)
+        if tuple(data.shape[:3]) != tuple(src.spatial_shape):
+            raise UserError(
+                f"Cannot write {path.name}: its shape {tuple(data.shape[:3])} differs from "
+                f"the reference {src.name} {tuple(src.spatial_shape)}."
+            )
+        return src.header.copy()
+    if affine is None:
+        raise UserError(f"Cannot write {path.name}: give a reference image (like=...) or an affine.")
+    geometry.check_affine(affine, path.name)
+    return fresh_header(affine)
+
+
+def _dataless(shape, affine: np.ndarray, header, path: Path | None) -> NiftiVolume:
+    """A :class:`NiftiVolume` with the geometry of a file but no voxels (a zero-size broadcast)."""
+    dummy = np.broadcast_to(np.zeros((), np.uint8), tuple(shape))
+    return NiftiVolume(data=dummy, affine=affine, header=header, path=path)
 
 
 def _header_only(path: PathLike) -> NiftiVolume:
@@ -342,10 +346,67 @@ def _header_only(path: PathLike) -> NiftiVolume:
     except Exception as err:  # nibabel raises many types for a bad header
         raise UserError(f"{path.name} is not a readable NIfTI file ({_short(err)}).") from None
     shape = tuple(img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
-    dummy = np.broadcast_to(np.zeros((), np.uint8), shape)
     affine = np.asarray(img.affine, dtype=float)
-    check_affine(affine, path.name)
-    return NiftiVolume(data=dummy, affine=affine, header=img.header.copy(), path=path)
+    geometry.check_affine(affine, path.name)
+    return _dataless(shape, affine, img.header.copy(), path)
+
+
+@dataclass
+class ScanGeometry:
+    """The grid of a scan without its voxels: what autosave, export and the docks need to
+    write a map that overlays the scan.
+
+    ``header`` is the scan's NIfTI header (or None: a fresh header from ``affine``).
+    """
+
+    path: Path | None
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    header: object = None
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, *, fallback_shape=None, fallback_affine=None) -> "ScanGeometry":
+        """From a layer's ``metadata`` as written by the NIfTI reader
+        (``source_path``, ``shape``, ``affine``, ``nifti_header``)."""
+        md = metadata or {}
+        path = md.get("source_path")
+        shape = md.get("shape", fallback_shape)
+        affine = md.get("affine", fallback_affine)
+        if shape is None or affine is None:
+            raise UserError("The scan layer has no NIfTI geometry (shape and affine).")
+        return cls(
+            path=Path(path) if path else None,
+            shape=tuple(int(s) for s in list(shape)[:3]),  # type: ignore[arg-type]
+            affine=np.asarray(affine, dtype=float),
+            header=md.get("nifti_header"),
+        )
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one voxel in mm³."""
+        return geometry.voxel_volume(self.affine)
+
+    def header_or_fresh(self):
+        """A copy of the scan's header, or a fresh one made from the affine."""
+        return self.header.copy() if self.header is not None else fresh_header(self.affine)
+
+    def reference(self) -> NiftiVolume | None:
+        """A data-less :class:`NiftiVolume` usable as ``write_nifti(..., like=...)``."""
+        if self.header is None:
+            return None
+        return _dataless(self.shape, self.affine, self.header.copy(), self.path)
+
+    def write(self, path, data: np.ndarray, *, dtype=None) -> Path:
+        """Write ``data`` with this geometry (header copied when known, else the affine)."""
+        if tuple(np.shape(data)[:3]) != self.shape:
+            raise UserError(
+                f"Cannot write {Path(path).name}: its shape {tuple(np.shape(data)[:3])} differs "
+                f"from the scan's {self.shape}."
+            )
+        ref = self.reference()
+        if ref is not None:
+            return write_nifti(path, data, like=ref, dtype=dtype)
+        return write_nifti(path, data, affine=self.affine, dtype=dtype)
 
 
 def same_grid(a: NiftiVolume, b: NiftiVolume, *, atol: float = 1e-3) -> bool:

@@ -34,12 +34,18 @@ Built deterministically from the real brain T1 and its FSL FAST partial-volume m
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from napari_softseg import __version__
+from napari_softseg.io import geometry
+from napari_softseg.io.atomic import write_text_atomic
+from napari_softseg.io.nifti import read_nifti, write_nifti
+from napari_softseg.io.samples import sample_path
 
 PHANTOM_VERSION = "2"
 SEED = 20210917
@@ -91,7 +97,7 @@ class Phantom:
 
     @property
     def voxel_volume(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3])))
+        return geometry.voxel_volume(self.affine)
 
     def analytic_volume_mm3(self) -> float:
         return float(sum(les.volume_mm3 for les in self.lesions))
@@ -106,8 +112,6 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _load_sources():
-    from napari_softseg.io.nifti import read_nifti
-    from napari_softseg.io.samples import sample_path
     from scipy import ndimage as ndi
 
     bet = read_nifti(sample_path("brain_t1", "bet.nii.gz"))
@@ -252,8 +256,6 @@ def build_phantom(seed: int = SEED) -> Phantom:
 
 
 def cache_dir() -> Path:
-    import os
-
     base = Path(os.environ.get("NAPARI_SOFTSEG_CACHE", Path.home() / ".cache" / "napari-softseg"))
     return base / f"phantom-v{PHANTOM_VERSION}-{SEED}"
 
@@ -264,10 +266,6 @@ def phantom_files(folder: Path | None = None, phantom: Phantom | None = None) ->
     Keys: ``image``, ``truth`` and ``rater_<style>`` for each style; ``lesions`` is a JSON
     file with every lesion's geometry and analytic volume.
     """
-    import json
-
-    from napari_softseg.io.nifti import write_nifti
-
     folder = Path(folder) if folder is not None else cache_dir()
     names = {"image": "flair.nii.gz", "truth": "truth.nii.gz", "lesions": "lesions.json"}
     names.update({f"rater_{k}": f"rater_{k}.nii.gz" for k in RATER_STYLES})
@@ -285,7 +283,5 @@ def phantom_files(folder: Path | None = None, phantom: Phantom | None = None) ->
         "voxel_volume_mm3": ph.voxel_volume, "analytic_volume_mm3": ph.analytic_volume_mm3(),
         "rater_styles": RATER_STYLES, "lesions": [asdict(l) | {"volume_mm3": l.volume_mm3} for l in ph.lesions],
     }
-    tmp = paths["lesions"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(paths["lesions"])
+    write_text_atomic(paths["lesions"], json.dumps(info, indent=1))
     return paths

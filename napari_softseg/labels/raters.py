@@ -1,8 +1,8 @@
 """Checks and conversions of rater maps shared by the fusion methods.
 
 A binary or soft rater map holds values in [0, 1] (booleans and 0/1 integers included) and
-marks a voxel when ``value > threshold`` (0.5). A multi-class rater map holds integer labels
-``0 .. K-1`` (0 = background).
+marks a voxel where :func:`napari_softseg.labels.masks.binarize` says so (``value >= 0.5``).
+A multi-class rater map holds integer labels ``0 .. K-1`` (0 = background).
 """
 
 from __future__ import annotations
@@ -39,15 +39,6 @@ def check_unit_range(arrays: Sequence[np.ndarray], labels_requested: bool = Fals
         if lo < 0 or hi > 1.0 + 1e-6:
             hint = "" if labels_requested else "; for integer label maps ask for multi-class fusion (n_classes)"
             raise UserError(f"Rater {j} has values in [{lo:g}, {hi:g}], not a mask or probability map in [0, 1]{hint}.")
-
-
-def foreground(rater: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Boolean foreground ``value > threshold`` (no float copy of integer or boolean maps)."""
-    if rater.dtype == bool:
-        return rater
-    if rater.dtype.kind in "iu":
-        return rater > int(np.floor(threshold))
-    return rater > rater.dtype.type(threshold)
 
 
 def class_labels(rater: np.ndarray, n_classes: int, index: int) -> np.ndarray:

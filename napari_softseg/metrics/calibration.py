@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from scipy.special import xlogy
 
+from napari_softseg.labels.masks import binarize
+
 #: Number of equal-width confidence bins of the reliability diagram.
 N_BINS = 10
 
@@ -119,9 +121,10 @@ class ReliabilityDiagram:
 def confidence_and_correctness(prob, truth, *, class_axis: int | None = None, mask=None):
     """Per voxel: confidence (maximum class probability) and (expected) correctness.
 
-    Binary: confidence ``max(p, 1 - p)``; predicted class 1 when ``p > 0.5``, else 0 (the
-    first maximum of ``[1 - p, p]``); correctness ``t`` when 1 is predicted, ``1 - t``
-    otherwise, with ``t`` the (possibly soft) truth. Multi-class: ``truth`` is an integer
+    Binary: confidence ``max(p, 1 - p)``; predicted class 1 where the binarised map is
+    foreground (:func:`~napari_softseg.labels.masks.binarize`, ``p >= 0.5``), else 0;
+    correctness ``t`` when 1 is predicted, ``1 - t`` otherwise, with ``t`` the (possibly soft)
+    truth. Multi-class: ``truth`` is an integer
     label map (one axis less than ``prob``) or per-class probabilities on ``class_axis``.
     Returns two flat float64 arrays.
     """
@@ -131,7 +134,7 @@ def confidence_and_correctness(prob, truth, *, class_axis: int | None = None, ma
         if t.shape != p.shape:
             raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
         t = np.clip(_as_float(t), 0.0, 1.0)
-        predicted = p > np.asarray(0.5, dtype=p.dtype)
+        predicted = binarize(p, 0.5)
         conf = np.where(predicted, p, 1.0 - p)
         correct = np.where(predicted, t, 1.0 - t)
     else:

@@ -1,8 +1,9 @@
 """Lesion detection: connected components, LTPR and LFDR counted one side each.
 
-A lesion is a connected component of a binarised map (``value > threshold``): 6, 18
-(default) or 26-connectivity in 3-D, 4 or 8 in 2-D. Labels are int32, so more than 255
-components never wrap, and soft predictions are thresholded, never cast to int.
+A lesion is a connected component of a binarised map (``value >= threshold``, the one rule
+:func:`napari_softseg.labels.masks.binarize`): 6, 18 (default) or 26-connectivity in 3-D, 4
+or 8 in 2-D. Labels are int32, so more than 255 components never wrap, and soft predictions
+are thresholded, never cast to int.
 
 ivadomed computes the lesion false discovery rate as ``FP / (TP + FP)`` with ``TP`` counted
 on the truth side (detected truth lesions) and ``FP`` on the prediction side, which is wrong
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_softseg.labels.raters import foreground
+from napari_softseg.labels.masks import binarize
 
 #: (ndim, connectivity) → rank of scipy's binary structuring element.
 _CONNECTIVITY = {(3, 6): 1, (3, 18): 2, (3, 26): 3, (2, 4): 1, (2, 8): 2}
@@ -59,8 +60,8 @@ class LesionDetection:
 def lesion_detection(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5, connectivity: int = 18,
                      min_overlap: int = 3, min_overlap_fraction: float | None = None) -> LesionDetection:
     """LTPR and LFDR from connected components (see :class:`LesionDetection`)."""
-    p = foreground(np.asarray(pred), threshold)
-    t = foreground(np.asarray(truth), truth_threshold)
+    p = binarize(np.asarray(pred), threshold)
+    t = binarize(np.asarray(truth), truth_threshold)
     if p.shape != t.shape:
         raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
     t_lab, n_t = connected_components(t, connectivity)

@@ -1,18 +1,20 @@
 """Segmentation metrics: overlap, volumes, soft errors, lesion detection, ranking, sweeps.
 
 All functions take numpy arrays and are vectorised; calibration and entropy live in
-:mod:`napari_softseg.metrics.calibration`, lesion detection in :mod:`napari_softseg.metrics.detection`;
-both are re-exported here.
+:mod:`napari_softseg.metrics.calibration`, lesion detection in :mod:`napari_softseg.metrics.detection`.
 
 Conventions
 -----------
-* **Binarisation** is ``value > threshold`` (strict) for predictions and truths alike, so a
-  rater average of 0.5 (one of two raters) is background, as in majority voting.
+* **Binarisation** is the package's one rule, :func:`napari_softseg.labels.masks.binarize`
+  (``value >= threshold``), for predictions and truths alike, so a rater average of 0.5 (one
+  of two raters) is foreground, as in the CLI's masks and the review.
 * Dice, precision, recall, AVD and RVD are in **percent**, as in the SoftSeg paper
   (Gros et al., MedIA 2021): ``Dice = 2TP / (2TP + FP + FN)``, ``precision = TP / (TP + FP)``,
   ``recall = TP / (TP + FN)``, ``RVD = (V_truth - V_pred) / V_truth`` (negative: the
   prediction is too large), ``AVD = |RVD|``. MSE, Brier score and ECE are fractions.
-* Volumes are in mm³: voxel count times the product of ``spacing``.
+* Volumes are in mm³: voxel count times the product of ``spacing``
+  (:func:`napari_softseg.io.geometry.spacing_volume`); the soft volume is
+  :func:`napari_softseg.labels.levels.soft_volume`.
 * **Edge cases**: both masks empty → Dice, precision and recall 100; an empty prediction
   with a non-empty truth → precision NaN; an empty truth with a non-empty prediction →
   recall NaN; an empty truth → RVD and AVD NaN. :func:`segmentation_scores` and
@@ -29,19 +31,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from napari_softseg.metrics.calibration import (  # noqa: F401  (re-exported)
-    N_BINS,
-    ReliabilityDiagram,
-    ece,
-    entropy,
-    entropy_mae,
-    image_entropy,
-    rater_average,
-    reliability_diagram,
-    voxel_entropy_mae,
-)
-from napari_softseg.metrics.detection import LesionDetection, connected_components, lesion_detection  # noqa: F401  (re-exported)
-from napari_softseg.labels.raters import foreground
+from napari_softseg.io.geometry import spacing_volume
+from napari_softseg.labels.levels import soft_volume
+from napari_softseg.labels.masks import binarize
+from napari_softseg.metrics.calibration import N_BINS, ece, image_entropy, rater_average, voxel_entropy_mae
+from napari_softseg.metrics.detection import lesion_detection
 
 #: Weights of the composite score (Lemay et al. 2022): higher Dice/precision/recall and lower AVD are better.
 COMPOSITE_WEIGHTS: dict[str, float] = {"dice": 1.0, "precision": 1.0, "recall": 1.0, "avd": -1.0}
@@ -58,23 +52,9 @@ EVALUATE_UNITS: dict[str, str] = {
 RATER_UNITS: dict[str, str] = {"entropy_mae": "nats", "entropy_voxel_mae": "nats", "image_entropy_pred": "nats", "image_entropy_raters": "nats"}
 
 
-def binarize(x, threshold: float = 0.5) -> np.ndarray:
-    """Boolean mask ``x > threshold`` (booleans pass through; compared in ``x``'s dtype)."""
-    return foreground(np.asarray(x), threshold)
-
-
-def voxel_volume(spacing: Sequence[float]) -> float:
-    return float(np.prod(np.asarray(spacing, dtype=np.float64)))
-
-
 def volume(mask, spacing: Sequence[float] = (1.0, 1.0, 1.0), *, threshold: float = 0.5) -> float:
     """Volume in mm³ of the binarised ``mask``."""
-    return float(np.count_nonzero(binarize(mask, threshold))) * voxel_volume(spacing)
-
-
-def soft_volume(prob, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
-    """Soft (partial-volume) volume in mm³: ``sum(p) · voxel volume``."""
-    return float(np.sum(prob, dtype=np.float64)) * voxel_volume(spacing)
+    return float(np.count_nonzero(binarize(np.asarray(mask), threshold))) * spacing_volume(spacing)
 
 
 @dataclass
@@ -96,8 +76,8 @@ class Counts:
 
 
 def confusion_counts(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5) -> Counts:
-    p = binarize(pred, threshold)
-    t = binarize(truth, truth_threshold)
+    p = binarize(np.asarray(pred), threshold)
+    t = binarize(np.asarray(truth), truth_threshold)
     if p.shape != t.shape:
         raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
     tp = int(np.count_nonzero(p & t))
@@ -109,7 +89,7 @@ def segmentation_scores(pred, truth, *, threshold: float = 0.5, truth_threshold:
                         spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
     """Dice, precision, recall, AVD, RVD (%) and volumes (mm³), with ``nan_reasons``."""
     c = confusion_counts(pred, truth, threshold=threshold, truth_threshold=truth_threshold)
-    vv = voxel_volume(spacing)
+    vv = spacing_volume(spacing)
     reasons: dict[str, str] = {}
     both_empty = c.n_pred == 0 and c.n_truth == 0
     out = {"dice": 100.0 if both_empty else 200.0 * c.tp / (c.n_pred + c.n_truth)}
@@ -242,7 +222,8 @@ class ThresholdSweep:
 
 
 def threshold_sweep(pred, truth, thresholds=None, *, truth_threshold: float = 0.5) -> ThresholdSweep:
-    """Dice, precision and recall (%) of ``pred > t`` for each threshold (default 0.05 … 0.95).
+    """Dice, precision and recall (%) of ``binarize(pred, t)`` (``pred >= t``) for each threshold
+    (default 0.05 … 0.95).
 
     One pass: each voxel is placed among the sorted thresholds with ``searchsorted``, so the
     cost does not grow with the number of thresholds.
@@ -252,11 +233,11 @@ def threshold_sweep(pred, truth, thresholds=None, *, truth_threshold: float = 0.
     p = np.asarray(pred)
     p = p.astype(np.float32) if p.dtype.kind != "f" else p
     th_cast = th[order].astype(p.dtype)
-    t = binarize(truth, truth_threshold)
-    k_all = np.searchsorted(th_cast, p.ravel(), side="left")  # thresholds strictly below each value
+    t = binarize(np.asarray(truth), truth_threshold)
+    k_all = np.searchsorted(th_cast, p.ravel(), side="right")  # thresholds at or below each value
     k_tp = k_all[t.ravel()]
     n_th = th.size
-    above = np.cumsum(np.bincount(k_all, minlength=n_th + 1)[::-1])[::-1][1:]  # voxels > th[i]
+    above = np.cumsum(np.bincount(k_all, minlength=n_th + 1)[::-1])[::-1][1:]  # voxels >= th[i]
     tp = np.cumsum(np.bincount(k_tp, minlength=n_th + 1)[::-1])[::-1][1:]
     n_truth = int(k_tp.size)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -285,7 +266,7 @@ def evaluate(pred, truth, *, raters: Sequence[np.ndarray] | None = None, spacing
         Soft prediction in [0, 1] (or a binary mask).
     truth : array
         Binary or soft truth (e.g. a rater average or STAPLE); binarised with
-        ``> truth_threshold`` for the overlap and lesion metrics, used as is for MSE and ECE.
+        ``>= truth_threshold`` for the overlap and lesion metrics, used as is for MSE and ECE.
     raters : sequence of arrays, optional
         Individual raters: adds ``entropy_mae`` (|image entropy of pred − image entropy of the
         rater average|), ``entropy_voxel_mae`` and the two image entropies, and makes
@@ -309,7 +290,7 @@ def evaluate(pred, truth, *, raters: Sequence[np.ndarray] | None = None, spacing
     reasons = out.pop("nan_reasons")
     p_soft = pred if pred.dtype.kind == "f" else pred.astype(np.float32)
     out["soft_dice"] = soft_dice(p_soft, truth)
-    out["soft_volume_pred_mm3"] = soft_volume(p_soft, spacing)
+    out["soft_volume_pred_mm3"] = soft_volume(p_soft, spacing_volume(spacing))
     out["mse"] = mse(p_soft, truth, mask=mask)
     out["ece"] = ece(p_soft, truth, n_bins=n_bins, mask=mask)
     det = lesion_detection(pred, truth, threshold=threshold, truth_threshold=truth_threshold, connectivity=connectivity,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_softseg.io import geometry
+
 
 def show_slices_along(viewer, affine: np.ndarray, axis: int | None = None) -> int:
     """Show the plane perpendicular to the world axis closest to array ``axis``.
@@ -15,7 +17,7 @@ def show_slices_along(viewer, affine: np.ndarray, axis: int | None = None) -> in
     Returns the world axis used as slider.
     """
     affine = np.asarray(affine, dtype=float)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = np.asarray(geometry.spacing(affine))
     if axis is None:
         axis = int(np.argmax(spacing)) if spacing.max() > 1.01 * spacing.min() else 2
     world = int(np.argmax(np.abs(affine[:3, axis])))

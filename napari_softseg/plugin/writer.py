@@ -53,7 +53,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Labels as integers; a rater layer (confidence levels) as its float32 soft map."""
     arr = np.asarray(data)
     if (meta.get("metadata") or {}).get("softseg_role") == "rater":
-        from napari_softseg.labels.softlabels import levels_to_soft
+        from napari_softseg.labels.levels import levels_to_soft
 
         return _write(path, levels_to_soft(arr), meta, np.float32)
     return _write(path, arr, meta, None)

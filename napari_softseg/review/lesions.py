@@ -1,12 +1,13 @@
 """Lesion analysis for review: per-lesion statistics of a soft prediction and a flag rule.
 
-A **lesion** is a connected component (18-connectivity by default) of ``soft > threshold``.
+A **lesion** is a connected component (18-connectivity by default) of the binarised map
+``soft >= threshold`` (:func:`napari_softseg.labels.masks.binarize`).
 For each lesion :func:`analyse_lesions` reports
 
 * ``voxels``, ``centroid`` (mean voxel index), ``bbox_min``/``bbox_max`` (inclusive voxel
   indices), ``hard_volume_mm3 = voxels · voxel volume``;
 * ``soft_volume_mm3``: the partial-volume estimate ``sum(p) · voxel volume`` over the lesion
-  **and its rim** — the connected voxels with ``soft_floor < p <= threshold`` around it (a
+  **and its rim** — the connected voxels with ``soft_floor <= p < threshold`` around it (a
   rim voxel shared by several lesions goes to the nearest one, in mm). Lesion boundaries
   hold fractions of lesion, which this sum keeps and the hard volume drops;
 * ``mean/min/max_probability`` and ``mean_entropy`` (binary entropy, nats) over the lesion;
@@ -33,9 +34,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from napari_softseg.io.atomic import atomic_open, write_text_atomic
+from napari_softseg.io.geometry import spacing_volume
+from napari_softseg.labels.masks import binarize
 from napari_softseg.metrics.calibration import entropy
 from napari_softseg.metrics.detection import connected_components
-from napari_softseg.metrics.segmentation import binarize, voxel_volume
 
 _AXES = "ijklmn"
 
@@ -191,18 +194,16 @@ class LesionTable:
 
     def write_csv(self, path) -> Path:
         path = Path(path)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(self.csv_header())
             w.writerows(self.csv_rows())
         return path
 
     def write_json(self, path, **extra) -> Path:
-        path = Path(path)
         doc = {"threshold": self.threshold, "spacing": list(self.spacing), "n_samples": self.n_samples,
                "rule": asdict(self.rule), **extra, "lesions": self.to_dicts()}
-        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
-        return path
+        return write_text_atomic(path, json.dumps(doc, indent=2, ensure_ascii=False))
 
 
 def analyse_lesions(
@@ -222,7 +223,7 @@ def analyse_lesions(
     soft : array
         Soft prediction in [0, 1].
     threshold : float
-        Lesions are components of ``soft > threshold``.
+        Lesions are components of ``soft >= threshold``.
     spacing : floats
         Voxel size in mm (volumes, nearest-lesion distances).
     samples : array ``(N, *soft.shape)`` or sequence of N arrays, optional
@@ -232,61 +233,73 @@ def analyse_lesions(
     connectivity : int
         6, 18 or 26 in 3-D (4 or 8 in 2-D).
     soft_floor : float
-        Rim voxels need ``p > soft_floor`` to count towards the soft volume.
+        Rim voxels need ``p >= soft_floor`` to count towards the soft volume.
     """
-    from scipy import ndimage
-
     p = np.asarray(soft)
     p = p.astype(np.float32) if p.dtype.kind != "f" else p
     spacing = tuple(float(s) for s in spacing)[: p.ndim]
     if len(spacing) != p.ndim:
         raise ValueError(f"spacing needs {p.ndim} values, got {len(spacing)}.")
-    vv = voxel_volume(spacing)
     hard = binarize(p, threshold)
     labels, n = connected_components(hard, connectivity)
+    n_samples = _n_samples(samples)
     if n == 0:
-        return LesionTable([], labels, float(threshold), spacing, rule, _n_samples(samples))
-    # statistics over the lesion voxels only (a small fraction of the volume)
+        return LesionTable([], labels, float(threshold), spacing, rule, n_samples)
+    stats = _lesion_statistics(p, labels, n)
+    stats["rim"] = _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing)
+    stats["iou"], stats["cv"] = np.full(n, np.nan), np.full(n, np.nan)
+    if n_samples:
+        stats["iou"], stats["cv"] = _sample_uncertainty(samples, labels, n, stats["boxes"], threshold,
+                                                        connectivity, p.shape)
+    vv = spacing_volume(spacing)
+    records = [rule.apply(_record(stats, i, vv, n_samples)) for i in range(n)]
+    return LesionTable(records, labels, float(threshold), spacing, rule, n_samples)
+
+
+def _lesion_statistics(p: np.ndarray, labels: np.ndarray, n: int) -> dict:
+    """Per-lesion sums over the lesion voxels only (a small fraction of the volume): voxel
+    counts, probability sum, mean entropy, min/max probability, centroids and boxes."""
+    from scipy import ndimage
+
     flat = np.flatnonzero(labels)
     lab = labels.reshape(-1)[flat]
     pv = p.reshape(-1)[flat]
     voxels = np.bincount(lab, minlength=n + 1)[1:]
-    core_sum = np.bincount(lab, weights=pv, minlength=n + 1)[1:]
-    h_mean = np.bincount(lab, weights=entropy(pv), minlength=n + 1)[1:] / voxels
     order = np.argsort(lab, kind="stable")
     starts = np.concatenate([[0], np.cumsum(voxels)[:-1]])
-    p_min = np.minimum.reduceat(pv[order], starts)
-    p_max = np.maximum.reduceat(pv[order], starts)
     coords = np.unravel_index(flat, p.shape)
-    centroids = np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] / voxels for c in coords], axis=1)
-    boxes = ndimage.find_objects(labels)
-    rim = _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing)
-    iou = np.full(n, np.nan)
-    cv = np.full(n, np.nan)
-    n_samples = _n_samples(samples)
-    if n_samples:
-        iou, cv = _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, p.shape)
-    records = []
-    for i in range(n):
-        box = boxes[i]
-        rec = LesionRecord(
-            id=i + 1,
-            voxels=int(voxels[i]),
-            centroid=tuple(round(float(c), 3) for c in centroids[i]),
-            bbox_min=tuple(int(s.start) for s in box),
-            bbox_max=tuple(int(s.stop) - 1 for s in box),
-            hard_volume_mm3=float(voxels[i]) * vv,
-            soft_volume_mm3=float(core_sum[i] + rim[i]) * vv,
-            mean_probability=float(core_sum[i] / voxels[i]),
-            min_probability=float(p_min[i]),
-            max_probability=float(p_max[i]),
-            mean_entropy=float(h_mean[i]),
-            sample_iou=float(iou[i]),
-            volume_cv=float(cv[i]),
-            n_samples=n_samples,
-        )
-        records.append(rule.apply(rec))
-    return LesionTable(records, labels, float(threshold), spacing, rule, n_samples)
+    return {
+        "voxels": voxels,
+        "core_sum": np.bincount(lab, weights=pv, minlength=n + 1)[1:],
+        "h_mean": np.bincount(lab, weights=entropy(pv), minlength=n + 1)[1:] / voxels,
+        "p_min": np.minimum.reduceat(pv[order], starts),
+        "p_max": np.maximum.reduceat(pv[order], starts),
+        "centroids": np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] / voxels for c in coords], axis=1),
+        "boxes": ndimage.find_objects(labels),
+    }
+
+
+def _record(stats: dict, i: int, vv: float, n_samples: int) -> LesionRecord:
+    """The :class:`LesionRecord` of lesion ``i + 1`` from :func:`_lesion_statistics` and the rim
+    and sample measures (not yet flagged)."""
+    box = stats["boxes"][i]
+    voxels = stats["voxels"][i]
+    return LesionRecord(
+        id=i + 1,
+        voxels=int(voxels),
+        centroid=tuple(round(float(c), 3) for c in stats["centroids"][i]),
+        bbox_min=tuple(int(s.start) for s in box),
+        bbox_max=tuple(int(s.stop) - 1 for s in box),
+        hard_volume_mm3=float(voxels) * vv,
+        soft_volume_mm3=float(stats["core_sum"][i] + stats["rim"][i]) * vv,
+        mean_probability=float(stats["core_sum"][i] / voxels),
+        min_probability=float(stats["p_min"][i]),
+        max_probability=float(stats["p_max"][i]),
+        mean_entropy=float(stats["h_mean"][i]),
+        sample_iou=float(stats["iou"][i]),
+        volume_cv=float(stats["cv"][i]),
+        n_samples=n_samples,
+    )
 
 
 def _n_samples(samples) -> int:

@@ -4,12 +4,12 @@ A :class:`Review` holds one prediction (soft map, optional uncertainty samples) 
 reviewer's work on it, without any GUI, so that everything the Segment dock does can be
 scripted and tested:
 
-* **Working mask** at threshold ``t`` (lesions are components of ``soft > t``, the
-  convention of :mod:`napari_softseg.review.lesions` and :mod:`napari_softseg.metrics.segmentation`), with the
-  reviewer's painted edits kept as two voxel sets, *added* and *removed*, that survive a
-  threshold change::
+* **Working mask** at threshold ``t`` (lesions are components of ``soft >= t``, the one
+  binarisation rule :func:`napari_softseg.labels.masks.binarize`, shared with the lesion
+  analysis, the metrics and the CLI), with the reviewer's painted edits kept as two voxel
+  sets, *added* and *removed*, that survive a threshold change::
 
-      final(t) = ((soft > t) \\ rejected(t)  ∪  added) \\ removed
+      final(t) = ((soft >= t) \\ rejected(t)  ∪  added) \\ removed
 
   where ``rejected(t)`` is the union of the components (at ``t``) of the rejected lesions.
 * **Decisions** (:data:`DECISIONS`: pending, accepted, rejected, edited) and comments, each
@@ -20,21 +20,23 @@ scripted and tested:
   statistics, decision and comment, the model's identity, the threshold and flag rule, and
   a summary of the final mask) and the final soft and binary masks as NIfTI on the scan's
   grid. The final soft map is the prediction with rejected lesions and removed voxels set
-  to 0 and added voxels set to 1 (the reviewer drew them), so that ``final_soft > t``
+  to 0 and added voxels set to 1 (the reviewer drew them), so that ``final_soft >= t``
   equals the final binary mask.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from napari_softseg.io.atomic import atomic_open
+from napari_softseg.io.geometry import spacing_volume
+from napari_softseg.io.jsondoc import write_json
+from napari_softseg.labels.masks import binarize
 from napari_softseg.review.lesions import FlagRule, LesionRecord, LesionTable, analyse_lesions
 
 __all__ = ["DECISIONS", "Decision", "Review", "EXPORT_SUFFIXES"]
@@ -156,7 +158,7 @@ class Review:
 
     def base_mask(self, threshold: float | None = None) -> np.ndarray:
         t = self.threshold if threshold is None else float(threshold)
-        return self.soft > np.float32(t)
+        return binarize(self.soft, t)
 
     def final_mask(self, threshold: float | None = None) -> np.ndarray:
         """Boolean final mask (see the module docstring).
@@ -272,7 +274,7 @@ class Review:
 
     def summary(self) -> dict:
         final = self.final_mask()
-        vv = float(np.prod(self.spacing))
+        vv = spacing_volume(self.spacing)
         return {
             "n_lesions": len(self.records()),
             "n_flagged": sum(1 for r in self.records() if r.flagged),
@@ -286,14 +288,12 @@ class Review:
     def write_csv(self, path) -> Path:
         path = Path(path)
         header = LesionRecord.csv_header(3) + ["decision", "comment", "final_voxels"]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             final_rows = self.rows()
             for rec, row in zip(self.records(), final_rows):
                 w.writerow(rec.csv_row() + [row["decision"], row["comment"], row["final_voxels"]])
-        tmp.replace(path)
         return path
 
     def to_json(self, **extra) -> dict:
@@ -310,11 +310,7 @@ class Review:
         }
 
     def write_json(self, path, **extra) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(_json_safe(self.to_json(**extra)), indent=2, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_json(**extra))
 
     def export(self, folder, stem: str, *, like=None, affine=None, model: dict | None = None,
                scan: str | None = None) -> dict[str, Path]:
@@ -337,20 +333,3 @@ class Review:
         files = {k: p.name for k, p in paths.items()}
         self.write_json(paths["json"], model=model or {}, scan=scan, files=files)
         return paths
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QVBoxLayout, QWidget
 
-from napari_softseg.labels.autosave import ScanGeometry
+from napari_softseg.io.nifti import ScanGeometry
 from napari_softseg.errors import UserError
 
 #: ``metadata["softseg_role"]`` of the layers this package creates or reads.

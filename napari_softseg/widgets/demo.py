@@ -150,7 +150,7 @@ def run_demo(out: Path, headless: bool) -> int:
 
 def _segment_summary(seg, viewer, timings: dict, lesion_id) -> dict:
     """What the demo did, with the prediction's lesion detection against the phantom truth."""
-    from napari_softseg.metrics.segmentation import lesion_detection
+    from napari_softseg.metrics.detection import lesion_detection
 
     review = seg.review
     truth = np.asarray(viewer.layers["truth_fraction"].data)

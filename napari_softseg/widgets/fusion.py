@@ -20,11 +20,12 @@ from qtpy.QtWidgets import (
     QPushButton, QTableWidget, QTableWidgetItem,
 )
 
-from napari_softseg.labels.autosave import ScanGeometry
+from napari_softseg.io import geometry
+from napari_softseg.io.nifti import ScanGeometry
 from napari_softseg.errors import UserError
 from napari_softseg.fusion.methods import METHODS, disagreement_map, fuse, rater_statistics
 from napari_softseg.io.nifti import nifti_stem, read_nifti
-from napari_softseg.labels.softlabels import N_LEVELS
+from napari_softseg.labels.levels import levels_to_soft
 from napari_softseg.widgets.base import (
     ROLE_KEY, DockBase, data_to_world, is_rater, is_scan, layer_geometry, notify_error, role,
 )
@@ -49,7 +50,7 @@ class RaterInput:
     def load(self) -> np.ndarray:
         """The rater as a binary mask or a float32 soft map in [0, 1]."""
         if self.kind == "levels":
-            return (np.minimum(self.data, N_LEVELS).astype(np.float32) / np.float32(N_LEVELS))
+            return levels_to_soft(self.data)
         if self.kind == "mask":
             return (np.asarray(self.data) != 0).astype(np.uint8)
         if self.kind == "soft":
@@ -176,8 +177,8 @@ class FusionWidget(DockBase):
         self.table.setHorizontalHeaderLabels(["Rater", "Sens.", "Spec.", "Dice %", "mm³"])
         self.table.horizontalHeaderItem(1).setToolTip("STAPLE sensitivity")
         self.table.horizontalHeaderItem(2).setToolTip("STAPLE specificity")
-        self.table.horizontalHeaderItem(3).setToolTip("Dice of the rater (> 0.5) against the hard consensus")
-        self.table.horizontalHeaderItem(4).setToolTip("Rater volume (> 0.5), mm³")
+        self.table.horizontalHeaderItem(3).setToolTip("Dice of the rater (>= 0.5) against the hard consensus")
+        self.table.horizontalHeaderItem(4).setToolTip("Rater volume (>= 0.5), mm³")
         self.table.verticalHeader().hide()
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -287,7 +288,7 @@ class FusionWidget(DockBase):
             notify_error(str(err))
             return None
         method = self.method.currentData()
-        spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+        spacing = geometry.spacing(affine)
         self._pending = (chosen, affine, geo, method, self._prefix())
         self.run_button.setEnabled(False)
         worker = thread_worker(fusion_job, start_thread=False)(chosen, method, spacing)
@@ -302,7 +303,7 @@ class FusionWidget(DockBase):
         """The same as :meth:`start` without a thread (scripts and tests)."""
         chosen, _, shape, affine, geo = self.inputs()
         method = self.method.currentData()
-        spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+        spacing = geometry.spacing(affine)
         self._pending = (chosen, affine, geo, method, self._prefix())
         gen = fusion_job(chosen, method, spacing)
         try:

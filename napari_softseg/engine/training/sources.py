@@ -9,7 +9,7 @@ layer while training cannot change the run.
 Label layers
 ------------
 * a rater layer (``softseg_role == "rater"``) holds confidence levels 1..10, converted to the
-  soft map ``level / 10`` (:func:`napari_softseg.labels.softlabels.levels_to_soft`);
+  soft map ``level / 10`` (:func:`napari_softseg.labels.levels.levels_to_soft`);
 * any other ``Labels`` layer holds class numbers (0 = background, 1..K);
 * an ``Image`` layer holds a soft map in [0, 1] (or one per class on a 4th axis).
 """
@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.io.atomic import atomic_open
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -89,7 +90,7 @@ def pair_folder(images_dir, labels_dir) -> list[tuple[Path, list[Path]]]:
 # ------------------------------------------------------------------------------ worker side
 def _label_array(data: np.ndarray, kind: str) -> np.ndarray:
     if kind == "rater":
-        from napari_softseg.labels.softlabels import levels_to_soft
+        from napari_softseg.labels.levels import levels_to_soft
 
         return levels_to_soft(data)
     return data
@@ -116,28 +117,13 @@ def build_training_data(snapshots: Sequence[ScanSnapshot], folders: Sequence[tup
 
 
 def copy_atomic(src, dst) -> Path:
-    """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder and a rename, so
-    ``dst`` is never half-written."""
+    """Copy ``src`` to ``dst`` atomically (:mod:`napari_softseg.io.atomic`), so ``dst`` is
+    never half-written."""
     import shutil
-    import tempfile
 
-    src, dst = Path(src), Path(dst)
-    if not dst.parent.is_dir():
-        raise UserError(f"Cannot save {dst.name}: folder {dst.parent} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except PermissionError:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"Cannot save {dst.name}: permission denied in {dst.parent}.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    with atomic_open(dst, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out)
+    return Path(dst)
 
 
 def models_dir() -> Path:

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
 
 from napari_softseg.labels.autosave import AutosaveStore, SavedRater
 from napari_softseg.errors import UserError
-from napari_softseg.labels.softlabels import N_LEVELS, hard_volume, soft_volume
+from napari_softseg.labels.levels import N_LEVELS, levels_hard_volume, levels_soft_volume
 from napari_softseg.widgets.annotation import rater_io as rio
 from napari_softseg.widgets.annotation import rater_layers as rl
 from napari_softseg.widgets.base import DockBase, is_rater, layer_geometry, notify_info, notify_warning, user_errors
@@ -234,8 +234,8 @@ class SoftAnnotationWidget(DockBase):
 
     def _measure(self, st: rl.RaterState) -> None:
         data = st.layer.data
-        st.soft = soft_volume(data, st.voxel_volume)
-        st.hard = hard_volume(data, st.voxel_volume)
+        st.soft = levels_soft_volume(data, st.voxel_volume)
+        st.hard = levels_hard_volume(data, st.voxel_volume)
 
     # ------------------------------------------------------------------ autosave
     def flush(self, timeout: float = 30.0) -> bool:

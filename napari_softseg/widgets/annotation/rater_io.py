@@ -9,7 +9,7 @@ import numpy as np
 
 from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import nifti_stem, read_nifti
-from napari_softseg.labels.softlabels import N_LEVELS, levels_to_soft, mask_to_levels
+from napari_softseg.labels.levels import N_LEVELS, levels_to_soft, mask_to_levels
 from napari_softseg.widgets.annotation import rater_layers as rl
 from napari_softseg.widgets.base import is_rater, layer_geometry
 

@@ -1,7 +1,7 @@
 """Rater layers: napari ``Labels`` whose integers are confidence levels (no Qt here).
 
 A rater layer has the scan's shape and data-to-world transform, the confidence colormap
-(:func:`napari_softseg.labels.softlabels.level_colors`), and ``metadata`` holding the scan's NIfTI
+(:func:`napari_softseg.labels.levels.level_colors`), and ``metadata`` holding the scan's NIfTI
 geometry (``affine``, ``shape``, ``nifti_header``, so napari's "Save layer" and the export
 write it on the scan's grid) plus ``softseg_role = "rater"``, ``softseg_scan_path`` and
 ``softseg_scan_name``.
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_softseg.labels.autosave import AutosaveStore, ScanGeometry
-from napari_softseg.labels.softlabels import N_LEVELS, brush_coverage, level_colors, soft_edge_values, sweep_path
+from napari_softseg.io.nifti import ScanGeometry
+from napari_softseg.labels.autosave import AutosaveStore
+from napari_softseg.labels.levels import N_LEVELS, level_colors
+from napari_softseg.labels.soft_edge import brush_coverage, soft_edge_values, sweep_path
 from napari_softseg.widgets.base import ROLE_KEY, ROLE_RATER, data_to_world, layer_geometry
 
 #: Alt+1 ... Alt+9 select levels 1-9 and Alt+0 level 10 (plain digits switch napari's

@@ -8,7 +8,7 @@ from qtpy.QtWidgets import (
     QSlider, QTableWidget,
 )
 
-from napari_softseg.labels.softlabels import N_LEVELS, level_colors
+from napari_softseg.labels.levels import N_LEVELS, level_colors
 from napari_softseg.widgets.base import LayerCombo, is_scan
 
 

@@ -27,6 +27,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel
 
 from napari_softseg.errors import UserError
+from napari_softseg.io import geometry
 from napari_softseg.review.lesions import analyse_lesions
 from napari_softseg.widgets.base import DockBase, LayerCombo, is_scan, layer_geometry, notify_error, notify_info
 from napari_softseg.widgets.segment.model_picker import ModelPicker
@@ -134,7 +135,7 @@ class SegmentWidget(DockBase, SaveExportMixin):
             self.scan_info.setText(f"<span style='color:#e05050'>{problem}</span>")
         elif scan is not None:
             geo = layer_geometry(scan)
-            sp = np.linalg.norm(geo.affine[:3, :3], axis=0)
+            sp = geometry.spacing(geo.affine)
             self.scan_info.setText(f"{'x'.join(map(str, geo.shape))} voxels of {' x '.join(f'{s:.2g}' for s in sp)} mm")
         return problem
 
@@ -156,7 +157,7 @@ class SegmentWidget(DockBase, SaveExportMixin):
         geo = layer_geometry(scan)
         request = SegmentRequest(
             model_path=self.models.path(), image=stack_contrasts(layers),
-            spacing=tuple(float(s) for s in np.linalg.norm(geo.affine[:3, :3], axis=0)),
+            spacing=geometry.spacing(geo.affine),
             mc_samples=self.run_controls.mc_spin.value(), tta=self.run_controls.tta(), rule=self.panel.rule.rule())
         self._t_click = time.perf_counter()
         self._cancel.clear()
@@ -265,7 +266,7 @@ class SegmentWidget(DockBase, SaveExportMixin):
         if self.review is None or layer is None:
             return
         n = int(np.count_nonzero(layer.data))
-        self.threshold.info.setText(f"mask: {n} voxels, {n * float(np.prod(self.review.spacing)):.0f} mm³")
+        self.threshold.info.setText(f"mask: {n} voxels, {n * geometry.spacing_volume(self.review.spacing):.0f} mm³")
 
     def _reanalyse(self) -> None:
         if self.review is None or self._analysis_worker is not None:

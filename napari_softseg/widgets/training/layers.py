@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.io import geometry
 from napari_softseg.widgets.base import data_to_world, is_rater, is_scan, role
 from napari_softseg.engine.training.sources import ScanSnapshot
 
@@ -68,8 +69,7 @@ def scan_entries(layers) -> list[ScanEntry]:
 
 def layer_spacing(layer) -> tuple[float, float, float]:
     """Voxel size along the array axes: column norms of the data-to-world matrix."""
-    m = data_to_world(layer)[:3, :3]
-    return tuple(float(s) for s in np.linalg.norm(m, axis=0))
+    return geometry.spacing(data_to_world(layer))
 
 
 def on_same_grid(a, b, atol: float = 1e-3) -> bool:

@@ -1,4 +1,4 @@
-"""Confidence levels <-> soft maps, the rater colormap, soft-edge coverage and volumes.
+"""Confidence levels: levels <-> soft maps, the rater colormap and the volumes of a rater.
 
 A rater paints integers into a napari ``Labels`` layer; each integer is a **confidence
 level**. With ``n`` levels (default :data:`N_LEVELS` = 10) level ``k`` means the soft value
@@ -7,22 +7,15 @@ level**. With ``n`` levels (default :data:`N_LEVELS` = 10) level ``k`` means the
     soft = levels / n                 levels = floor(clip(soft, 0, 1) * n + 1/2)
 
 Rounding to the nearest level loses at most ``1 / (2 n)`` (0.05 for ten levels); the exact
-loss of a given map is reported by :func:`mask_to_levels`.
+loss of a given map is reported by :func:`mask_to_levels`. :func:`levels_to_soft` and
+:func:`soft_to_levels` are the only conversions in the package.
 
-Soft edge
----------
-A brush stroke paints, in napari, every voxel whose centre lies within the brush radius of
-one of the stroke's (rounded) positions. With the soft edge on, each voxel the stroke
-changed is then given the partial-volume value
-
-.. math:: v = \\lfloor c \\, L + (1 - c) \\, v_0 + 1/2 \\rfloor
-
-where ``L`` is the level painted, ``v_0`` the voxel's level before the stroke and ``c``
-the fraction of the voxel's area (volume for a 3-D brush) covered by the brush disc of
-diameter ``brush_size`` swept along the stroke's exact path (:func:`brush_coverage`).
-Inner voxels (``c = 1``) keep ``L``; a border voxel half covered by the disc gets halfway
-between its old value and ``L``; the eraser (``L = 0``) leaves a fractional rim. Voxels
-outside what napari painted are never touched, so the stroke never grows.
+Volumes
+-------
+The **soft volume** of a map is ``sum(soft) · voxel volume`` (:func:`soft_volume`, used by
+the metrics and the docks alike); the **hard volume** counts the voxels that the one
+binarisation rule (:func:`napari_softseg.labels.masks.binarize`, ``soft >= threshold``)
+keeps.
 """
 
 from __future__ import annotations
@@ -32,11 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.labels.masks import DEFAULT_THRESHOLD, binarize
 
 #: Number of confidence levels; level k is the soft value k / N_LEVELS.
 N_LEVELS = 10
-#: A voxel counts in the hard volume when its confidence is at least this.
-HARD_THRESHOLD = 0.5
 
 # Colours follow the soft-map overlay of the reader (dark violet -> orange -> light
 # yellow, monotonic lightness) so painted raters and fused soft maps read the same way;
@@ -76,11 +68,6 @@ def level_colors(n_levels: int = N_LEVELS) -> dict[int | None, tuple[float, floa
         alpha = _ALPHA_MIN + (1.0 - _ALPHA_MIN) * t
         colors[k] = (r, g, b, round(alpha, 4))
     return colors
-
-
-def level_value(level: int, n_levels: int = N_LEVELS) -> float:
-    """Soft value of one level (``level / n_levels``)."""
-    return float(level) / float(n_levels)
 
 
 def levels_to_soft(levels: np.ndarray, n_levels: int = N_LEVELS) -> np.ndarray:
@@ -158,88 +145,22 @@ def mask_to_levels(data: np.ndarray, n_levels: int = N_LEVELS, *, name: str = "m
     return Quantized(q.levels, q.max_error, q.n_clipped, kind)
 
 
-# ---------------------------------------------------------------------------- volumes
-def soft_volume(levels: np.ndarray, voxel_volume: float, n_levels: int = N_LEVELS) -> float:
-    """Σ confidence × voxel volume (mm³ when the voxel volume is in mm³)."""
-    levels = np.asarray(levels)
-    total = int(np.minimum(levels, n_levels).sum(dtype=np.uint64)) if levels.size else 0
-    return total / n_levels * float(voxel_volume)
+def soft_volume(soft, voxel_volume: float) -> float:
+    """Partial-volume volume ``sum(soft) · voxel_volume`` (mm³ when the voxel volume is in mm³),
+    summed in float64."""
+    return float(np.sum(soft, dtype=np.float64)) * float(voxel_volume)
 
 
-def hard_volume(levels: np.ndarray, voxel_volume: float, n_levels: int = N_LEVELS,
-                threshold: float = HARD_THRESHOLD) -> float:
-    """Volume of the voxels whose confidence is at least ``threshold``."""
+def levels_soft_volume(levels: np.ndarray, voxel_volume: float, n_levels: int = N_LEVELS) -> float:
+    """:func:`soft_volume` of :func:`levels_to_soft` ``(levels)``, without a float copy."""
+    return soft_volume(np.minimum(levels, n_levels), float(voxel_volume) / n_levels)
+
+
+def levels_hard_volume(levels: np.ndarray, voxel_volume: float, n_levels: int = N_LEVELS,
+                       threshold: float = DEFAULT_THRESHOLD) -> float:
+    """Volume of the voxels whose confidence is at least ``threshold`` (level 0 never counts).
+
+    Compared as levels: ``level / n >= threshold`` is ``level >= ceil(threshold · n)``.
+    """
     k = int(np.ceil(threshold * n_levels - 1e-9))
-    return int(np.count_nonzero(np.asarray(levels) >= max(k, 1))) * float(voxel_volume)
-
-
-# ---------------------------------------------------------------------------- soft edge
-def sweep_path(points: np.ndarray, step: float = 0.25) -> np.ndarray:
-    """Densify a polyline so consecutive points are at most ``step`` apart.
-
-    The union of discs centred on the result approximates the disc swept along the
-    path; the scalloping between two centres is ``step² / (8 r)`` deep.
-    """
-    pts = np.atleast_2d(np.asarray(points, dtype=float))
-    if len(pts) < 2:
-        return pts
-    out = [pts[:1]]
-    for a, b in zip(pts[:-1], pts[1:]):
-        n = max(1, int(np.ceil(np.linalg.norm(b - a) / step)))
-        t = np.linspace(0.0, 1.0, n + 1)[1:, None]
-        out.append(a + t * (b - a))
-    return np.concatenate(out)
-
-
-def brush_coverage(voxels: np.ndarray, centres: np.ndarray, radius: float,
-                   samples_per_voxel: int = 64) -> np.ndarray:
-    """Fraction of each voxel covered by the union of balls of ``radius`` around ``centres``.
-
-    Parameters
-    ----------
-    voxels : (N, d) int array
-        Voxel indices; voxel ``i`` spans ``[i - 1/2, i + 1/2]`` along each axis.
-    centres : (M, d) float array
-        Ball centres in the same index units (discs for d = 2, spheres for d = 3).
-    radius : float
-        In voxels (napari's brush diameter is ``brush_size``, so ``radius = size / 2``).
-    samples_per_voxel : int
-        Sub-voxel samples (8 x 8 in 2-D, 4 x 4 x 4 in 3-D by default).
-
-    Returns
-    -------
-    (N,) float array in [0, 1]. Voxels whose whole square lies inside (outside) the
-    union get exactly 1 (0); only the border band is sampled.
-    """
-    from scipy.spatial import cKDTree
-
-    voxels = np.atleast_2d(np.asarray(voxels, dtype=float))
-    centres = np.atleast_2d(np.asarray(centres, dtype=float))
-    n, d = voxels.shape
-    cov = np.zeros(n, dtype=float)
-    if n == 0 or len(centres) == 0 or radius <= 0:
-        return cov
-    tree = cKDTree(centres)
-    nearest, _ = tree.query(voxels, k=1)
-    half_diag = 0.5 * np.sqrt(d)
-    inside = nearest + half_diag <= radius
-    cov[inside] = 1.0
-    band = ~inside & (nearest - half_diag <= radius)
-    if np.any(band):
-        s = max(1, int(round(samples_per_voxel ** (1.0 / d))))
-        offs_1d = (np.arange(s) + 0.5) / s - 0.5
-        offs = np.stack(np.meshgrid(*([offs_1d] * d), indexing="ij"), axis=-1).reshape(-1, d)
-        pts = (voxels[band][:, None, :] + offs[None, :, :]).reshape(-1, d)
-        dist, _ = tree.query(pts, k=1, distance_upper_bound=radius + 1e-9)
-        hit = np.isfinite(dist).reshape(-1, len(offs))
-        cov[band] = hit.mean(axis=1)
-    return cov
-
-
-def soft_edge_values(old: np.ndarray, level: int, coverage: np.ndarray,
-                     n_levels: int = N_LEVELS) -> np.ndarray:
-    """Partial-volume level ``floor(c L + (1 - c) v0 + 1/2)`` for painted voxels (uint8)."""
-    old = np.minimum(np.asarray(old, dtype=float), n_levels)
-    c = np.clip(np.asarray(coverage, dtype=float), 0.0, 1.0)
-    new = np.floor(c * float(level) + (1.0 - c) * old + 0.5)
-    return np.clip(new, 0, n_levels).astype(np.uint8)
+    return int(np.count_nonzero(binarize(np.asarray(levels), max(k, 1)))) * float(voxel_volume)
