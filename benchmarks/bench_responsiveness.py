@@ -142,7 +142,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     with tempfile.TemporaryDirectory(prefix="softseg-bench-") as tmp:
         os.environ.setdefault("NAPARI_SOFTSEG_DATA", str(Path(tmp) / "userdata"))
         viewer = napari.Viewer(show=True)
-        viewer.window._qt_window.resize(1600, 1000)
+        viewer.window.resize(1600, 1000)
         _events(0.5)
         idle = _idle_stall(1.0 if quick else 3.0)
         paint = _painting(viewer, 10 if quick else 50, Path(tmp) / "scans")

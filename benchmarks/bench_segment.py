@@ -86,7 +86,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     torch.set_num_threads(2)
     repeats = 1 if quick else 3
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     viewer.open_sample("napari-softseg", "lesion_phantom")
     dock = SegmentWidget(viewer)
     viewer.window.add_dock_widget(dock)
@@ -132,7 +132,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
         t = time.perf_counter()
         layer.data = (soft > np.float32(v)).astype(np.uint8)
         naive.append(time.perf_counter() - t)
-    dock._timer.stop()
+    dock.analysis_timer.stop()
     with torch.inference_mode():
         t = time.perf_counter()
         predict_volume(model, soft * 1000.0, spacing=(1, 1, 1))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _notes import Notifications
 from _paths import SHARED
 from _strokes import kill_test_strokes, play, stroke, sweep_strokes
 
@@ -186,12 +187,11 @@ def test_soft_edge_gives_half_covered_border_voxels_half_the_level(make_napari_v
     assert layer.data[94:107, 115, 5].tolist() == col
 
 
-def test_import_soft_mask_reports_rounding_and_export_round_trips(make_napari_viewer, tmp_path, monkeypatch):
+def test_import_soft_mask_reports_rounding_and_export_round_trips(make_napari_viewer, tmp_path):
     from napari_softseg.io.nifti import read_nifti
-    from napari_softseg.widgets import base as _base
+    from napari_softseg.plugin.notify import user_errors
 
-    errors = []
-    monkeypatch.setattr(_base, "notify_error", errors.append)
+    errors = Notifications("error")
     viewer = make_napari_viewer()
     scan = add_scan(viewer, copy_scan(MT / "mt1.nii.gz", tmp_path / "scans"))
     dock = open_dock(viewer)
@@ -225,11 +225,37 @@ def test_import_soft_mask_reports_rounding_and_export_round_trips(make_napari_vi
 
     # masks of another grid or integer label maps: one sentence each, no layer, no crash
     n = len(viewer.layers)
-    dock._guard(dock.import_masks, [SHARED / "isbi2015_raters" / "training01_rater1.nii.gz"])
-    dock._guard(dock.import_masks, [T2S])
+    with user_errors():  # as the dock's Import button does
+        dock.import_masks([SHARED / "isbi2015_raters" / "training01_rater1.nii.gz"])
+    with user_errors():
+        dock.import_masks([T2S])
     assert len(viewer.layers) == n and len(errors) == 2
     assert "training01_rater1.nii.gz has shape (181, 217, 181)" in errors[0]
     assert "t2s_uncropped.nii.gz" in errors[1]
+
+
+def test_dock_from_the_plugin_menu_follows_raters_through_napari_proxies(make_napari_viewer, tmp_path):
+    """napari hands a dock opened from its menu a proxy viewer whose layers are new wrapper
+    objects on every access: raters present before the dock and raters it adds are followed."""
+    from napari_softseg.widgets.annotation.rater_layers import add_rater_layer
+
+    viewer = make_napari_viewer()
+    scan = add_scan(viewer, copy_scan(MT / "mt1.nii.gz", tmp_path / "scans"))
+    early = add_rater_layer(viewer, "early", scan)
+    early.data[10:12, 10:13, 2] = 6  # 6 voxels at 0.6
+    _, dock = viewer.window.add_plugin_dock_widget("napari-softseg", "Soft annotation")
+    late = dock.add_rater("late")
+    late.brush_size = 1
+    late.paint((20, 20, 2), 8)  # one voxel at 0.8
+    settle()
+    vox = abs(float(np.linalg.det(scan.affine.affine_matrix[:3, :3])))
+    rows = {dock.table.item(r, 0).text(): [dock.table.item(r, c).text() for c in (1, 2)]
+            for r in range(dock.table.rowCount())}
+    assert rows == {"early": [f"{0.6 * 6 * vox:.1f}", f"{6 * vox:.1f}"], "late": [f"{0.8 * vox:.1f}", f"{vox:.1f}"]}
+    assert "<b>late</b>: soft" in dock.volume_label.text()  # the active rater, seen through the proxy
+    late.undo()
+    settle()
+    assert dock.table.item(1, 1).text() == "0.0"
 
 
 def test_autosave_after_stroke_restore_and_close(make_napari_viewer, tmp_path):
@@ -252,7 +278,7 @@ def test_autosave_after_stroke_restore_and_close(make_napari_viewer, tmp_path):
 
     # a second rater whose last stroke is still waiting for the timer when the viewer closes
     bob = dock.add_rater("bob")
-    dock._timer.setInterval(60_000)
+    dock.saver.timer.setInterval(60_000)
     dock.set_level(4)
     stroke(bob, [(30, 30, 6), (60, 40, 6)])
     expected = {"alice": layer.data.copy(), "bob": bob.data.copy()}
@@ -278,7 +304,7 @@ def test_removed_layer_is_saved_and_offered_again(make_napari_viewer, tmp_path):
     add_scan(viewer, copy_scan(MT / "mt1.nii.gz", tmp_path / "scans"))
     dock = open_dock(viewer)
     layer = dock.add_rater("carol")
-    dock._timer.setInterval(60_000)
+    dock.saver.timer.setInterval(60_000)
     layer.paint((20, 20, 2), 8)
     data = layer.data.copy()
     viewer.layers.remove(layer)
@@ -305,11 +331,11 @@ def test_closing_the_window_saves_pending_strokes_and_autosave_can_be_off(make_n
     off.paint((10, 10, 1), 5)
     dock.autosave.setChecked(True)
     layer = dock.add_rater("dana")
-    dock._timer.setInterval(60_000)
+    dock.saver.timer.setInterval(60_000)
     layer.paint((20, 20, 2), 9)
     data = layer.data.copy()
     assert not (sidecar_dir(scan_path) / "dana.nii.gz").exists()
-    viewer.window._qt_window.close()  # the close button: layers stay, the window goes
+    dock.window().close()  # the main window's close button: layers stay, the window goes
     assert np.array_equal(read_nifti(sidecar_dir(scan_path) / "dana.nii.gz").data, data)
     assert not (sidecar_dir(scan_path) / "off.nii.gz").exists()
 

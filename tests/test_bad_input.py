@@ -107,11 +107,12 @@ def test_mask_on_another_grid_is_refused(shared_data, tmp_path):
     assert proc.returncode == 2 and "their affines differ by up to 2" in proc.stderr
 
 
-def test_reader_notifies_instead_of_raising(bad_files, shared_data, monkeypatch):
+def test_reader_notifies_instead_of_raising(bad_files, shared_data):
+    from _notes import Notifications
+
     from napari_softseg.plugin import reader as _reader
 
-    seen = []
-    monkeypatch.setattr(_reader, "_notify_error", seen.append)
+    seen = Notifications("error")
     for case in ("truncated", "nan", "five_d", "singular"):
         reader = _reader.get_reader(str(bad_files[case]))
         assert reader is not None

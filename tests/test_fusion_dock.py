@@ -113,12 +113,12 @@ def test_phantom_raters_with_the_scan_as_reference(make_napari_viewer, phantom_p
 
 
 def test_soft_rater_layers_and_clear_messages_for_mismatched_grids(make_napari_viewer, tmp_path, monkeypatch):
+    from _notes import Notifications
+
     from napari_softseg.io.nifti import read_nifti
-    from napari_softseg.widgets import fusion as fusion_dock
     from napari_softseg.widgets.annotation.dock import SoftAnnotationWidget
 
-    errors = []
-    monkeypatch.setattr(fusion_dock, "notify_error", errors.append)
+    errors = Notifications("error")
     monkeypatch.setenv("NAPARI_SOFTSEG_DATA", str(tmp_path / "userdata"))
     viewer = make_napari_viewer()
     vol = read_nifti(SHARED / "sct_mt" / "mt1.nii.gz")

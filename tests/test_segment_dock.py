@@ -124,11 +124,11 @@ def test_table_lists_the_components_the_core_finds(dock, qtbot):
         rec = core.by_id(table.id_at(row))
         assert float(table.item(row, col["vol mm³"]).text()) == pytest.approx(rec.hard_volume_mm3, abs=0.06)
     # the flag rule is applied again without re-running anything
-    check, spin = dock.panel.rule._boxes["min_volume_mm3"]
+    check, spin = dock.panel.rule.controls()["min_volume_mm3"]
     spin.setValue(10000.0)
     assert all(r.flagged for r in dock.review.records())
     assert all(table.item(r, col["flag"]).text() for r in range(table.rowCount()))
-    for check, _ in dock.panel.rule._boxes.values():
+    for check, _ in dock.panel.rule.controls().values():
         check.setChecked(False)
     assert not any(r.flagged for r in dock.review.records())
     assert dock.panel.table.step_flagged(1) is None
@@ -142,7 +142,7 @@ def test_selecting_a_flagged_row_moves_to_the_lesion(dock, qtbot):
     flagged = [r for r in review.records() if r.flagged]
     if not flagged:  # make every lesion flagged with a strict volume rule
         dock.panel.rule_toggle.setChecked(True)
-        check, spin = dock.panel.rule._boxes["min_volume_mm3"]
+        check, spin = dock.panel.rule.controls()["min_volume_mm3"]
         spin.setValue(10000.0)
         flagged = [r for r in review.records() if r.flagged]
     assert flagged
@@ -298,7 +298,7 @@ def test_models_trained_in_the_session_are_offered(dock, qtbot, tmp_path):
         assert any("my lesion model" in t for t in labels)
         assert dock.models.current().name == str(path)  # the newest model is selected
         assert "Threshold" in dock.models.info.text() and "FLAIR" in dock.models.info.text()
-        names = [c.name for c in dock.models._choices]
+        names = [c.name for c in dock.models.choices()]
         assert "ms-lesion" in names and "brain-gm" in names or "ms-lesion" in names
     finally:
         RECENT_MODELS.clear()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _notes import Notifications
 from _paths import SHARED
 
 pytestmark = pytest.mark.gui
@@ -129,18 +130,6 @@ def run(dock, qtbot, click=True):
             assert dock.start() is not None
     qtbot.waitUntil(lambda: dock.worker is None, timeout=10_000)
     return events, blocker.args[0]
-
-
-def new_messages(before: int) -> list[str]:
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records[before:]]
-
-
-def n_messages() -> int:
-    from napari.utils.notifications import notification_manager
-
-    return len(notification_manager.records)
 
 
 # ------------------------------------------------------------------ tests
@@ -350,9 +339,9 @@ def test_user_errors_are_one_sentence_notifications(make_napari_viewer, tmp_path
 
     def attempt(labels):
         row.set_labels(labels)
-        before = n_messages()
+        notes = Notifications()
         assert dock.start() is None and dock.worker is None
-        msgs = new_messages(before)
+        msgs = notes.messages()
         assert len(msgs) == 1 and msgs[0].count(". ") == 0 and msgs[0].endswith(".")
         return msgs[0]
 
@@ -374,9 +363,9 @@ def test_user_errors_are_one_sentence_notifications(make_napari_viewer, tmp_path
     row2.set_scan("two")
     assert [lay.name for lay in row2.entry().layers] == ["c0", "c1"] and row2.entry().reference is second
     row2.set_labels([gm])
-    before = n_messages()
+    notes = Notifications()
     assert dock.start() is None
-    assert "Scan 'mt1' has 1 contrast(s) but 'two' has 2" in new_messages(before)[0]
+    assert "Scan 'mt1' has 1 contrast(s) but 'two' has 2" in notes[0]
     assert dock.train_button.isEnabled()
 
 
@@ -385,10 +374,10 @@ def test_failure_in_training_notifies_and_dock_stays_usable(make_napari_viewer, 
     viewer, *_ = mt_viewer(make_napari_viewer)
     dock = open_dock(viewer, epochs=2)
     dock.probes = [f"{__name__}:probe_oom"]
-    before = n_messages()
+    notes = Notifications()
     _, done = run(dock, qtbot, click=False)
     assert done.status == "failed"
-    assert any("ran out of memory with batch size 2" in m for m in new_messages(before))
+    assert any("ran out of memory with batch size 2" in m for m in notes)
     assert dock.train_button.isEnabled() and dock.params.isEnabled() and dock.worker is None
     assert dock.progress_bar.format() == "failed"
 

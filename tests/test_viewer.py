@@ -16,6 +16,8 @@ def _world(affine, voxel):
 
 
 def test_las_scan_and_mask_and_lps_scan_land_by_their_affines(make_napari_viewer, shared_data):
+    from napari.layers import Image, Labels
+
     viewer = make_napari_viewer()
     scan_path = shared_data / "sct_t2s/t2s_uncropped.nii.gz"
     mask_path = shared_data / "sct_t2s/t2s_uncropped_gmseg_manual.nii.gz"
@@ -23,7 +25,7 @@ def test_las_scan_and_mask_and_lps_scan_land_by_their_affines(make_napari_viewer
     scan = viewer.open(str(scan_path), plugin="napari-softseg")[0]
     mask = viewer.open(str(mask_path), plugin="napari-softseg")[0]
     lps = viewer.open(str(lps_path), plugin="napari-softseg")[0]
-    assert scan._type_string == "image" and mask._type_string == "labels"
+    assert isinstance(scan, Image) and isinstance(mask, Labels)
     las_affine = read_nifti(scan_path).affine
     lps_affine = read_nifti(lps_path).affine
     assert las_affine[0, 0] < 0 and las_affine[1, 1] > 0  # L: x decreases with i
@@ -94,7 +96,7 @@ def test_screenshot_shows_scan_and_overlay(make_napari_viewer):
     centroid = np.r_[np.argwhere(mask.data[..., k] > 0).mean(axis=0), k]
     viewer.reset_view()
     centre_on(viewer, mask.data_to_world(centroid))
-    viewer.camera.zoom *= 5
+    getattr(viewer, "scene", viewer).camera.zoom *= 5  # napari >= 0.9 moved the camera to the scene
     mask.opacity = 1.0
     shot = viewer.screenshot(canvas_only=True, flash=False)
     rgb = shot[..., :3].astype(float)

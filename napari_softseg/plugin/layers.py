@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from napari_softseg.io.nifti import NiftiVolume
+from napari_softseg.plugin import roles
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
@@ -55,7 +56,7 @@ def robust_contrast(data: np.ndarray) -> tuple[float, float]:
 
 def _base_kwargs(vol: NiftiVolume, name: str, role: str, extra_meta: dict | None = None) -> dict[str, Any]:
     meta = vol.geometry_metadata()
-    meta["softseg_role"] = role
+    meta[roles.ROLE_KEY] = role
     if extra_meta:
         meta.update(extra_meta)
     return {"name": name, "affine": np.asarray(vol.affine, dtype=float), "metadata": meta}
@@ -64,7 +65,7 @@ def _base_kwargs(vol: NiftiVolume, name: str, role: str, extra_meta: dict | None
 def scan_layer(vol: NiftiVolume, data: np.ndarray | None = None, name: str | None = None,
                extra_meta: dict | None = None) -> LayerData:
     arr = vol.data if data is None else data
-    kwargs = _base_kwargs(vol, name or vol.name, "scan", extra_meta)
+    kwargs = _base_kwargs(vol, name or vol.name, roles.SCAN, extra_meta)
     kwargs.update(colormap="gray", contrast_limits=robust_contrast(arr), blending="translucent_no_depth")
     return (arr, kwargs, "image")
 
@@ -72,7 +73,7 @@ def scan_layer(vol: NiftiVolume, data: np.ndarray | None = None, name: str | Non
 def soft_layer(vol: NiftiVolume, data: np.ndarray | None = None, name: str | None = None,
                extra_meta: dict | None = None, opacity: float = 0.8) -> LayerData:
     arr = np.asarray(vol.data if data is None else data, dtype=np.float32)
-    kwargs = _base_kwargs(vol, name or vol.name, "soft", extra_meta)
+    kwargs = _base_kwargs(vol, name or vol.name, roles.SOFT, extra_meta)
     kwargs.update(colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent",
                   opacity=opacity, interpolation2d="nearest")
     return (arr, kwargs, "image")
@@ -84,7 +85,7 @@ def labels_layer(vol: NiftiVolume, data: np.ndarray | None = None, name: str | N
     arr = np.asarray(arr)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         arr = arr.astype(np.uint8)
-    kwargs = _base_kwargs(vol, name or vol.name, "labels", extra_meta)
+    kwargs = _base_kwargs(vol, name or vol.name, roles.LABELS, extra_meta)
     kwargs.update(opacity=opacity)
     return (arr, kwargs, "labels")
 

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 from typing import Callable, Sequence, Union
 
-from napari_softseg.plugin.layers import channel_layers, layers_for_volume
 from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import NiftiVolume, check_same_grid, is_nifti_path, read_nifti, same_grid
+from napari_softseg.plugin.layers import channel_layers, layers_for_volume
+from napari_softseg.plugin.notify import notify_error
 
 PathOrPaths = Union[str, Sequence[str]]
 
 
+def _as_list(path: PathOrPaths) -> list:
+    return [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
+
+
 def get_reader(path: PathOrPaths) -> Callable | None:
-    paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
+    paths = _as_list(path)
     if not paths or not all(is_nifti_path(p) for p in paths):
         return None
     return read_layers
@@ -33,13 +38,13 @@ def read_layers(path: PathOrPaths) -> list[tuple]:
     try:
         return layer_data(path)
     except UserError as err:
-        _notify_error(str(err))
+        notify_error(str(err))
         return [(None,)]
 
 
 def layer_data(path: PathOrPaths) -> list[tuple]:
     """Like :func:`read_layers` but raises :class:`UserError` (for the CLI and tests)."""
-    paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
+    paths = _as_list(path)
     volumes = [read_nifti(p) for p in paths]
     if len(volumes) == 1:
         return layers_for_volume(volumes[0])
@@ -63,13 +68,3 @@ def _group(volumes: list[NiftiVolume]) -> list[tuple]:
         layers += layers_for_volume(m)
     return layers
 
-
-def _notify_error(message: str) -> None:
-    try:
-        from napari.utils.notifications import show_error
-
-        show_error(message)
-    except Exception:  # pragma: no cover - napari missing: still never raise from a reader
-        import sys
-
-        print(message, file=sys.stderr)

@@ -29,8 +29,7 @@ def isbi_raters() -> list[tuple]:
     for r in (1, 2):
         vol = read_nifti(sample_path("isbi2015_raters", f"training01_rater{r}.nii.gz"))
         out += layers_for_volume(vol)
-        data, kwargs, kind = out[-1]
-        kwargs["name"] = f"rater{r}"
+        out[-1][1]["name"] = f"rater{r}"
     return out
 
 

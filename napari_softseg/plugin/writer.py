@@ -14,6 +14,8 @@ import numpy as np
 
 from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import NiftiVolume, classify, write_nifti
+from napari_softseg.plugin import roles
+from napari_softseg.plugin.notify import notify_error
 
 
 def _like(data: np.ndarray, meta: dict[str, Any]):
@@ -32,13 +34,13 @@ def _like(data: np.ndarray, meta: dict[str, Any]):
 def _write(path: str, data: Any, meta: dict, dtype) -> list[str]:
     arr = np.asarray(data)
     if arr.ndim not in (3, 4):
-        _notify(f"Cannot save {Path(path).name}: NIfTI layers must be 3-D (this layer is {arr.ndim}-D).")
+        notify_error(f"Cannot save {Path(path).name}: NIfTI layers must be 3-D (this layer is {arr.ndim}-D).")
         return []
     like, affine = _like(arr, meta)
     try:
         out = write_nifti(path, arr, like=like, affine=affine, dtype=dtype)
     except UserError as err:
-        _notify(str(err))
+        notify_error(str(err))
         return []
     return [str(out)]
 
@@ -52,19 +54,9 @@ def write_image(path: str, data: Any, meta: dict) -> list[str]:
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Labels as integers; a rater layer (confidence levels) as its float32 soft map."""
     arr = np.asarray(data)
-    if (meta.get("metadata") or {}).get("softseg_role") == "rater":
+    if (meta.get("metadata") or {}).get(roles.ROLE_KEY) == roles.RATER:
         from napari_softseg.labels.levels import levels_to_soft
 
         return _write(path, levels_to_soft(arr), meta, np.float32)
     return _write(path, arr, meta, None)
 
-
-def _notify(message: str) -> None:
-    try:
-        from napari.utils.notifications import show_error
-
-        show_error(message)
-    except Exception:  # pragma: no cover
-        import sys
-
-        print(message, file=sys.stderr)

@@ -1,73 +1,17 @@
-"""A small base for the docks: layer pickers, user-error reporting, layer geometry.
+"""A small base for the docks: layer pickers, layer geometry and the dock layout.
 
 Docks stay thin: they collect choices, call core functions and turn results into layers.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_softseg.io.nifti import ScanGeometry
-from napari_softseg.errors import UserError
-
-#: ``metadata["softseg_role"]`` of the layers this package creates or reads.
-ROLE_KEY = "softseg_role"
-ROLE_RATER = "rater"
-
-
-def notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
-
-
-def notify_warning(message: str) -> None:
-    from napari.utils.notifications import show_warning
-
-    show_warning(message)
-
-
-def notify_info(message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(message)
-
-
-@contextmanager
-def user_errors():
-    """Turn a :class:`UserError` (and unreadable files) into one napari error notification."""
-    try:
-        yield
-    except UserError as err:
-        notify_error(str(err))
-    except OSError as err:
-        notify_error(f"{getattr(err, 'filename', None) or 'File'}: {err.strerror or err}.")
-
-
-def role(layer) -> str | None:
-    return (getattr(layer, "metadata", None) or {}).get(ROLE_KEY)
-
-
-def is_rater(layer) -> bool:
-    from napari.layers import Labels
-
-    return isinstance(layer, Labels) and role(layer) == ROLE_RATER
-
-
-def is_scan(layer) -> bool:
-    """3-D greyscale Image layers that are not soft maps or results of this package."""
-    from napari.layers import Image
-
-    return (
-        isinstance(layer, Image)
-        and not getattr(layer, "rgb", False)
-        and layer.ndim == 3
-        and role(layer) not in ("soft", "fused", "disagreement")
-    )
+from napari_softseg.widgets.napari_private import unwrap
 
 
 def data_to_world(layer) -> np.ndarray:
@@ -95,10 +39,24 @@ def layer_geometry(layer) -> ScanGeometry:
     return ScanGeometry(path=None, shape=shape, affine=matrix, header=None)  # type: ignore[arg-type]
 
 
-def same_geometry(a, b, atol: float = 1e-3) -> bool:
-    return tuple(np.shape(a.data)) == tuple(np.shape(b.data)) and np.allclose(
-        data_to_world(a), data_to_world(b), atol=atol
-    )
+def alive(viewer, layer) -> bool:
+    """Whether ``layer`` is (still) in the viewer. Docks opened from napari's menu see the
+    viewer through a proxy whose layers are new wrapper objects each time, so layers are
+    compared by the objects they wrap, never by ``in`` or ``is`` on the wrappers."""
+    if layer is None:
+        return False
+    target = unwrap(layer)
+    return any(unwrap(lay) is target for lay in viewer.layers)
+
+
+def widget_row(first, *rest) -> QHBoxLayout:
+    """A row without margins: ``first`` takes the free width, ``rest`` keep their size."""
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(first, 1)
+    for widget in rest:
+        row.addWidget(widget)
+    return row
 
 
 class LayerCombo(QComboBox):
@@ -124,8 +82,9 @@ class LayerCombo(QComboBox):
         return self._layers[i] if 0 <= i < len(self._layers) else None
 
     def set_current(self, layer) -> None:
+        target = unwrap(layer)
         for i, lay in enumerate(self._layers):
-            if lay is layer:
+            if unwrap(lay) is target:
                 self.setCurrentIndex(i)
                 return
 
@@ -142,7 +101,7 @@ class LayerCombo(QComboBox):
         if not self._layers:
             self.addItem(self._empty)
         self.blockSignals(False)
-        if keep is not None and any(lay is keep for lay in self._layers):
+        if keep is not None and any(unwrap(lay) is unwrap(keep) for lay in self._layers):
             self.set_current(keep)
         else:
             self.setCurrentIndex(0)

@@ -75,7 +75,7 @@ def segment_and_wait(widget, timeout: float = 120.0) -> dict:
     t0 = time.perf_counter()
     widget.run_controls.segment_button.click()
     while not done and time.perf_counter() - t0 < timeout:
-        if widget._worker is None and widget.review is None and time.perf_counter() - t0 > 1.0:
+        if not widget.running and widget.review is None and time.perf_counter() - t0 > 1.0:
             break  # failed (a notification says why)
         QApplication.processEvents()
         time.sleep(0.002)
@@ -95,7 +95,7 @@ def run_demo(out: Path, headless: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     viewer = napari.Viewer(title="napari-softseg demo", show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     viewer.open_sample("napari-softseg", "lesion_phantom")
     for name in ("Soft annotation", "Rater fusion"):
         _dock(viewer, name)

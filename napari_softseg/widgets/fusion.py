@@ -20,20 +20,18 @@ from qtpy.QtWidgets import (
     QPushButton, QTableWidget, QTableWidgetItem,
 )
 
-from napari_softseg.io import geometry
-from napari_softseg.io.nifti import ScanGeometry
 from napari_softseg.errors import UserError
 from napari_softseg.fusion.methods import METHODS, disagreement_map, fuse, rater_statistics
 from napari_softseg.io.nifti import nifti_stem, read_nifti
+from napari_softseg.io import geometry
+from napari_softseg.io.nifti import ScanGeometry
 from napari_softseg.labels.levels import levels_to_soft
-from napari_softseg.widgets.base import (
-    ROLE_KEY, DockBase, data_to_world, is_rater, is_scan, layer_geometry, notify_error, role,
-)
+from napari_softseg.plugin import roles
+from napari_softseg.plugin.notify import notify_error
+from napari_softseg.widgets.base import DockBase, data_to_world, layer_geometry, widget_row
 
 #: World-coordinate tolerance (mm) when checking that two grids coincide.
 GRID_ATOL = 1e-3
-#: ``softseg_role`` of the layers this dock adds (never ticked automatically).
-RESULT_ROLES = ("fused", "consensus", "disagreement")
 
 
 @dataclass
@@ -68,14 +66,14 @@ class RaterInput:
 
 def input_from_layer(layer) -> RaterInput | None:
     """How a layer can be fused, or None when it cannot (3-D only)."""
-    from napari.layers import Image, Labels
+    from napari.layers import Labels
 
     if layer.ndim != 3:
         return None
     affine = data_to_world(layer)
     if isinstance(layer, Labels):
-        kind = "levels" if is_rater(layer) else "mask"
-    elif isinstance(layer, Image) and not getattr(layer, "rgb", False) and role(layer) in ("soft", "fused"):
+        kind = "levels" if roles.is_rater(layer) else "mask"
+    elif roles.is_soft_map(layer):
         kind = "soft"
     else:
         return None
@@ -161,16 +159,13 @@ class FusionWidget(DockBase):
         g.addLayout(row)
 
         g = self.group("Method")
-        row = QHBoxLayout()
         self.method = QComboBox()
         for name, cls in METHODS.items():
             self.method.addItem(cls.label, name)
         self.method.setCurrentIndex(list(METHODS).index("staple"))
         self.run_button = QPushButton("Fuse")
         self.run_button.clicked.connect(self.start)
-        row.addWidget(self.method, 1)
-        row.addWidget(self.run_button)
-        g.addLayout(row)
+        g.addLayout(widget_row(self.method, self.run_button))
 
         g = self.group("Raters against the consensus")
         self.table = QTableWidget(0, 5)
@@ -202,7 +197,7 @@ class FusionWidget(DockBase):
         for layer in self.viewer.layers:
             inp = input_from_layer(layer)
             if inp is not None:
-                auto = inp.kind in ("levels", "mask") and role(layer) not in RESULT_ROLES
+                auto = inp.kind in ("levels", "mask") and not roles.is_fusion_result(layer)
                 entries.append((f"{layer.name}  [{inp.kind}]", ("layer", layer.name), auto))
         entries += [(f"{inp.name}  [file]", ("file", str(inp.path)), True) for inp in self._files]
         for text, key, auto in entries:
@@ -212,7 +207,7 @@ class FusionWidget(DockBase):
         self.reference.clear()
         self.reference.addItem("(first rater)", None)
         for layer in self.viewer.layers:
-            if is_scan(layer):
+            if roles.is_scan(layer):
                 self.reference.addItem(layer.name, layer.name)
         i = self.reference.findText(keep)
         self.reference.setCurrentIndex(i if i >= 0 else (1 if self.reference.count() > 1 else 0))
@@ -240,10 +235,6 @@ class FusionWidget(DockBase):
             if all(f.path != inp.path for f in self._files):
                 self._files.append(inp)
         self.refresh()
-
-    def set_reference(self, name: str | None) -> None:
-        i = self.reference.findData(name) if name else 0
-        self.reference.setCurrentIndex(max(i, 0))
 
     def inputs(self) -> tuple[list[RaterInput], str, tuple, np.ndarray, ScanGeometry | None]:
         """The ticked raters (arrays copied) and the reference grid; raises UserError."""
@@ -283,15 +274,12 @@ class FusionWidget(DockBase):
         from napari.qt.threading import thread_worker
 
         try:
-            chosen, _, shape, affine, geo = self.inputs()
+            job = self._job()
         except UserError as err:
             notify_error(str(err))
             return None
-        method = self.method.currentData()
-        spacing = geometry.spacing(affine)
-        self._pending = (chosen, affine, geo, method, self._prefix())
         self.run_button.setEnabled(False)
-        worker = thread_worker(fusion_job, start_thread=False)(chosen, method, spacing)
+        worker = thread_worker(fusion_job, start_thread=False)(*job)
         worker.yielded.connect(self.say)
         worker.returned.connect(self._finished)
         worker.finished.connect(lambda: self.run_button.setEnabled(True))
@@ -301,16 +289,20 @@ class FusionWidget(DockBase):
 
     def run_now(self):
         """The same as :meth:`start` without a thread (scripts and tests)."""
-        chosen, _, shape, affine, geo = self.inputs()
-        method = self.method.currentData()
-        spacing = geometry.spacing(affine)
-        self._pending = (chosen, affine, geo, method, self._prefix())
-        gen = fusion_job(chosen, method, spacing)
+        gen = fusion_job(*self._job())
         try:
             while True:
                 self.say(next(gen))
         except StopIteration as stop:
             return self._finished(stop.value)
+
+    def _job(self) -> tuple:
+        """The arguments of :func:`fusion_job` for the ticked raters; keeps what the results need."""
+        chosen, _, _, affine, geo = self.inputs()
+        method = self.method.currentData()
+        spacing = geometry.spacing(affine)
+        self._pending = (chosen, affine, geo, method, self._prefix())
+        return chosen, method, spacing
 
     def _finished(self, outcome):
         if outcome[0] == "error":
@@ -337,21 +329,21 @@ class FusionWidget(DockBase):
             meta = {"affine": np.asarray(geo.affine).tolist(), "shape": list(geo.shape),
                     "nifti_header": geo.header.copy(), "source_path": None}
         specs = [
-            (f"{prefix} fused ({method})", result.soft.astype(np.float32), "image", "fused",
+            (f"{prefix} fused ({method})", result.soft.astype(np.float32), "image", roles.FUSED,
              dict(colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8)),
-            (f"{prefix} consensus", result.hard.astype(np.uint8), "labels", "consensus", dict(opacity=0.5)),
-            (f"{prefix} disagreement", dis.astype(np.float32), "image", "disagreement",
+            (f"{prefix} consensus", result.hard.astype(np.uint8), "labels", roles.CONSENSUS, dict(opacity=0.5)),
+            (f"{prefix} disagreement", dis.astype(np.float32), "image", roles.DISAGREEMENT,
              dict(colormap=disagreement_colormap(), contrast_limits=(0.0, float(np.log(2))),
                   blending="translucent", opacity=0.9)),
         ]
-        for name, data, kind, rl, kwargs in specs:
-            md = dict(meta, **{ROLE_KEY: rl, "softseg_fusion": {"method": method, "n_raters": n}})
-            old = [lay for lay in self.viewer.layers if lay.name == name and role(lay) == rl]
+        for name, data, kind, role, kwargs in specs:
+            md = dict(meta, **{roles.ROLE_KEY: role, "softseg_fusion": {"method": method, "n_raters": n}})
+            old = [lay for lay in self.viewer.layers if lay.name == name and roles.role(lay) == role]
             if old and old[0].data.shape == data.shape:
                 old[0].data = data
                 old[0].affine = affine
                 old[0].metadata = md
-                if kind == "image" and "colormap" in kwargs and rl == "fused":
+                if role == roles.FUSED:
                     old[0].contrast_limits = (0.0, 1.0)
                 continue
             add = self.viewer.add_image if kind == "image" else self.viewer.add_labels

@@ -28,6 +28,17 @@ class _RecentModels:
         self.changed.emit()
         return item
 
+    def follow(self, widget, callback) -> None:
+        """Call ``callback`` after every change until ``widget`` (a QObject) is destroyed."""
+        self.changed.connect(callback)
+        widget.destroyed.connect(lambda *_: self.unfollow(callback))
+
+    def unfollow(self, callback) -> None:
+        try:
+            self.changed.disconnect(callback)
+        except (ValueError, RuntimeError):
+            pass
+
     def items(self) -> list[TrainedModel]:
         return list(self._items)
 

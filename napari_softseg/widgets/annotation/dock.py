@@ -14,16 +14,21 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
+from qtpy.QtWidgets import (
+    QCheckBox, QFileDialog, QFrame, QGridLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
+    QSlider, QTableWidget, QTableWidgetItem,
+)
 
-from napari_softseg.labels.autosave import AutosaveStore, SavedRater
 from napari_softseg.errors import UserError
-from napari_softseg.labels.levels import N_LEVELS, levels_hard_volume, levels_soft_volume
+from napari_softseg.labels.autosave import AutosaveStore, SavedRater
+from napari_softseg.labels.levels import N_LEVELS, level_colors, levels_hard_volume, levels_soft_volume
+from napari_softseg.plugin.notify import notify_info, notify_warning, user_errors
+from napari_softseg.plugin.roles import is_rater, is_scan
 from napari_softseg.widgets.annotation import rater_io as rio
 from napari_softseg.widgets.annotation import rater_layers as rl
-from napari_softseg.widgets.base import DockBase, is_rater, layer_geometry, notify_info, notify_warning, user_errors
-from napari_softseg.widgets.annotation.ui import build_ui
 from napari_softseg.widgets.annotation.autosave import RaterAutosave
+from napari_softseg.widgets.base import DockBase, LayerCombo, layer_geometry
+from napari_softseg.widgets.napari_private import unwrap
 
 
 class SoftAnnotationWidget(DockBase):
@@ -31,7 +36,7 @@ class SoftAnnotationWidget(DockBase):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._raters: dict[int, rl.RaterState] = {}
+        self._raters: dict[int, rl.RaterState] = {}  # by id of the layer behind any proxy
         self._offer: list[SavedRater] = []
         self._offer_store: AutosaveStore | None = None
         self._busy = False
@@ -43,7 +48,12 @@ class SoftAnnotationWidget(DockBase):
         self._measure_timer.setSingleShot(True)
         self._measure_timer.setInterval(0)
         self._measure_timer.timeout.connect(self._measure_pending)
-        build_ui(self)
+        self._build_scan_group()
+        self._build_confidence_group()
+        self._build_files_group()
+        self._build_autosave_group()
+        self.finish_layout()
+        self._show_level()
         self.saver = RaterAutosave(self, lambda: self._raters, self.autosave.isChecked)
         self.saver.saved.connect(self._on_saved)
         v = self.viewer
@@ -55,18 +65,120 @@ class SoftAnnotationWidget(DockBase):
                 self._adopt(layer)
         self._scan_changed()
 
+    # ------------------------------------------------------------------ layout
+    def _build_scan_group(self) -> None:
+        g = self.group("Scan and rater")
+        self.scan_combo = LayerCombo(self.viewer, is_scan, empty_text="(open a scan first)")
+        self.scan_combo.currentIndexChanged.connect(self._scan_changed)
+        g.addWidget(self.scan_combo)
+        row = QHBoxLayout()
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("rater name")
+        self.add_button = QPushButton("Add rater")
+        self.add_button.clicked.connect(lambda: self._guard(self.add_rater, self.name_edit.text()))
+        row.addWidget(self.name_edit)
+        row.addWidget(self.add_button)
+        g.addLayout(row)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Rater", "Soft mm³", "Hard mm³", "Saved"])
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setMaximumHeight(130)
+        self.table.cellClicked.connect(self._table_clicked)
+        g.addWidget(self.table)
+        self.volume_label = QLabel("")
+        g.addWidget(self.volume_label)
+
+    def _build_confidence_group(self) -> None:
+        g = self.group("Confidence")
+        row = QHBoxLayout()
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, N_LEVELS)
+        self.slider.setValue(self.level)
+        self.slider.valueChanged.connect(self.set_level)
+        self.level_label = QLabel()
+        self.level_label.setMinimumWidth(70)
+        row.addWidget(self.slider)
+        row.addWidget(self.level_label)
+        g.addLayout(row)
+        grid = QGridLayout()
+        grid.setSpacing(2)
+        self.level_buttons = [self._level_button(k, rgba) for k, rgba in level_colors(N_LEVELS).items() if k]
+        for k, b in enumerate(self.level_buttons, start=1):
+            grid.addWidget(b, (k - 1) // 5, (k - 1) % 5)
+        g.addLayout(grid)
+        self.soft_edge = QCheckBox("Soft edge (partial-volume stroke border)")
+        self.soft_edge.setToolTip("After each brush stroke, border voxels get round(c·L + (1-c)·old) "
+                                  "where c is the fraction of the voxel covered by the brush disc.")
+        g.addWidget(self.soft_edge)
+        hint = QLabel("Keys: Alt+1…Alt+9, Alt+0 = 1.0; - / = step the level. Paint, fill, polygon, "
+                      "erase and Ctrl+Z are napari's own.")
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: gray; font-size: 10px;")
+        g.addWidget(hint)
+
+    def _level_button(self, k: int, rgba) -> QPushButton:
+        """The button of confidence level ``k``, in the level's colour."""
+        b = QPushButton(f"{k / N_LEVELS:.1f}")
+        b.setCheckable(True)
+        r, g, bl, a = (int(255 * c) for c in rgba)
+        fg = "black" if k > N_LEVELS // 2 else "white"
+        b.setStyleSheet(f"QPushButton {{background: rgba({r},{g},{bl},{max(a, 90)}); color: {fg};"
+                        f" padding: 2px;}} QPushButton:checked {{border: 2px solid white;}}")
+        b.setToolTip(f"Confidence {k / N_LEVELS:.1f} (Alt+{k % 10})")
+        b.clicked.connect(lambda _=False, k=k: self.set_level(k))
+        return b
+
+    def _build_files_group(self) -> None:
+        g = self.group("Files")
+        row = QHBoxLayout()
+        for text, slot in (("Import masks…", self._import_dialog), ("Export rater…", self._export_dialog),
+                           ("Export all…", self._export_all_dialog)):
+            b = QPushButton(text)
+            b.clicked.connect(slot)
+            row.addWidget(b)
+        g.addLayout(row)
+        self.import_report = QLabel("")
+        self.import_report.setWordWrap(True)
+        g.addWidget(self.import_report)
+
+    def _build_autosave_group(self) -> None:
+        g = self.group("Autosave")
+        self.autosave = QCheckBox("Autosave after every stroke")
+        self.autosave.setChecked(True)
+        g.addWidget(self.autosave)
+        self.banner = QFrame()
+        self.banner.setStyleSheet("QFrame {background: #4a3b00; border-radius: 4px;}")
+        bl = QHBoxLayout(self.banner)
+        self.banner_label = QLabel()
+        self.banner_label.setWordWrap(True)
+        self.restore_button = QPushButton("Restore")
+        self.restore_button.clicked.connect(lambda: self._guard(self.restore_saved))
+        self.discard_button = QPushButton("Move aside")
+        self.discard_button.clicked.connect(lambda: self._guard(self.discard_saved))
+        bl.addWidget(self.banner_label, 1)
+        bl.addWidget(self.restore_button)
+        bl.addWidget(self.discard_button)
+        self.banner.hide()
+        g.addWidget(self.banner)
+        self.autosave_label = QLabel("")
+        self.autosave_label.setWordWrap(True)
+        g.addWidget(self.autosave_label)
+
     @property
     def writer(self):
         """The shared autosave writer thread."""
         return self.saver.writer
 
-    @property
-    def _timer(self):
-        return self.saver.timer
-
     def _guard(self, fn, *args):
         with user_errors():
             return fn(*args)
+
+    def _state(self, layer) -> rl.RaterState | None:
+        """The dock's state of a rater layer (a proxy or the layer itself), None if not a rater."""
+        return None if layer is None else self._raters.get(id(unwrap(layer)))
 
     # ------------------------------------------------------------------ raters
     @property
@@ -112,6 +224,7 @@ class SoftAnnotationWidget(DockBase):
         return f"{base} {k}"
 
     def _adopt(self, layer) -> None:
+        layer = unwrap(layer)
         if id(layer) in self._raters:
             return
         rl.prepare_rater_layer(layer)
@@ -134,7 +247,7 @@ class SoftAnnotationWidget(DockBase):
             self._refresh_table()
 
     def _on_removed(self, event) -> None:
-        st = self._raters.pop(id(event.value), None)
+        st = self._raters.pop(id(unwrap(event.value)), None)
         if st is None:
             return
         self.saver.forget(st)
@@ -159,7 +272,7 @@ class SoftAnnotationWidget(DockBase):
         self._refresh_table()
 
     def _on_rename(self, event) -> None:
-        st = self._raters.get(id(event.source))
+        st = self._state(event.source)
         if st is None or st.name == event.source.name:
             return
         old, st.name = st.name, event.source.name
@@ -181,7 +294,7 @@ class SoftAnnotationWidget(DockBase):
         if layer.selected_label > N_LEVELS:
             layer.selected_label = N_LEVELS
             return
-        if layer is self.viewer.layers.selection.active:
+        if layer is unwrap(self.viewer.layers.selection.active):
             self.level = int(layer.selected_label)
             self._show_level()
 
@@ -195,7 +308,7 @@ class SoftAnnotationWidget(DockBase):
 
     # ------------------------------------------------------------------ edits
     def _on_paint(self, event) -> None:
-        st = self._raters.get(id(event.source))
+        st = self._state(event.source)
         if st is None or self._busy:
             return
         stroke = st.recorder.take()
@@ -209,12 +322,12 @@ class SoftAnnotationWidget(DockBase):
         self._edited(st)
 
     def _on_set_data(self, event) -> None:
-        st = self._raters.get(id(event.source))
+        st = self._state(event.source)
         if st is not None and not self._busy and rl.history_signature(st.layer) != st.signature:
             self._edited(st)  # undo / redo
 
     def _on_data(self, event) -> None:
-        st = self._raters.get(id(event.source))
+        st = self._state(event.source)
         if st is not None:
             self._edited(st)
 
@@ -351,7 +464,7 @@ class SoftAnnotationWidget(DockBase):
         active = self.active_rater
         self.table.setRowCount(len(raters))
         for row, lay in enumerate(raters):
-            st = self._raters.get(id(lay))
+            st = self._state(lay)
             vals = [lay.name, f"{st.soft:.1f}" if st else "", f"{st.hard:.1f}" if st else "",
                     (st.saved if st and st.store else "off") if st else ""]
             for col, text in enumerate(vals):
@@ -362,7 +475,7 @@ class SoftAnnotationWidget(DockBase):
                 item.setText(text)
                 if col:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        st = self._raters.get(id(active)) if active is not None else None
+        st = self._state(active)
         if st is not None:
             self.volume_label.setText(f"<b>{active.name}</b>: soft {st.soft:.1f} mm³ · hard (≥ 0.5) {st.hard:.1f} mm³")
         else:

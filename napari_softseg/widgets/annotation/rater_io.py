@@ -10,8 +10,9 @@ import numpy as np
 from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import nifti_stem, read_nifti
 from napari_softseg.labels.levels import N_LEVELS, levels_to_soft, mask_to_levels
+from napari_softseg.plugin.roles import is_rater
 from napari_softseg.widgets.annotation import rater_layers as rl
-from napari_softseg.widgets.base import is_rater, layer_geometry
+from napari_softseg.widgets.base import layer_geometry
 
 
 def import_masks(scan, paths, add_rater: Callable) -> tuple[list, str]:

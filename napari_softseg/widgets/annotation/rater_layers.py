@@ -18,7 +18,9 @@ from napari_softseg.io.nifti import ScanGeometry
 from napari_softseg.labels.autosave import AutosaveStore
 from napari_softseg.labels.levels import N_LEVELS, level_colors
 from napari_softseg.labels.soft_edge import brush_coverage, soft_edge_values, sweep_path
-from napari_softseg.widgets.base import ROLE_KEY, ROLE_RATER, data_to_world, layer_geometry
+from napari_softseg.plugin import roles
+from napari_softseg.widgets import napari_private
+from napari_softseg.widgets.base import data_to_world, layer_geometry
 
 #: Alt+1 ... Alt+9 select levels 1-9 and Alt+0 level 10 (plain digits switch napari's
 #: Labels modes; Shift+digit is consumed by the keyboard layout). napari's own "-" / "="
@@ -34,7 +36,7 @@ def rater_colormap():
 
 def rater_metadata(geo: ScanGeometry, scan_name: str) -> dict:
     return {
-        ROLE_KEY: ROLE_RATER,
+        roles.ROLE_KEY: roles.RATER,
         "source_path": None,
         "affine": np.asarray(geo.affine, float).tolist(),
         "shape": list(geo.shape),
@@ -88,7 +90,7 @@ def rater_geometry(layer) -> ScanGeometry:
 def scan_identity(layer) -> tuple[str, str]:
     """What ties raters to a scan: its file path, else its layer name."""
     md = layer.metadata or {}
-    if md.get(ROLE_KEY) == ROLE_RATER:
+    if md.get(roles.ROLE_KEY) == roles.RATER:
         if md.get("softseg_scan_path"):
             return ("path", str(md["softseg_scan_path"]))
         return ("name", str(md.get("softseg_scan_name")))
@@ -98,8 +100,8 @@ def scan_identity(layer) -> tuple[str, str]:
 
 def history_signature(layer) -> tuple:
     """Changes whenever an edit, undo or redo happens (lengths and tips of both stacks)."""
-    undo = getattr(layer, "_undo_history", ())
-    redo = getattr(layer, "_redo_history", ())
+    undo = napari_private.undo_history(layer)
+    redo = napari_private.redo_history(layer)
     return (len(undo), len(redo), id(undo[-1]) if undo else 0, id(redo[-1]) if redo else 0)
 
 
@@ -142,7 +144,7 @@ class StrokeRecorder:
         if getattr(layer, "cursor", None) == "circle_frozen":
             return
         self.points = []
-        self.dims = _dims_to_paint(layer)
+        self.dims = napari_private.dims_to_paint(layer)
         self.brush_size = float(layer.brush_size)
         self._add(layer, event)
         yield
@@ -151,12 +153,7 @@ class StrokeRecorder:
             yield
 
     def _add(self, layer, event) -> None:
-        try:
-            from napari.layers.labels._labels_utils import mouse_event_to_labels_coordinate
-
-            coord = mouse_event_to_labels_coordinate(layer, event)
-        except Exception:  # private helper moved: fall back to the 2-D transform
-            coord = layer.world_to_data(event.position)
+        coord = napari_private.labels_coordinate(layer, event)
         if coord is not None:
             self.points.append(np.asarray(coord, dtype=float))
 
@@ -167,13 +164,6 @@ class StrokeRecorder:
             return None
         arr = np.stack(points)[:, self.dims]
         return sweep_path(arr), list(self.dims), self.brush_size
-
-
-def _dims_to_paint(layer) -> list[int]:
-    try:
-        return sorted(layer._get_dims_to_paint())
-    except Exception:
-        return list(range(layer.ndim))[-layer.n_edit_dimensions:]
 
 
 def stroke_voxels(atoms, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -226,17 +216,8 @@ def apply_soft_edge(layer, atoms, stroke, level: int) -> int:
     change = new != now
     if not np.any(change):
         return 0
-    before = len(getattr(layer, "_undo_history", ()))
+    before = len(napari_private.undo_history(layer))
     layer.data_setitem(tuple(idx[change].T), new[change])
-    _merge_last_history_items(layer, before)
+    napari_private.merge_last_undo_items(layer, before)
     return int(np.count_nonzero(change))
 
-
-def _merge_last_history_items(layer, length_before: int) -> None:
-    """Fold the soft-edge edit into the stroke's undo item (napari keeps one list per step)."""
-    hist = getattr(layer, "_undo_history", None)
-    if hist is None or len(hist) != length_before + 1 or len(hist) < 2:
-        return  # already staged into the stroke's item, or an unknown history layout
-    last = hist.pop()
-    prev = hist.pop()
-    hist.append(list(prev) + list(last))

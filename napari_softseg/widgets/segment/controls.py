@@ -11,6 +11,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
+from napari_softseg.widgets.base import widget_row
+
+
 def fixed_lines(label, lines: int) -> None:
     """Give a word-wrapped label a fixed height of ``lines`` text lines: changing its text
     then never asks the main window for a new layout (costly in napari's window)."""
@@ -44,14 +47,11 @@ class RunControls(QWidget):
         form.addRow("MC dropout samples", self.mc_spin)
         form.addRow("Test-time augmentation", self.tta_combo)
         lay.addLayout(form)
-        row = QHBoxLayout()
         self.segment_button = QPushButton("Segment")
         self.segment_button.setToolTip("Predict the soft map of the scan with the chosen model (in the background).")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        row.addWidget(self.segment_button, 1)
-        row.addWidget(self.cancel_button)
-        lay.addLayout(row)
+        lay.addLayout(widget_row(self.segment_button, self.cancel_button))
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -91,7 +91,6 @@ class ThresholdControl(QWidget):
         super().__init__(parent)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        row = QHBoxLayout()
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(1, 99)
         self.slider.setValue(50)
@@ -105,9 +104,7 @@ class ThresholdControl(QWidget):
         self.spin.setDecimals(2)
         self.spin.setValue(0.5)
         self.spin.setToolTip(tip)
-        row.addWidget(self.slider, 1)
-        row.addWidget(self.spin)
-        lay.addLayout(row)
+        lay.addLayout(widget_row(self.slider, self.spin))
         self.info = QLabel("")
         fixed_lines(self.info, 1)
         lay.addWidget(self.info)

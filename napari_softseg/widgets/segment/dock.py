@@ -1,7 +1,7 @@
 """The "Segment & review" dock: one click Segment on an open scan, a live threshold, the
 uncertainty map and the review of flagged lesions.
 
-Segment runs :func:`._segment_run.segment` (load the model, predict, analyse lesions) in a
+Segment runs :func:`napari_softseg.review.segment.segment` (load the model, predict, analyse lesions) in a
 ``thread_worker``; the UI thread only turns finished arrays into layers on the scan's world
 geometry (its full data-to-world transform as the layer affine, its NIfTI header in
 ``metadata`` so the layers save back with the scan's geometry):
@@ -22,34 +22,35 @@ from __future__ import annotations
 
 import threading
 import time
+
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QLabel
+from qtpy.QtWidgets import QFileDialog, QLabel
 
 from napari_softseg.errors import UserError
 from napari_softseg.io import geometry
+from napari_softseg.plugin.notify import notify_error, notify_info, user_errors
+from napari_softseg.plugin.roles import is_scan
 from napari_softseg.review.lesions import analyse_lesions
-from napari_softseg.widgets.base import DockBase, LayerCombo, is_scan, layer_geometry, notify_error, notify_info
+from napari_softseg.review.segment import SegmentRequest, contrast_layers, input_problem, segment, stack_contrasts
+from napari_softseg.widgets.base import DockBase, LayerCombo, alive, layer_geometry
+from napari_softseg.widgets.napari_private import unwrap
+from napari_softseg.widgets.segment.controls import RunControls, SaveControls, ThresholdControl, fixed_lines
+from napari_softseg.widgets.segment.layers import (
+    describe_model, result_layer_steps, world_point, write_mask, write_predictions, write_review,
+)
 from napari_softseg.widgets.segment.model_picker import ModelPicker
 from napari_softseg.widgets.segment.review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel, unbind_keys
-from napari_softseg.widgets.segment.controls import RunControls, SaveControls, ThresholdControl, fixed_lines
-from napari_softseg.widgets.segment.layers import SaveExportMixin, alive, result_layer_steps, world_point, write_mask
-from napari_softseg.review.segment import SegmentRequest, contrast_layers, input_problem, segment, stack_contrasts
 
 ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recomputed
 STEP_GAP_MS = 15  # between two layer additions the event loop repaints and serves input
-
-
-def _is_input_scan(layer) -> bool:
-    """Scans that can be segmented: not the results of a Segment."""
-    return is_scan(layer) and (layer.metadata or {}).get("softseg_role") != "entropy"
 
 
 class _Relay(QObject):
     progress = Signal(int, int)  # emitted from the worker thread, delivered on the UI thread
 
 
-class SegmentWidget(DockBase, SaveExportMixin):
+class SegmentWidget(DockBase):
     """Segment an open scan with a SoftSeg model and review the lesions it finds."""
 
     segmented = Signal()  # layers and table are up to date after a Segment
@@ -66,47 +67,45 @@ class SegmentWidget(DockBase, SaveExportMixin):
         self._analysis_worker = None
         self._cancel = threading.Event()
         self._t_click = 0.0
-        self._relay = _Relay()
-        self._relay.progress.connect(lambda done, total: self.run_controls.set_progress(done, total))
+        self._pending_scan = None
+        self._step_times: list = []
         self._writing = False
         self._selected = None
         self._hooked = None  # the mask layer whose paint events are followed
+        self._relay = _Relay()
+        self._relay.progress.connect(lambda done, total: self.run_controls.set_progress(done, total))
+        #: restarted by every threshold change; the lesion table is recomputed when it fires
+        self.analysis_timer = QTimer(self)
+        self.analysis_timer.setSingleShot(True)
+        self.analysis_timer.setInterval(ANALYSIS_DELAY_MS)
+        self.analysis_timer.timeout.connect(self._reanalyse)
+        self._build_groups()
+        self._connect()
+        self._check_inputs()
 
-        lay = self.group("Model")
+    def _build_groups(self) -> None:
         self.models = ModelPicker()
-        lay.addWidget(self.models)
-        lay = self.group("Scan")
-        self.scan_combo = LayerCombo(napari_viewer, _is_input_scan, empty_text="(open a scan)")
+        self.scan_combo = LayerCombo(self.viewer, is_scan, empty_text="(open a scan)")
         self.scan_combo.setToolTip("The image to segment (each contrast of a multi-contrast scan is one layer).")
         self.scan_info = QLabel()
-        self.scan_info.setWordWrap(True)
-        lay.addWidget(self.scan_combo)
-        lay.addWidget(self.scan_info)
-
-        lay = self.group("Segment")
         self.run_controls = RunControls()
-        lay.addWidget(self.run_controls)
-        lay = self.group("Threshold")
         self.threshold = ThresholdControl()
-        lay.addWidget(self.threshold)
-
-        lay = self.group("Review lesions")
         self.panel = ReviewPanel()
-        lay.addWidget(self.panel)
-        lay = self.group("Save")
         self.save_controls = SaveControls()
         self.save_button, self.export_button = self.save_controls.save_button, self.save_controls.export_button
-        lay.addWidget(self.save_controls)
+        for title, widgets in (("Model", [self.models]), ("Scan", [self.scan_combo, self.scan_info]),
+                               ("Segment", [self.run_controls]), ("Threshold", [self.threshold]),
+                               ("Review lesions", [self.panel]), ("Save", [self.save_controls])):
+            lay = self.group(title)
+            for widget in widgets:
+                lay.addWidget(widget)
         self.finish_layout()
         self.setMinimumWidth(440)
         for label, lines in ((self.status, 2), (self.scan_info, 2)):
             fixed_lines(label, lines)
         self._layout.setStretchFactor(self.panel.parentWidget(), 1)
 
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(ANALYSIS_DELAY_MS)
-        self._timer.timeout.connect(self._reanalyse)
+    def _connect(self) -> None:
         self.models.changed.connect(lambda *_: self._check_inputs())
         self.scan_combo.currentIndexChanged.connect(lambda *_: self._check_inputs())
         self.run_controls.segment_button.clicked.connect(self.segment)
@@ -120,10 +119,15 @@ class SegmentWidget(DockBase, SaveExportMixin):
         self.panel.rule.changed.connect(self._rule_changed)
         self.save_button.clicked.connect(lambda: self._ask_folder(self.save_predictions))
         self.export_button.clicked.connect(lambda: self._ask_folder(self.export_review))
-        napari_viewer.bind_key(NEXT_KEY, lambda v: self.step_flagged(1), overwrite=True)
-        napari_viewer.bind_key(PREVIOUS_KEY, lambda v: self.step_flagged(-1), overwrite=True)
-        self.destroyed.connect(lambda *_: unbind_keys(napari_viewer, (NEXT_KEY, PREVIOUS_KEY)))
-        self._check_inputs()
+        viewer = self.viewer
+        viewer.bind_key(NEXT_KEY, lambda v: self.step_flagged(1), overwrite=True)
+        viewer.bind_key(PREVIOUS_KEY, lambda v: self.step_flagged(-1), overwrite=True)
+        self.destroyed.connect(lambda *_: unbind_keys(viewer, (NEXT_KEY, PREVIOUS_KEY)))
+
+    @property
+    def running(self) -> bool:
+        """Whether a Segment is running (its worker has not finished)."""
+        return self._worker is not None
 
     # ------------------------------------------------------------------ inputs
 
@@ -213,7 +217,7 @@ class SegmentWidget(DockBase, SaveExportMixin):
 
     def _hook_mask(self) -> None:
         mask_layer = self.layers["mask"]
-        if getattr(mask_layer, "__wrapped__", mask_layer) is not getattr(self._hooked, "__wrapped__", self._hooked):
+        if unwrap(mask_layer) is not unwrap(self._hooked):
             mask_layer.events.paint.connect(self._on_paint)
             self._hooked = mask_layer
 
@@ -249,7 +253,7 @@ class SegmentWidget(DockBase, SaveExportMixin):
             self._write_mask()
             self._refresh_table()
         else:
-            self._timer.start()
+            self.analysis_timer.start()
 
     def _write_mask(self) -> None:
         layer = self.layers.get("mask")
@@ -271,7 +275,7 @@ class SegmentWidget(DockBase, SaveExportMixin):
     def _reanalyse(self) -> None:
         if self.review is None or self._analysis_worker is not None:
             if self._analysis_worker is not None:
-                self._timer.start()
+                self.analysis_timer.start()
             return
         from napari.qt.threading import create_worker
 
@@ -382,3 +386,37 @@ class SegmentWidget(DockBase, SaveExportMixin):
         if self.review is None or not alive(self.viewer, layer):
             return []
         return self.review.sync_edits(layer.data)
+
+    # ------------------------------------------------------------------ files
+
+    def model_identity(self) -> dict:
+        """What the export records about the model (name, file, SHA-256, config summary)."""
+        return describe_model(self.models.current(), self.models.path(), self.models.config())
+
+    def _ask_folder(self, action) -> None:
+        if self.review is None:
+            notify_error("Nothing to save yet: click Segment first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder")
+        if folder:
+            with user_errors():
+                paths = action(folder)
+                notify_info(f"Saved {len(paths)} files to {folder}.")
+
+    def save_predictions(self, folder) -> dict:
+        """Soft map, mask (final, at the current threshold) and entropy as NIfTI in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to save yet: click Segment first.")
+        self._sync_edits()
+        return write_predictions(folder, self.scan_layer, self.review, self.result.entropy)
+
+    def export_review(self, folder) -> dict:
+        """CSV + JSON of the lesions and decisions, final soft and binary NIfTI, in ``folder``."""
+        if self.review is None:
+            raise UserError("Nothing to export yet: click Segment first.")
+        self._sync_edits()
+        if self.review.table is None or abs(self.review.table.threshold - self.review.threshold) > 1e-9:
+            self.review.analyse()
+            self._write_mask()
+            self._refresh_table()
+        return write_review(folder, self.scan_layer, self.review, self.model_identity())

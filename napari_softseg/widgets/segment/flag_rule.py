@@ -83,20 +83,11 @@ class FlagRuleEditor(QWidget):
             self._boxes[c.field] = (check, spin)
         assert {f.name for f in fields(FlagRule)} >= set(self._boxes)
 
+    def controls(self) -> dict[str, tuple[QCheckBox, QDoubleSpinBox]]:
+        """``{FlagRule field: (on/off check box, value spin box)}`` of every criterion."""
+        return dict(self._boxes)
+
     def rule(self) -> FlagRule:
         values = {name: (float(spin.value()) if check.isChecked() else None)
                   for name, (check, spin) in self._boxes.items()}
         return FlagRule(**values)
-
-    def set_rule(self, rule: FlagRule) -> None:
-        for name, (check, spin) in self._boxes.items():
-            value = getattr(rule, name)
-            for w in (check, spin):
-                w.blockSignals(True)
-            check.setChecked(value is not None)
-            spin.setEnabled(value is not None)
-            if value is not None:
-                spin.setValue(float(value))
-            for w in (check, spin):
-                w.blockSignals(False)
-        self.changed.emit()

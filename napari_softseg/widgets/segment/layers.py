@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_softseg.errors import UserError
-from napari_softseg.widgets.base import data_to_world, layer_geometry
+from napari_softseg.plugin import roles
+from napari_softseg.widgets.base import alive, data_to_world, layer_geometry
 
 #: colours of the mask outline and of the selected lesion's outline (both in the mask layer)
 MASK_COLOUR, HIGHLIGHT_COLOUR = (0.25, 0.85, 1.0, 1.0), (0.3, 1.0, 0.3, 1.0)
@@ -44,39 +44,29 @@ def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, l
     affine = data_to_world(scan)
 
     def kwargs(role: str, **extra) -> dict:
-        return {"affine": affine, "metadata": {**md, "softseg_role": role, "softseg_model": model}, **extra}
+        return {"affine": affine, "metadata": {**md, roles.ROLE_KEY: role, "softseg_model": model}, **extra}
 
     def soft() -> None:
         _put(viewer, layers, "soft", f"{base} soft", review.soft, "image", kwargs(
-            "soft", colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8,
+            roles.SOFT, colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8,
             interpolation2d="nearest"))
 
     def mask() -> None:
         colours = {1: MASK_COLOUR, SELECTED: HIGHLIGHT_COLOUR, None: (0, 0, 0, 0)}
         _put(viewer, layers, "mask", f"{base} mask", review.final_mask().astype(np.uint8), "labels", kwargs(
-            "prediction_mask", opacity=1.0, colormap=DirectLabelColormap(color_dict=colours)))
+            roles.PREDICTION_MASK, opacity=1.0, colormap=DirectLabelColormap(color_dict=colours)))
         layers["mask"].contour = 1
         layers["mask"].selected_label = 1
 
     def uncertainty() -> None:
         _put(viewer, layers, "entropy", f"{base} entropy", entropy, "image", kwargs(
-            "entropy", colormap="viridis", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False))
+            roles.ENTROPY, colormap="viridis", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False))
         names = [lay.name for lay in viewer.layers]
         soft_name, entropy_name = layers["soft"].name, layers["entropy"].name
         if soft_name in names and entropy_name in names and names.index(entropy_name) > names.index(soft_name):
             viewer.layers.move(names.index(entropy_name), names.index(soft_name))  # under the soft map
 
     return [soft, mask, uncertainty]
-
-
-def alive(viewer, layer) -> bool:
-    """Whether ``layer`` is (still) in the viewer. Docks opened from napari's menu see the
-    viewer through a proxy whose layers are new wrapper objects each time, so layers are
-    compared by the objects they wrap, never by ``in`` or ``is`` on the wrappers."""
-    if layer is None:
-        return False
-    target = getattr(layer, "__wrapped__", layer)
-    return any(getattr(lay, "__wrapped__", lay) is target for lay in viewer.layers)
 
 
 def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dict) -> None:
@@ -106,7 +96,7 @@ def world_point(layer, voxel) -> np.ndarray:
     return (data_to_world(layer) @ np.append(np.asarray(voxel, float), 1.0))[:3]
 
 
-def model_identity(choice, path, config: dict | None) -> dict:
+def describe_model(choice, path, config: dict | None) -> dict:
     """What the export records about a model: name, file, checksum and its config summary."""
     import hashlib
 
@@ -127,7 +117,7 @@ def file_stem(scan) -> str:
     return nifti_stem(src) if src else scan.name.replace(" ", "_")
 
 
-def save_predictions(folder, scan, review, entropy: np.ndarray) -> dict:
+def write_predictions(folder, scan, review, entropy: np.ndarray) -> dict:
     """Soft map (float32), final mask (uint8) and entropy as NIfTI with the scan's geometry."""
     from pathlib import Path
 
@@ -142,50 +132,10 @@ def save_predictions(folder, scan, review, entropy: np.ndarray) -> dict:
     return out
 
 
-def export_review(folder, scan, review, model: dict) -> dict:
+def write_review(folder, scan, review, model: dict) -> dict:
     """The review's CSV, JSON and final soft / binary NIfTI (see :meth:`Review.export`)."""
     geo = layer_geometry(scan)
     src = (scan.metadata or {}).get("source_path")
     return review.export(folder, f"{file_stem(scan)}_review", like=geo.reference(), affine=geo.affine,
                          model=model, scan=src or scan.name)
 
-
-class SaveExportMixin:
-    """The Segment dock's file actions (it provides ``review``, ``result``, ``scan_layer``,
-    ``models``, ``_sync_edits``, ``_write_mask`` and ``_refresh_table``)."""
-
-    def model_identity(self) -> dict:
-        """What the export records about the model (name, file, SHA-256, config summary)."""
-        return model_identity(self.models.current(), self.models.path(), self.models.config())
-
-    def _ask_folder(self, action) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        from napari_softseg.widgets.base import notify_error, notify_info, user_errors
-
-        if self.review is None:
-            notify_error("Nothing to save yet: click Segment first.")
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Choose a folder")
-        if folder:
-            with user_errors():
-                paths = action(folder)
-                notify_info(f"Saved {len(paths)} files to {folder}.")
-
-    def save_predictions(self, folder) -> dict:
-        """Soft map, mask (final, at the current threshold) and entropy as NIfTI in ``folder``."""
-        if self.review is None:
-            raise UserError("Nothing to save yet: click Segment first.")
-        self._sync_edits()
-        return save_predictions(folder, self.scan_layer, self.review, self.result.entropy)
-
-    def export_review(self, folder) -> dict:
-        """CSV + JSON of the lesions and decisions, final soft and binary NIfTI, in ``folder``."""
-        if self.review is None:
-            raise UserError("Nothing to export yet: click Segment first.")
-        self._sync_edits()
-        if self.review.table is None or abs(self.review.table.threshold - self.review.threshold) > 1e-9:
-            self.review.analyse()
-            self._write_mask()
-            self._refresh_table()
-        return export_review(folder, self.scan_layer, self.review, self.model_identity())

@@ -49,7 +49,6 @@ COLUMNS: tuple[Column, ...] = (
     Column("reason", lambda r, d: r.reason, tooltip="Why the lesion is flagged"),
     Column("comment", lambda r, d: d.comment, tooltip="Reviewer's comment"),
 )
-COLUMN_INDEX = {c.title: i for i, c in enumerate(COLUMNS)}
 
 
 class _Item(QTableWidgetItem):

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_softseg.errors import UserError
+from napari_softseg.widgets.base import widget_row
 from napari_softseg.widgets.models import RECENT_MODELS
 
 
@@ -91,18 +92,13 @@ class ModelPicker(QWidget):
         self.browse.setToolTip("Open a napari-softseg checkpoint (.pt) file.")
         self.info = QLabel()
         self.info.setWordWrap(True)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.combo, 1)
-        row.addWidget(self.browse)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(row)
+        lay.addLayout(widget_row(self.combo, self.browse))
         lay.addWidget(self.info)
         self.combo.currentIndexChanged.connect(self._on_index)
         self.browse.clicked.connect(self._browse)
-        RECENT_MODELS.changed.connect(self._recent_changed)
-        self.destroyed.connect(lambda *_: _disconnect_recent(self._recent_changed))
+        RECENT_MODELS.follow(self, self._recent_changed)
         self.refresh()
 
     # ---------------------------------------------------------------- list
@@ -150,6 +146,10 @@ class ModelPicker(QWidget):
 
     # ---------------------------------------------------------------- current
 
+    def choices(self) -> list[ModelChoice]:
+        """The models offered, in list order."""
+        return list(self._choices)
+
     def current(self) -> ModelChoice | None:
         i = self.combo.currentIndex()
         return self._choices[i] if 0 <= i < len(self._choices) else None
@@ -177,10 +177,3 @@ class ModelPicker(QWidget):
             self._error = str(err)
             self.info.setText(f"<span style='color:#e05050'>{html.escape(self._error)}</span>")
         self.changed.emit(choice.name)
-
-
-def _disconnect_recent(callback) -> None:
-    try:
-        RECENT_MODELS.changed.disconnect(callback)
-    except Exception:
-        pass

@@ -40,7 +40,17 @@ class ReviewPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(4)
+        self._build_rule(lay)
+        self.summary = QLabel("No lesions yet: click Segment.")
+        fixed_lines(self.summary, 2)
+        lay.addWidget(self.summary)
+        self.table = LesionTableWidget()
+        lay.addWidget(self.table, 1)
+        self._build_navigation(lay)
+        self._build_decisions(lay)
+        self.set_selection(None)
 
+    def _build_rule(self, lay) -> None:
         self.rule_toggle = QToolButton()
         self.rule_toggle.setText("Flag rule: when a lesion deserves a second look")
         self.rule_toggle.setCheckable(True)
@@ -55,12 +65,7 @@ class ReviewPanel(QWidget):
         lay.addWidget(self.rule_toggle)
         lay.addWidget(self.rule)
 
-        self.summary = QLabel("No lesions yet: click Segment.")
-        fixed_lines(self.summary, 2)
-        lay.addWidget(self.summary)
-        self.table = LesionTableWidget()
-        lay.addWidget(self.table, 1)
-
+    def _build_navigation(self, lay) -> None:
         nav = QHBoxLayout()
         self.previous_button = QPushButton("◀ Previous flagged")
         self.previous_button.setToolTip(f"Go to the previous flagged lesion in table order (shortcut {PREVIOUS_KEY} in the viewer).")
@@ -69,7 +74,10 @@ class ReviewPanel(QWidget):
         nav.addWidget(self.previous_button)
         nav.addWidget(self.next_button)
         lay.addLayout(nav)
+        self.previous_button.clicked.connect(lambda: self.step_requested.emit(-1))
+        self.next_button.clicked.connect(lambda: self.step_requested.emit(1))
 
+    def _build_decisions(self, lay) -> None:
         row = QHBoxLayout()
         self.accept_button = QPushButton("Accept")
         self.reject_button = QPushButton("Reject")
@@ -87,15 +95,11 @@ class ReviewPanel(QWidget):
         self.comment = QLineEdit()
         self.comment.setPlaceholderText("Comment on the selected lesion (kept in the export)")
         lay.addWidget(self.comment)
-
-        self.previous_button.clicked.connect(lambda: self.step_requested.emit(-1))
-        self.next_button.clicked.connect(lambda: self.step_requested.emit(1))
         self.accept_button.clicked.connect(lambda: self.decision_requested.emit("accepted"))
         self.reject_button.clicked.connect(lambda: self.decision_requested.emit("rejected"))
         self.reset_button.clicked.connect(lambda: self.decision_requested.emit("pending"))
         self.edit_button.clicked.connect(self.edit_requested.emit)
         self.comment.editingFinished.connect(lambda: self.comment_changed.emit(self.comment.text()))
-        self.set_selection(None)
 
     def _toggle_rule(self, shown: bool) -> None:
         self.rule.setVisible(shown)

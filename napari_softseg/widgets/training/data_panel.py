@@ -20,9 +20,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_softseg.engine.training.data import LABEL_SOURCES, get_label_source
-from napari_softseg.errors import UserError
-from napari_softseg.widgets.base import is_rater, user_errors
 from napari_softseg.engine.training.sources import check_contrasts, pair_folder
+from napari_softseg.errors import UserError
+from napari_softseg.plugin.notify import user_errors
+from napari_softseg.plugin.roles import is_rater
+from napari_softseg.widgets.base import widget_row
+from napari_softseg.widgets.napari_private import unwrap
 from napari_softseg.widgets.training.layers import ScanEntry, is_label_candidate, on_same_grid, scan_entries, snapshot_scan
 
 _NONE = "(no scan open)"
@@ -52,26 +55,26 @@ class ScanRow(QWidget):
             "Label layers for this scan: a soft map, a label map, or several rater layers "
             "(confidence 1-10 = 0.1-1.0) for a fusion or random sampling."
         )
-        top = QHBoxLayout()
-        top.setContentsMargins(0, 0, 0, 0)
-        top.addWidget(self.scan_combo, 1)
-        top.addWidget(self.remove_button)
         lay = QFormLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addRow("Scan", top)
+        lay.addRow("Scan", widget_row(self.scan_combo, self.remove_button))
         lay.addRow("Labels", self.labels_list)
         self.scan_combo.currentIndexChanged.connect(self._scan_changed)
         self.labels_list.itemChanged.connect(self._item_changed)
         self.refresh()
 
     # ------------------------------------------------------------------ state
+    def entries(self) -> list[ScanEntry]:
+        """The scans offered in this row's picker."""
+        return list(self._entries)
+
     def entry(self) -> ScanEntry | None:
         i = self.scan_combo.currentIndex()
         return self._entries[i] if 0 <= i < len(self._entries) else None
 
     def set_scan(self, name_or_layer) -> None:
         for i, e in enumerate(self._entries):
-            if e.name == name_or_layer or any(lay is name_or_layer for lay in e.layers):
+            if e.name == name_or_layer or any(lay is unwrap(name_or_layer) for lay in e.layers):
                 self.scan_combo.setCurrentIndex(i)
                 return
         raise ValueError(f"no scan {name_or_layer!r}")
@@ -82,7 +85,7 @@ class ScanRow(QWidget):
 
     def set_labels(self, layers) -> None:
         """Check exactly ``layers`` (by identity)."""
-        self._set_checks(lambda lay: any(lay is x for x in layers))
+        self._set_checks(lambda lay: any(lay is unwrap(x) for x in layers))
         self._touched = True
 
     def set_multi_rater(self, multi: bool) -> None:
@@ -145,7 +148,6 @@ class ScanRow(QWidget):
         for i, lay in enumerate(self._label_layers):
             self.labels_list.item(i).setCheckState(Qt.CheckState.Checked if want(lay) else Qt.CheckState.Unchecked)
         self.labels_list.blockSignals(False)
-
 
 
 class DataPanel(QWidget):
@@ -211,7 +213,7 @@ class DataPanel(QWidget):
         self._rows_layout.addWidget(row)
         if len(self.rows) > 1:  # a new row proposes the next scan not yet used
             used = {id(r.entry().reference) for r in self.rows[:-1] if r.entry()}
-            free = [e for e in row._entries if id(e.reference) not in used]
+            free = [e for e in row.entries() if id(e.reference) not in used]
             if free:
                 row.set_scan(free[0].reference)
         return row
@@ -232,7 +234,7 @@ class DataPanel(QWidget):
             row.refresh()
 
     def add_folder_pair(self, images_dir, labels_dir) -> None:
-        """Train also on the NIfTI pairs of two folders (see :func:`._training_data.pair_folder`)."""
+        """Train also on the NIfTI pairs of two folders (see :func:`napari_softseg.engine.training.sources.pair_folder`)."""
         with user_errors():
             pairs = pair_folder(images_dir, labels_dir)
             self.folders.append((Path(images_dir), Path(labels_dir)))

@@ -2,8 +2,8 @@
 
 Design (the viewer must never freeze):
 
-* The dock snapshots the chosen scans and labels (checked copies, :mod:`._training_layers`)
-  and hands them to a **training process** (:mod:`._training_child`, which runs
+* The dock snapshots the chosen scans and labels (checked copies, :mod:`.layers`)
+  and hands them to a **training process** (:mod:`napari_softseg.engine.training.child`, which runs
   :func:`napari_softseg.engine.training.train.train`): a thread of the viewer's process would share its GIL
   with the event loop, and the engine's first step alone imports hundreds of modules.
 * A napari ``thread_worker`` generator relays the process's
@@ -11,14 +11,14 @@ Design (the viewer must never freeze):
 * The GUI thread only records each event; what is on screen (progress text, napari's
   activity bar, plot, preview layer) is refreshed from the newest state at most every
   :data:`REFRESH_MS` (each repaint of a napari window costs tens of ms with software
-  OpenGL). The plot is rendered off the GUI thread (:mod:`._loss_plot`).
+  OpenGL). The plot is rendered off the GUI thread (:mod:`.loss_plot`).
 * **Cancel** asks the process to stop: the trainer polls the flag before every step, so the
   run ends within one step and still writes its best checkpoint.
 
 The best checkpoint is written automatically to
 ``<data folder>/models/<YYYYmmdd-HHMMSS>_<preset>.pt`` (``$NAPARI_SOFTSEG_DATA/models``
-when set, see :func:`._training_data.models_dir`) and published to
-:data:`._models.RECENT_MODELS` for the Segment dock.
+when set, see :func:`napari_softseg.engine.training.sources.models_dir`) and published to
+:data:`napari_softseg.widgets.models.RECENT_MODELS` for the Segment dock.
 """
 
 from __future__ import annotations
@@ -34,17 +34,18 @@ import numpy as np
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton
 
-from napari_softseg.errors import UserError
-from napari_softseg.engine.training.train import TrainConfig
-from napari_softseg.widgets.base import DockBase, notify_error, notify_info, notify_warning, user_errors
-from napari_softseg.engine.training.plot import PlotImage
-from napari_softseg.widgets.training.loss_plot import LossPlot
-from napari_softseg.widgets.models import RECENT_MODELS
 from napari_softseg.engine.training.child import acquire_process, prestart
+from napari_softseg.engine.training.plot import PlotImage
 from napari_softseg.engine.training.sources import copy_atomic, models_dir
+from napari_softseg.engine.training.train import TrainConfig
+from napari_softseg.errors import UserError
+from napari_softseg.plugin.notify import notify_error, notify_info, notify_warning, user_errors
+from napari_softseg.widgets.base import DockBase
+from napari_softseg.widgets.models import RECENT_MODELS
+from napari_softseg.widgets.training.data_panel import DataPanel
 from napari_softseg.widgets.training.form import HyperParameters
 from napari_softseg.widgets.training.layers import TrainingPreview
-from napari_softseg.widgets.training.data_panel import DataPanel
+from napari_softseg.widgets.training.loss_plot import LossPlot
 
 #: Screen refresh interval while training (ms); events are recorded as they come.
 REFRESH_MS = 250

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_softseg.engine.presets import DEFAULT_PRESET, PRESETS
+from napari_softseg.widgets.base import widget_row
 from napari_softseg.widgets.models import RECENT_MODELS
 
 
@@ -47,26 +48,25 @@ def _dspin(lo: float, hi: float, value: float, decimals: int, step: float, tip: 
     return box
 
 
-def _disconnector(callback):
-    def disconnect(*_):
-        try:
-            RECENT_MODELS.changed.disconnect(callback)
-        except (ValueError, RuntimeError):
-            pass
-
-    return disconnect
-
-
 class HyperParameters(QWidget):
     """Preset, the few hyperparameters, device, precision and the start point."""
 
     def __init__(self, defaults, parent=None):
         super().__init__(parent)
-        from napari_softseg.engine.devices import autocast_dtype, available_devices
+        from napari_softseg.engine.devices import autocast_dtype
 
         self._autocast_dtype = autocast_dtype
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        self._build_preset(form)
+        self._build_start(form)
+        self._build_hyperparameters(form, defaults)
+        self._build_device(form)
+        self._device_changed()
+        self._start_changed()
+        self._recent_changed()
+
+    def _build_preset(self, form: QFormLayout) -> None:
         self.preset_combo = QComboBox()
         for key, preset in PRESETS.items():
             self.preset_combo.addItem(preset.title + (" (SoftSeg)" if key == DEFAULT_PRESET else ""), key)
@@ -78,6 +78,8 @@ class HyperParameters(QWidget):
         )
         form.addRow("Preset", self.preset_combo)
 
+    def _build_start(self, form: QFormLayout) -> None:
+        """From scratch or fine-tune, and the checkpoint to fine-tune."""
         self.scratch_radio = QRadioButton("From scratch")
         self.finetune_radio = QRadioButton("Fine-tune")
         self.scratch_radio.setChecked(True)
@@ -97,19 +99,15 @@ class HyperParameters(QWidget):
         self.browse_button.setToolTip("Choose a checkpoint file.")
         self.last_button = QPushButton("Last")
         self.last_button.setToolTip("The model trained last in this session.")
-        row = QHBoxLayout()
-        row.addWidget(self.init_path, 1)
-        row.addWidget(self.browse_button)
-        row.addWidget(self.last_button)
-        form.addRow("Model", row)
+        form.addRow("Model", widget_row(self.init_path, self.browse_button, self.last_button))
         self.browse_button.clicked.connect(self._browse)
         self.last_button.clicked.connect(self._use_last)
         self.finetune_radio.toggled.connect(self._start_changed)
         self.init_path.textChanged.connect(self._init_changed)
-        RECENT_MODELS.changed.connect(self._recent_changed)
-        self.destroyed.connect(_disconnector(self._recent_changed))
+        RECENT_MODELS.follow(self, self._recent_changed)
 
-        d = defaults
+    def _build_hyperparameters(self, form: QFormLayout, d) -> None:
+        """The few hyperparameters, with the paper's values (``d``) as defaults."""
         self.epochs = _spin(1, 100000, d.epochs, f"Maximum number of passes over the training slices (paper: {d.epochs}); "
                             f"training stops early when the validation loss has not improved for {d.patience} epochs.")
         self.batch_size = _spin(1, 512, d.batch_size, f"Slices per optimisation step (paper: {d.batch_size}); lower it if memory runs out.")
@@ -126,6 +124,9 @@ class HyperParameters(QWidget):
                            ("Validation", self.val_fraction)):
             form.addRow(label, box)
 
+    def _build_device(self, form: QFormLayout) -> None:
+        from napari_softseg.engine.devices import available_devices
+
         self.device_combo = QComboBox()
         for dev in available_devices():
             self.device_combo.addItem(dev.label, dev.name)
@@ -133,14 +134,8 @@ class HyperParameters(QWidget):
         self.mixed_precision = QCheckBox("Mixed precision")
         self.mixed_precision.setToolTip("bfloat16/float16 autocast where the device computes it natively "
                                         "(recent GPUs, CPUs with AVX512-BF16/AMX); float32 elsewhere.")
-        row = QHBoxLayout()
-        row.addWidget(self.device_combo, 1)
-        row.addWidget(self.mixed_precision)
-        form.addRow("Device", row)
+        form.addRow("Device", widget_row(self.device_combo, self.mixed_precision))
         self.device_combo.currentIndexChanged.connect(self._device_changed)
-        self._device_changed()
-        self._start_changed()
-        self._recent_changed()
 
     def device_names(self) -> list[str]:
         return [self.device_combo.itemData(i) for i in range(self.device_combo.count())]
@@ -178,7 +173,7 @@ class HyperParameters(QWidget):
         try:
             self.last_button.setEnabled(self.finetune_radio.isChecked() and RECENT_MODELS.latest() is not None)
         except RuntimeError:  # the dock was closed
-            RECENT_MODELS.changed.disconnect(self._recent_changed)
+            RECENT_MODELS.unfollow(self._recent_changed)
 
     def _use_last(self):
         last = RECENT_MODELS.latest()

@@ -9,28 +9,19 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_softseg.engine.training.sources import ScanSnapshot
 from napari_softseg.errors import UserError
 from napari_softseg.io import geometry
-from napari_softseg.widgets.base import data_to_world, is_rater, is_scan, role
-from napari_softseg.engine.training.sources import ScanSnapshot
-
-#: metadata role of the dock's own preview layer (never offered as scan or label)
-ROLE_PREVIEW = "training-preview"
-
-
-def is_training_scan(layer) -> bool:
-    return is_scan(layer) and role(layer) != ROLE_PREVIEW
+from napari_softseg.plugin import roles
+from napari_softseg.widgets.base import alive, data_to_world
+from napari_softseg.widgets.napari_private import shown_slice_point
 
 
 def is_label_candidate(layer) -> bool:
     """Labels layers (raters or class maps) and soft-map Image layers."""
-    from napari.layers import Image, Labels
+    from napari.layers import Labels
 
-    if role(layer) == ROLE_PREVIEW:
-        return False
-    if isinstance(layer, Labels):
-        return True
-    return isinstance(layer, Image) and not getattr(layer, "rgb", False) and role(layer) in ("soft", "fused")
+    return isinstance(layer, Labels) or roles.is_soft_map(layer)
 
 
 @dataclass
@@ -51,7 +42,7 @@ def scan_entries(layers) -> list[ScanEntry]:
     entries: list[ScanEntry] = []
     groups: dict[str, ScanEntry] = {}
     for layer in layers:
-        if not is_training_scan(layer):
+        if not roles.is_scan(layer):
             continue
         tag = (layer.metadata or {}).get("softseg_scan")
         if isinstance(tag, dict) and tag.get("group"):
@@ -100,7 +91,7 @@ def snapshot_scan(entry: ScanEntry, label_layers: Sequence) -> ScanSnapshot:
         if not np.any(data):
             raise UserError(f"Label layer '{lab.name}' is empty: paint or load a label before training.")
         labels.append(data)
-        kinds.append("rater" if is_rater(lab) else ("classes" if np.issubdtype(data.dtype, np.integer) else "soft"))
+        kinds.append("rater" if roles.is_rater(lab) else ("classes" if np.issubdtype(data.dtype, np.integer) else "soft"))
         names.append(lab.name)
     arrays = [np.array(lay.data, copy=True) for lay in entry.layers]
     image = arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)
@@ -138,7 +129,7 @@ class TrainingPreview:
         try:
             # the slice napari shows (with an oblique affine it ignores the out-of-plane
             # rotation, so world_to_data can differ); world_to_data if that is unknown
-            shown = getattr(getattr(snapshot.layer, "_data_slice", None), "point", None)
+            shown = shown_slice_point(snapshot.layer)
             coord = shown if shown is not None and np.isfinite(shown[axis]) else \
                 snapshot.layer.world_to_data(np.asarray(self.viewer.dims.point)[-3:])
             index = int(np.floor(float(np.asarray(coord)[-3:][axis]) + 0.5))
@@ -160,13 +151,13 @@ class TrainingPreview:
     def _layer(self):
         snap, matrix = self.snapshot, data_to_world(self.snapshot.layer)
         layer = self.layer
-        if layer is None or layer not in self.viewer.layers or layer.data.shape != snap.image.shape[:3]:
+        if not alive(self.viewer, layer) or layer.data.shape != snap.image.shape[:3]:
             from napari_softseg.plugin.layers import soft_colormap
 
             layer = self.viewer.add_image(
                 np.zeros(snap.image.shape[:3], np.float32), name="training preview", affine=matrix,
                 colormap=soft_colormap(), contrast_limits=(0.0, 1.0), opacity=0.7, blending="translucent",
-                metadata={"softseg_role": ROLE_PREVIEW}, rgb=False,
+                metadata={roles.ROLE_KEY: roles.TRAINING_PREVIEW}, rgb=False,
             )
             self.layer = layer
         elif not np.allclose(layer.affine.affine_matrix, matrix):

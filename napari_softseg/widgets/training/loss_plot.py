@@ -1,6 +1,6 @@
 """The dock's live plot of training/validation loss and validation Dice per epoch.
 
-A pixmap of the matplotlib figure of :mod:`._loss_figure`. While training, the training
+A pixmap of the matplotlib figure of :mod:`napari_softseg.engine.training.plot`. While training, the training
 process draws it and the dock only shows the images it receives (:meth:`LossPlot.show_image`);
 otherwise (a resize after training) it is drawn here, at most every 250 ms.
 """
