@@ -30,14 +30,14 @@ def _user_dir(tmp_path, monkeypatch):
 def probe_steps():
     """Record, for every completed training step, whether cancel was set before and after."""
     from napari_softseg.engine.training import trainer
-    from napari_softseg.engine.training.train import _is_cancelled
+    from napari_softseg.engine.training.config import is_cancelled
 
     original, log = trainer.Trainer.train_step, []
 
     def train_step(self, idx, raters, cancel):
-        before = _is_cancelled(cancel)
+        before = is_cancelled(cancel)
         loss = original(self, idx, raters, cancel)  # raises once cancel is set
-        log.append((before, _is_cancelled(cancel)))
+        log.append((before, is_cancelled(cancel)))
         return loss
 
     trainer.Trainer.train_step = train_step

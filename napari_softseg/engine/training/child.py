@@ -11,8 +11,8 @@ Protocol (length-prefixed pickles, parent -> child on stdin, child -> parent on 
 * parent: ``("job", job_dict)``, ``("cancel", job_id)``, ``("plot_size", job_id, (w, h, ratio))``,
   ``("quit",)``;
 * child: ``("ready",)`` once imports are warm, then for each job one
-  :class:`~napari_softseg.engine.training.train.TrainEvent` per message, the last one of kind ``"done"``,
-  interleaved with :class:`._loss_figure.PlotImage` s (the dock's plot, drawn here so that the
+  :class:`~napari_softseg.engine.training.config.TrainEvent` per message, the last one of kind ``"done"``,
+  interleaved with :class:`~napari_softseg.engine.training.plot.PlotImage` s (the dock's plot, drawn here so that the
   viewer's process never runs matplotlib while training).
 
 A reader thread in the child sets the job's cancel flag, which the trainer polls before every
@@ -73,7 +73,8 @@ def run_job(job: dict, cancel, plot_size=None):
     no plot.
     """
     from napari_softseg.errors import UserError
-    from napari_softseg.engine.training.train import TrainEvent, train
+    from napari_softseg.engine.training.config import TrainEvent
+    from napari_softseg.engine.training.train import train
     from napari_softseg.engine.training.sources import build_training_data
 
     collectors: dict = {}
@@ -206,7 +207,7 @@ class TrainingProcess:
     def events(self, job: dict):
         """Send ``job`` and yield its events (and plot images) until the final event (run in
         a worker thread)."""
-        from napari_softseg.engine.training.train import TrainEvent
+        from napari_softseg.engine.training.config import TrainEvent
 
         self.busy = True
         self.job_id = job["id"] = next(_IDS)

@@ -22,7 +22,7 @@ from napari_softseg.engine.training.augment import RandomAffine
 from napari_softseg.engine.preprocess import binarise, with_background
 from napari_softseg.errors import UserError
 from napari_softseg.engine.training.threshold import DiceAccumulator, best_threshold
-from napari_softseg.engine.training.train import TrainConfig, TrainEvent, _is_cancelled
+from napari_softseg.engine.training.config import TrainConfig, TrainEvent, is_cancelled
 
 __all__ = ["Trainer"]
 
@@ -150,7 +150,7 @@ class Trainer:
     def train_step(self, idx: torch.Tensor, raters, cancel) -> float:
         """One optimisation step; returns the batch loss (global mean under torchrun)."""
         self.net.train()
-        local_cancel = _is_cancelled(cancel)
+        local_cancel = is_cancelled(cancel)
         if local_cancel and not self.ctx.enabled:
             raise _Stop("cancelled", "Training was cancelled.")
         x, y = self._batch(idx, raters)
@@ -173,7 +173,7 @@ class Trainer:
 
     def _check_cancel(self, cancel) -> None:
         """Stop outside training steps too (single process; torchrun checks in the steps)."""
-        if not self.ctx.enabled and _is_cancelled(cancel):
+        if not self.ctx.enabled and is_cancelled(cancel):
             raise _Stop("cancelled", "Training was cancelled.")
 
     @torch.no_grad()
