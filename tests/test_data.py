@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_softseg.engine.training.data import LABEL_SOURCES, TrainingData, TrainingSubject
+from napari_softseg.engine.training.slices import prepare_slices
 from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import write_nifti
 from napari_softseg.engine.preprocess import (
@@ -122,7 +123,7 @@ def test_prepare_slices_normalises_resamples_and_crops():
     img = rng.normal(100, 10, (20, 24, 6)).astype(np.float32)
     lab = _ball((20, 24, 6), 6)
     data = TrainingData.from_arrays([img], [lab], spacings=[(0.5, 0.5, 3.0)])
-    prep = data.prepare(spacing=(1.0, 1.0, 3.0), crop_size=(16, 16), multiple=8, val_fraction=0.0)
+    prep = prepare_slices(data, spacing=(1.0, 1.0, 3.0), crop_size=(16, 16), multiple=8, val_fraction=0.0)
     assert prep.slice_axis == 2 and prep.spacing == (1.0, 1.0, 3.0)
     assert tuple(prep.images.shape) == (6, 1, 16, 16) and tuple(prep.labels.shape) == (1, 6, 1, 16, 16)
     # z-scored before resampling (mean 0, sd 1 over the volume; averaging 2x2 shrinks the sd);
@@ -136,7 +137,7 @@ def test_prepare_slices_normalises_resamples_and_crops():
     assert 0 < float(prep.labels.min()) or float(prep.labels.max()) <= 1
     soft = ((prep.labels > 0) & (prep.labels < 1)).float().sum()
     assert soft > 0  # soft mode keeps partial volume
-    hard = data.prepare(hard=True, crop_size=(24, 24), val_fraction=0.0)
+    hard = prepare_slices(data, hard=True, crop_size=(24, 24), val_fraction=0.0)
     assert set(torch.unique(hard.labels).tolist()) <= {0.0, 1.0}
 
 
@@ -144,7 +145,7 @@ def test_prepare_slices_along_another_axis():
     img = np.random.rand(5, 16, 16).astype(np.float32)
     lab = np.zeros((5, 16, 16), np.float32)
     lab[:, 4:12, 4:12] = 1
-    prep = TrainingData.from_arrays([img], [lab], spacings=[(4.0, 1.0, 1.0)]).prepare(val_fraction=0.0)
+    prep = prepare_slices(TrainingData.from_arrays([img], [lab], spacings=[(4.0, 1.0, 1.0)]), val_fraction=0.0)
     assert prep.slice_axis == 0 and tuple(prep.images.shape) == (5, 1, 16, 16)
     np.testing.assert_allclose(prep.truth[2, 0].numpy(), lab[2])
 
@@ -155,7 +156,7 @@ def test_random_source_keeps_every_rater_and_truth_is_their_mean():
     r2 = np.zeros((12, 12, 3), np.float32)
     r1[2:8, 2:8] = 1
     r2[4:10, 4:10] = 1
-    prep = TrainingData.from_arrays([img], [[r1, r2]], label_source="random").prepare(val_fraction=0.0, multiple=4)
+    prep = prepare_slices(TrainingData.from_arrays([img], [[r1, r2]], label_source="random"), val_fraction=0.0, multiple=4)
     assert prep.random_raters and prep.n_raters == 2
     np.testing.assert_allclose(prep.truth[:, 0].numpy(), ((r1 + r2) / 2).transpose(2, 0, 1))
 
@@ -168,12 +169,12 @@ def test_fused_sources_use_the_fusion_module():
     raters[1][3:9, 3:9] = 1
     raters[2][4:10, 2:8] = 1
     for name in ("average", "majority", "staple"):
-        prep = TrainingData.from_arrays([img], [raters], label_source=name).prepare(val_fraction=0.0, multiple=4)
+        prep = prepare_slices(TrainingData.from_arrays([img], [raters], label_source=name), val_fraction=0.0, multiple=4)
         src = LABEL_SOURCES[name]
         res = fusion.fuse(raters, name)
         expected = np.asarray(res.hard if src.use_hard else res.soft, np.float32)
         np.testing.assert_allclose(prep.labels[0, :, 0].numpy(), expected.transpose(2, 0, 1), atol=1e-6)
-    avg = TrainingData.from_arrays([img], [raters], label_source="average").prepare(val_fraction=0.0, multiple=4)
+    avg = prepare_slices(TrainingData.from_arrays([img], [raters], label_source="average"), val_fraction=0.0, multiple=4)
     np.testing.assert_allclose(avg.truth[:, 0].numpy(), np.mean(raters, 0).transpose(2, 0, 1), atol=1e-6)
 
 

@@ -1,8 +1,10 @@
 """Training data: subjects, label sources, resampling, normalisation, slicing and splits.
 
 A :class:`TrainingData` holds whole volumes (built from arrays already in memory, e.g. napari
-layers, or from NIfTI files) and a label source; :meth:`TrainingData.prepare` turns it into a
-:class:`PreparedData` of 2-D slices ready for the trainer. Preparation, per volume:
+layers, or from NIfTI files) and a label source;
+:func:`napari_softseg.engine.training.slices.prepare_slices` turns it into a
+:class:`~napari_softseg.engine.training.slices.PreparedData` of 2-D slices ready for the
+trainer. Preparation, per volume:
 
 1. **Slicing axis.** The axis with the largest voxel size (the scan's slice axis); among
    tied axes the last one (an isotropic scan is sliced along its last axis). The network is 2-D and sees the other two
@@ -33,14 +35,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 
 from napari_softseg.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from napari_softseg.engine.training.slices import PreparedData
 
 __all__ = [
     "LabelSource",
@@ -372,14 +371,6 @@ class TrainingData:
         subjects = [TrainingSubject.from_nifti(img, grp) for img, grp in zip(images, groups)]
         first = images[0]
         return cls(subjects, source, contrasts=_contrast_names(first, subjects[0].n_channels))
-
-    def prepare(self, **kwargs) -> "PreparedData":
-        """Slices ready for training; see :func:`napari_softseg.engine.training.slices.prepare_slices` for
-        the keyword arguments (``hard``, ``multiclass``, ``slice_axis``, ``spacing``,
-        ``crop_size``, ``multiple``, ``val_fraction``, ``seed``)."""
-        from napari_softseg.engine.training.slices import prepare_slices
-
-        return prepare_slices(self, **kwargs)
 
 
 def _contrast_names(image, n_channels: int) -> list[str]:

@@ -21,6 +21,7 @@ from napari_softseg.engine.training import distributed as dist_utils
 from napari_softseg.engine.training.augment import RandomAffine
 from napari_softseg.engine.preprocess import binarise, with_background
 from napari_softseg.errors import UserError
+from napari_softseg.engine.training.slices import prepare_slices
 from napari_softseg.engine.training.threshold import DiceAccumulator, best_threshold
 from napari_softseg.engine.training.config import TrainConfig, TrainEvent, is_cancelled
 
@@ -83,7 +84,8 @@ class Trainer:
             raise UserError(f"The network has {model.out_channels} outputs but the labels need {preset.out_channels(data.n_classes)}.")
         self.preset = preset
         pick = lambda value, key: value if value is not None else defaults[key]  # noqa: E731
-        self.data = data.prepare(
+        self.data = prepare_slices(
+            data,
             hard=not preset.soft_labels, multiclass=preset.multiclass,
             slice_axis=pick(cfg.slice_axis, "slice_axis"), spacing=pick(cfg.spacing, "spacing"),
             crop_size=pick(cfg.crop_size, "crop_size"), multiple=model.multiple,
