@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_softseg.labels.masks import binarize
+
 __all__ = [
     "choose_slice_axis",
     "zscore",
@@ -99,10 +101,13 @@ def uncrop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def binarise(labels, multiclass: bool = False):
-    """Hard labels: ``labels >= 0.5`` per channel, or for ``multiclass`` (foreground classes on
-    axis -3, background implicit) the one-hot arg-max including background. numpy or torch."""
+    """Hard labels of ``labels``' dtype: per channel the package's binarisation at 0.5
+    (:func:`napari_softseg.labels.masks.binarize`, ``labels >= 0.5``), or for ``multiclass``
+    (foreground classes on axis -3, background implicit) the one-hot arg-max including
+    background. numpy or torch."""
     if not multiclass:
-        return (labels >= 0.5).astype(labels.dtype) if isinstance(labels, np.ndarray) else (labels >= 0.5).to(labels.dtype)
+        mask = binarize(labels)
+        return mask.astype(labels.dtype) if isinstance(labels, np.ndarray) else mask.to(labels.dtype)
     if isinstance(labels, np.ndarray):
         bg = 1.0 - labels.sum(axis=-3, keepdims=True)
         full = np.concatenate([bg, labels], axis=-3)

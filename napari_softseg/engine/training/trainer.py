@@ -21,6 +21,7 @@ from napari_softseg.engine.training import distributed as dist_utils
 from napari_softseg.engine.training.augment import RandomAffine
 from napari_softseg.engine.preprocess import binarise, with_background
 from napari_softseg.errors import UserError
+from napari_softseg.labels.masks import binarize
 from napari_softseg.engine.training.slices import prepare_slices
 from napari_softseg.engine.training.threshold import DiceAccumulator, best_threshold
 from napari_softseg.engine.training.config import TrainConfig, TrainEvent, is_cancelled
@@ -193,7 +194,7 @@ class Trainer:
             out = self._predict(self.images.index_select(0, idx))
             y = self._target(self.truth.index_select(0, idx))
             loss = self.loss_fn(out, y)
-            p, t = (out[:, self.fg] >= 0.5).double(), (y[:, self.fg] >= 0.5).double()
+            p, t = binarize(out[:, self.fg]).double(), binarize(y[:, self.fg]).double()
             sums += torch.stack([loss.detach().double().cpu() * idx.numel(), torch.tensor(float(idx.numel()), dtype=torch.float64),
                                  (p * t).sum().cpu(), p.sum().cpu(), t.sum().cpu()])
             yield s + 1
