@@ -56,7 +56,7 @@ __all__ = [
 
 FORMAT = "napari-softseg-checkpoint"
 FORMAT_VERSION = 1
-#: supported intensity normalisations (see inference.normalise).
+#: supported intensity normalisations ("zscore": :func:`napari_softseg.engine.preprocess.apply_zscore`).
 NORMALISATIONS = ("zscore", "none")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 

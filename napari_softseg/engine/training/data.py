@@ -10,8 +10,10 @@ trainer. Preparation, per volume:
    tied axes the last one (an isotropic scan is sliced along its last axis). The network is 2-D and sees the other two
    axes (in array order) as height and width.
 2. **Normalisation.** Each contrast is z-scored over the whole volume,
-   :math:`x' = (x - \\mu_c) / \\sigma_c` (``\\sigma_c = 0`` gives :math:`x - \\mu_c`), exactly as
-   :mod:`napari_softseg.engine.predict` does at prediction time.
+   :math:`x' = (x - \\mu_c) / \\sigma_c` (a constant contrast gives :math:`x - \\mu_c`), with the
+   functions prediction uses (:func:`napari_softseg.engine.preprocess.zscore_stats` and
+   :func:`~napari_softseg.engine.preprocess.apply_zscore`), so the network sees the same
+   float32 numbers in training and at prediction time.
 3. **Label source** (:data:`LABEL_SOURCES`): one label map per volume; the average, majority
    vote, STAPLE or soft-STAPLE estimate of several raters (:func:`napari_softseg.fusion.methods.fuse`); or
    *random sampling*, which keeps every rater and lets the trainer draw one anew for each

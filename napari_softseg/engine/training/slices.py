@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_softseg.errors import UserError
 from napari_softseg.engine.preprocess import (
+    apply_zscore,
     binarise,
     center_crop_or_pad,
     choose_slice_axis,
@@ -36,7 +37,7 @@ class SliceGeometry:
     inplane_shape: tuple  # original in-plane (H0, W0)
     resampled_shape: tuple  # after resampling (H1, W1)
     zoom: tuple  # (H1/H0, W1/W0) nominal factors
-    mean: np.ndarray  # per contrast
+    mean: np.ndarray  # per contrast (preprocess.zscore_stats)
     std: np.ndarray  # per contrast
 
 
@@ -92,7 +93,7 @@ class PreparedData:
         geo = self.geometry[subject]
         img = subj.image if subj.image.ndim == 4 else subj.image[..., None]
         sl = np.moveaxis(img, self.slice_axis, 0)[int(slice_index)]  # (H0, W0, C)
-        sl = ((sl.astype(np.float32) - geo.mean) / geo.std).transpose(2, 0, 1)[None]
+        sl = apply_zscore(sl, geo.mean, geo.std).transpose(2, 0, 1)[None]
         sl = resample_inplane(sl, geo.zoom, order=2)[0]
         h1, w1 = sl.shape[-2:]
         ph, pw = -(-h1 // multiple) * multiple, -(-w1 // multiple) * multiple
@@ -103,11 +104,8 @@ class PreparedData:
         """Map a ``(K, H1, W1)`` prediction back to the original in-plane grid."""
         geo = self.geometry[subject]
         if tuple(prediction.shape[-2:]) != tuple(geo.inplane_shape):
-            from scipy import ndimage
-
             f = (geo.inplane_shape[0] / prediction.shape[-2], geo.inplane_shape[1] / prediction.shape[-1])
-            prediction = ndimage.zoom(prediction, (1.0, f[0], f[1]), order=1, grid_mode=True, mode="nearest")
-            prediction = center_crop_or_pad(prediction, geo.inplane_shape)
+            prediction = center_crop_or_pad(resample_inplane(prediction[None], f, order=1)[0], geo.inplane_shape)
         out = np.clip(prediction, 0.0, 1.0).astype(np.float32)
         return out[0] if out.shape[0] == 1 else out
 
@@ -159,10 +157,8 @@ def prepare_slices(
 
     per_image, per_label, per_truth, geos = [], [], [], []
     for subj in data.subjects:
-        img = subj.image if subj.image.ndim == 4 else subj.image[..., None]
-        img = img.astype(np.float32)
-        mean, std = zscore_stats(img)
-        img = (img - mean) / std
+        mean, std = zscore_stats(subj.image)
+        img = apply_zscore(subj.image if subj.image.ndim == 4 else subj.image[..., None], mean, std)
         img = np.moveaxis(img, axis, 0).transpose(0, 3, 1, 2)  # (S, C, H0, W0)
         sp = np.asarray(subj.spacing)
         h0, w0 = img.shape[-2:]
