@@ -196,3 +196,39 @@ def test_from_nifti_pairs_files_and_checks_grids(tmp_path):
         [tmp_path / "a.nii.gz"], raters=[tmp_path / "a_lab.nii.gz", tmp_path / "a_r2.nii.gz"], fusion="random"
     )
     assert two.subjects[0].n_raters == 2 and two.label_source.random
+
+
+def test_labels_named_after_another_image_are_refused(tmp_path):
+    """Labels pair with images in order; a label whose name belongs to another image of the
+    same call is refused (the stem rule of engine.training.pairing, as for folders)."""
+    img = np.random.default_rng(0).random((10, 10, 4)).astype(np.float32)
+    lab = _ball((10, 10, 4), 3)
+    for name in ("a", "b", "a_2"):
+        write_nifti(tmp_path / f"{name}.nii.gz", img, affine=np.eye(4))
+    for name in ("a_seg", "b_seg", "a_r1", "a_r2", "b_r1", "b_r2", "a_2_seg", "unrelated"):
+        write_nifti(tmp_path / f"{name}.nii.gz", lab, affine=np.eye(4))
+    f = lambda *names: [tmp_path / f"{n}.nii.gz" for n in names]  # noqa: E731
+    assert [s.name for s in TrainingData.from_nifti(f("a", "b"), f("a_seg", "b_seg")).subjects] == ["a", "b"]
+    assert TrainingData.from_nifti(f("a", "b"), f("unrelated", "b_seg")).subjects[1].name == "b"  # no claim
+    with pytest.raises(UserError, match=r"^b_seg.nii.gz is named after image b.nii.gz but is paired with a.nii.gz; labels pair"):
+        TrainingData.from_nifti(f("a", "b"), f("b_seg", "a_seg"))
+    # the longest matching stem owns a label: a_2_seg belongs to a_2, not to a
+    TrainingData.from_nifti(f("a", "a_2"), f("a_seg", "a_2_seg"))
+    with pytest.raises(UserError, match="a_2_seg.nii.gz is named after image a_2.nii.gz but is paired with a.nii.gz"):
+        TrainingData.from_nifti(f("a", "a_2"), f("a_2_seg", "a_seg"))
+    TrainingData.from_nifti(f("a", "b"), raters=f("a_r1", "a_r2", "b_r1", "b_r2"), fusion="average")
+    with pytest.raises(UserError, match="b_r1.nii.gz is named after image b.nii.gz"):
+        TrainingData.from_nifti(f("a", "b"), raters=f("b_r1", "b_r2", "a_r1", "a_r2"), fusion="average")
+
+
+def test_folder_pairing_gives_a_label_to_the_longest_matching_stem(tmp_path):
+    from napari_softseg.engine.training.pairing import pair_folder
+
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.mkdir(), labels.mkdir()
+    for name in ("sub01", "sub01_t2"):
+        write_nifti(images / f"{name}.nii.gz", np.zeros((4, 4, 2), np.float32), affine=np.eye(4))
+    for name in ("sub01_seg", "sub01_rater2", "sub01_t2_seg"):
+        write_nifti(labels / f"{name}.nii.gz", np.ones((4, 4, 2), np.float32), affine=np.eye(4))
+    pairs = [(i.name, [p.name for p in ls]) for i, ls in pair_folder(images, labels)]
+    assert pairs == [("sub01.nii.gz", ["sub01_rater2.nii.gz", "sub01_seg.nii.gz"]), ("sub01_t2.nii.gz", ["sub01_t2_seg.nii.gz"])]

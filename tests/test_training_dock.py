@@ -396,7 +396,8 @@ def test_failure_in_training_notifies_and_dock_stays_usable(make_napari_viewer, 
 def test_snapshots_copy_and_convert_rater_levels_and_folders(make_napari_viewer, tmp_path):
     from napari_softseg.io.nifti import read_nifti, write_nifti
     from napari_softseg.widgets.annotation.rater_layers import add_rater_layer
-    from napari_softseg.engine.training.sources import build_training_data, pair_folder
+    from napari_softseg.engine.training.pairing import pair_folder
+    from napari_softseg.engine.training.sources import build_training_data
 
     viewer, scan, gm = mt_viewer(make_napari_viewer)
     levels = np.zeros((40, 40, 5), np.uint8)

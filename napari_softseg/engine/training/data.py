@@ -41,6 +41,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from napari_softseg.engine.training.pairing import check_order
 from napari_softseg.errors import UserError
 
 __all__ = [
@@ -346,7 +347,9 @@ class TrainingData:
     ) -> "TrainingData":
         """NIfTI files: one label per image (``labels``, paired in order) or several raters
         per image (``raters``; with N images and M raters each image gets M/N consecutive
-        files) fused by ``fusion`` (``average``, ``majority``, ``staple`` or ``random``)."""
+        files) fused by ``fusion`` (``average``, ``majority``, ``staple`` or ``random``).
+        A label named after another image of the call is refused
+        (:func:`napari_softseg.engine.training.pairing.check_order`)."""
         images = list(images)
         if not images:
             raise UserError("No training image was given.")
@@ -370,6 +373,7 @@ class TrainingData:
             if fusion is None:
                 raise UserError("Several raters need a fusion method: average, majority, staple or random.")
             source = get_label_source(fusion)
+        check_order(images, groups)
         subjects = [TrainingSubject.from_nifti(img, grp) for img, grp in zip(images, groups)]
         first = images[0]
         return cls(subjects, source, contrasts=_contrast_names(first, subjects[0].n_channels))

@@ -22,7 +22,8 @@ from qtpy.QtWidgets import (
 from napari_softseg.engine.training.data import LABEL_SOURCES, get_label_source
 from napari_softseg.errors import UserError
 from napari_softseg.widgets.base import is_rater, user_errors
-from napari_softseg.engine.training.sources import check_contrasts, pair_folder
+from napari_softseg.engine.training.pairing import pair_folder
+from napari_softseg.engine.training.sources import check_contrasts
 from napari_softseg.widgets.training.layers import ScanEntry, is_label_candidate, on_same_grid, scan_entries, snapshot_scan
 
 _NONE = "(no scan open)"
@@ -232,7 +233,7 @@ class DataPanel(QWidget):
             row.refresh()
 
     def add_folder_pair(self, images_dir, labels_dir) -> None:
-        """Train also on the NIfTI pairs of two folders (see :func:`._training_data.pair_folder`)."""
+        """Train also on the NIfTI pairs of two folders (see :func:`napari_softseg.engine.training.pairing.pair_folder`)."""
         with user_errors():
             pairs = pair_folder(images_dir, labels_dir)
             self.folders.append((Path(images_dir), Path(labels_dir)))
