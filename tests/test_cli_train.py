@@ -128,3 +128,20 @@ def test_missing_output_folder_is_refused_before_training(scans, tmp_path, capsy
     rc = main(["train", "--image", str(folder / "img.nii.gz"), "--label", str(folder / "gm.nii.gz"),
                "--out", str(tmp_path / "nowhere" / "m.pt")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_labels_in_the_wrong_order_are_refused(scans, tmp_path, capsys):
+    """--image a --image b --label b_seg --label a_seg: b_seg is named after b, not a."""
+    folder, affine = scans
+    img, lab = read_nifti(folder / "img.nii.gz"), read_nifti(folder / "gm.nii.gz")
+    for name in ("a", "b"):
+        write_nifti(tmp_path / f"{name}.nii.gz", img.data, affine=affine)
+        write_nifti(tmp_path / f"{name}_seg.nii.gz", lab.data, affine=affine)
+    argv = ["train", "--image", str(tmp_path / "a.nii.gz"), "--image", str(tmp_path / "b.nii.gz"),
+            "--label", str(tmp_path / "b_seg.nii.gz"), "--label", str(tmp_path / "a_seg.nii.gz"),
+            "--device", "cpu", "--depth", "1", "--out", str(tmp_path / "m.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("napari-softseg train: error: b_seg.nii.gz is named after image b.nii.gz but is paired with "
+                   "a.nii.gz; labels pair with images in order, so give them in the order of the images.")
+    assert not (tmp_path / "m.pt").exists()

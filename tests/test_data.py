@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_softseg.engine.training.data import LABEL_SOURCES, TrainingData, TrainingSubject
+from napari_softseg.engine.training.slices import prepare_slices
 from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import write_nifti
 from napari_softseg.engine.preprocess import (
@@ -122,7 +123,7 @@ def test_prepare_slices_normalises_resamples_and_crops():
     img = rng.normal(100, 10, (20, 24, 6)).astype(np.float32)
     lab = _ball((20, 24, 6), 6)
     data = TrainingData.from_arrays([img], [lab], spacings=[(0.5, 0.5, 3.0)])
-    prep = data.prepare(spacing=(1.0, 1.0, 3.0), crop_size=(16, 16), multiple=8, val_fraction=0.0)
+    prep = prepare_slices(data, spacing=(1.0, 1.0, 3.0), crop_size=(16, 16), multiple=8, val_fraction=0.0)
     assert prep.slice_axis == 2 and prep.spacing == (1.0, 1.0, 3.0)
     assert tuple(prep.images.shape) == (6, 1, 16, 16) and tuple(prep.labels.shape) == (1, 6, 1, 16, 16)
     # z-scored before resampling (mean 0, sd 1 over the volume; averaging 2x2 shrinks the sd);
@@ -136,7 +137,7 @@ def test_prepare_slices_normalises_resamples_and_crops():
     assert 0 < float(prep.labels.min()) or float(prep.labels.max()) <= 1
     soft = ((prep.labels > 0) & (prep.labels < 1)).float().sum()
     assert soft > 0  # soft mode keeps partial volume
-    hard = data.prepare(hard=True, crop_size=(24, 24), val_fraction=0.0)
+    hard = prepare_slices(data, hard=True, crop_size=(24, 24), val_fraction=0.0)
     assert set(torch.unique(hard.labels).tolist()) <= {0.0, 1.0}
 
 
@@ -144,7 +145,7 @@ def test_prepare_slices_along_another_axis():
     img = np.random.rand(5, 16, 16).astype(np.float32)
     lab = np.zeros((5, 16, 16), np.float32)
     lab[:, 4:12, 4:12] = 1
-    prep = TrainingData.from_arrays([img], [lab], spacings=[(4.0, 1.0, 1.0)]).prepare(val_fraction=0.0)
+    prep = prepare_slices(TrainingData.from_arrays([img], [lab], spacings=[(4.0, 1.0, 1.0)]), val_fraction=0.0)
     assert prep.slice_axis == 0 and tuple(prep.images.shape) == (5, 1, 16, 16)
     np.testing.assert_allclose(prep.truth[2, 0].numpy(), lab[2])
 
@@ -155,7 +156,7 @@ def test_random_source_keeps_every_rater_and_truth_is_their_mean():
     r2 = np.zeros((12, 12, 3), np.float32)
     r1[2:8, 2:8] = 1
     r2[4:10, 4:10] = 1
-    prep = TrainingData.from_arrays([img], [[r1, r2]], label_source="random").prepare(val_fraction=0.0, multiple=4)
+    prep = prepare_slices(TrainingData.from_arrays([img], [[r1, r2]], label_source="random"), val_fraction=0.0, multiple=4)
     assert prep.random_raters and prep.n_raters == 2
     np.testing.assert_allclose(prep.truth[:, 0].numpy(), ((r1 + r2) / 2).transpose(2, 0, 1))
 
@@ -168,12 +169,12 @@ def test_fused_sources_use_the_fusion_module():
     raters[1][3:9, 3:9] = 1
     raters[2][4:10, 2:8] = 1
     for name in ("average", "majority", "staple"):
-        prep = TrainingData.from_arrays([img], [raters], label_source=name).prepare(val_fraction=0.0, multiple=4)
+        prep = prepare_slices(TrainingData.from_arrays([img], [raters], label_source=name), val_fraction=0.0, multiple=4)
         src = LABEL_SOURCES[name]
         res = fusion.fuse(raters, name)
         expected = np.asarray(res.hard if src.use_hard else res.soft, np.float32)
         np.testing.assert_allclose(prep.labels[0, :, 0].numpy(), expected.transpose(2, 0, 1), atol=1e-6)
-    avg = TrainingData.from_arrays([img], [raters], label_source="average").prepare(val_fraction=0.0, multiple=4)
+    avg = prepare_slices(TrainingData.from_arrays([img], [raters], label_source="average"), val_fraction=0.0, multiple=4)
     np.testing.assert_allclose(avg.truth[:, 0].numpy(), np.mean(raters, 0).transpose(2, 0, 1), atol=1e-6)
 
 
@@ -195,3 +196,39 @@ def test_from_nifti_pairs_files_and_checks_grids(tmp_path):
         [tmp_path / "a.nii.gz"], raters=[tmp_path / "a_lab.nii.gz", tmp_path / "a_r2.nii.gz"], fusion="random"
     )
     assert two.subjects[0].n_raters == 2 and two.label_source.random
+
+
+def test_labels_named_after_another_image_are_refused(tmp_path):
+    """Labels pair with images in order; a label whose name belongs to another image of the
+    same call is refused (the stem rule of engine.training.pairing, as for folders)."""
+    img = np.random.default_rng(0).random((10, 10, 4)).astype(np.float32)
+    lab = _ball((10, 10, 4), 3)
+    for name in ("a", "b", "a_2"):
+        write_nifti(tmp_path / f"{name}.nii.gz", img, affine=np.eye(4))
+    for name in ("a_seg", "b_seg", "a_r1", "a_r2", "b_r1", "b_r2", "a_2_seg", "unrelated"):
+        write_nifti(tmp_path / f"{name}.nii.gz", lab, affine=np.eye(4))
+    f = lambda *names: [tmp_path / f"{n}.nii.gz" for n in names]  # noqa: E731
+    assert [s.name for s in TrainingData.from_nifti(f("a", "b"), f("a_seg", "b_seg")).subjects] == ["a", "b"]
+    assert TrainingData.from_nifti(f("a", "b"), f("unrelated", "b_seg")).subjects[1].name == "b"  # no claim
+    with pytest.raises(UserError, match=r"^b_seg.nii.gz is named after image b.nii.gz but is paired with a.nii.gz; labels pair"):
+        TrainingData.from_nifti(f("a", "b"), f("b_seg", "a_seg"))
+    # the longest matching stem owns a label: a_2_seg belongs to a_2, not to a
+    TrainingData.from_nifti(f("a", "a_2"), f("a_seg", "a_2_seg"))
+    with pytest.raises(UserError, match="a_2_seg.nii.gz is named after image a_2.nii.gz but is paired with a.nii.gz"):
+        TrainingData.from_nifti(f("a", "a_2"), f("a_2_seg", "a_seg"))
+    TrainingData.from_nifti(f("a", "b"), raters=f("a_r1", "a_r2", "b_r1", "b_r2"), fusion="average")
+    with pytest.raises(UserError, match="b_r1.nii.gz is named after image b.nii.gz"):
+        TrainingData.from_nifti(f("a", "b"), raters=f("b_r1", "b_r2", "a_r1", "a_r2"), fusion="average")
+
+
+def test_folder_pairing_gives_a_label_to_the_longest_matching_stem(tmp_path):
+    from napari_softseg.engine.training.pairing import pair_folder
+
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.mkdir(), labels.mkdir()
+    for name in ("sub01", "sub01_t2"):
+        write_nifti(images / f"{name}.nii.gz", np.zeros((4, 4, 2), np.float32), affine=np.eye(4))
+    for name in ("sub01_seg", "sub01_rater2", "sub01_t2_seg"):
+        write_nifti(labels / f"{name}.nii.gz", np.ones((4, 4, 2), np.float32), affine=np.eye(4))
+    pairs = [(i.name, [p.name for p in ls]) for i, ls in pair_folder(images, labels)]
+    assert pairs == [("sub01.nii.gz", ["sub01_rater2.nii.gz", "sub01_seg.nii.gz"]), ("sub01_t2.nii.gz", ["sub01_t2_seg.nii.gz"])]

@@ -350,9 +350,9 @@ def test_disagreement_map_is_entropy_of_the_average():
     r2 = np.array([0, 1, 0, 0, 0], np.uint8)
     r3 = np.array([0, 1, 0, 1, 1], np.uint8)
     h = disagreement_map([r1, r2, r3])
-    h13 = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))  # 0.6365
+    h13 = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3)) / math.log(2)  # 0.6365 nats / ln 2 = 0.918 bits
     np.testing.assert_allclose(h, [0, 0, h13, h13, h13], atol=1e-6)
-    np.testing.assert_allclose(disagreement_map([r1, r2])[2], math.log(2), atol=1e-6)
+    np.testing.assert_allclose(disagreement_map([r1, r2])[2], math.log(2) / math.log(2), atol=1e-6)
     assert h.dtype == np.float32
 
 

@@ -67,10 +67,10 @@ def test_staple_on_two_real_raters_in_a_worker(make_napari_viewer, qtbot):
     for row, r, sens, spec in zip(table(dock), (r1, r2), core.sensitivity, core.specificity):
         assert row[1:4] == [f"{sens:.4f}", f"{spec:.4f}", f"{dice(r, core.hard):.1f}"]
         assert row[4] == f"{float(np.count_nonzero(r)):.0f}"  # 1 mm³ voxels
-    # zero where the raters agree, ln 2 where one of two marks the voxel
+    # zero where the raters agree, 1 bit where one of two marks the voxel
     agree = r1 == r2
     assert np.all(dis.data[agree] == 0)
-    np.testing.assert_allclose(dis.data[~agree], np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(dis.data[~agree], np.log(2) / np.log(2), rtol=1e-6)  # ln 2 nats = 1 bit
     assert (~agree).sum() > 1000
 
 

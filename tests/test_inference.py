@@ -12,9 +12,9 @@ from napari_softseg.engine.predict import (
     Prediction,
     PredictionCancelled,
     choose_slice_axis,
-    entropy_map,
     load_model,
     predict_volume,
+    prediction_entropy,
     resolve_model_path,
 )
 from napari_softseg.engine.model import UNet
@@ -132,10 +132,14 @@ def test_mc_dropout_and_tta():
 
 
 def test_entropy_by_hand():
-    np.testing.assert_allclose(entropy_map(np.array([0.0, 0.5, 1.0, 0.25])), [0, 1, 0, 0.8112781], atol=1e-6)
-    # multi-class: (0.5, 0.5) foreground + 0 background -> ln 2 / ln 3
-    mc = entropy_map(np.array([[[[0.5, 0.5]]]]), multiclass=True)
-    np.testing.assert_allclose(mc.ravel(), [np.log(2) / np.log(3)], atol=1e-6)
+    np.testing.assert_allclose(prediction_entropy(np.array([0.0, 0.5, 1.0, 0.25])), [0, 1, 0, 0.8112781], atol=1e-6)
+    # multi-class: (0.5, 0.5) foreground + 0 background -> 1 bit (it was normalised by log 3:
+    # ln 2 / ln 3; the one entropy of the package is in bits)
+    mc = prediction_entropy(np.array([[[[0.5, 0.5]]]]), multiclass=True)
+    np.testing.assert_allclose(mc.ravel(), [1.0], atol=1e-6)
+    # (0.25, 0.25) + background 0.5 -> 1.5 bits; two binary structures are averaged
+    np.testing.assert_allclose(prediction_entropy(np.full((1, 1, 1, 2), 0.25), multiclass=True).ravel(), [1.5], atol=1e-6)
+    np.testing.assert_allclose(prediction_entropy(np.array([[[[0.5, 0.0]]]])).ravel(), [0.5], atol=1e-6)
 
 
 def test_progress_and_cancel():
@@ -197,3 +201,39 @@ def test_resamples_to_training_voxel_size():
         pred = _reference(model, small[:, :, None], 2, normalise=False)[:, :, 0]
         expected[:, :, k] = ndimage.zoom(pred, (2.0, 4.0), order=1, grid_mode=True, mode="nearest")
     np.testing.assert_allclose(soft, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 3.0), (0.5, 0.8, 3.0)])
+def test_training_and_prediction_feed_the_network_identical_inputs(monkeypatch, spacing):
+    """One z-score and one resampling: the slices a model is trained on and those it is
+    given at prediction time are the same float32 arrays, bit for bit (here with two
+    contrasts far from zero mean, with and without resampling to the training voxel size)."""
+    from napari_softseg.engine.model import InferenceUNet
+    from napari_softseg.engine.training.data import TrainingData
+    from napari_softseg.engine.training.slices import prepare_slices
+
+    rng = np.random.default_rng(11)
+    image = np.stack([rng.normal(1000.0, 37.0, (32, 40, 5)), rng.gamma(2.0, 55.0, (32, 40, 5))], axis=-1).astype(np.float32)
+    label = np.zeros((32, 40, 5), np.float32)
+    label[10:20, 12:30] = 1.0
+    data = TrainingData.from_arrays([image], [label], spacings=[spacing])
+    # trained at 1 x 1 x 3 mm: the in-plane grid becomes 16 x 32 for the 0.5 x 0.8 mm scan
+    crop = (32, 40) if spacing[0] == 1.0 else (16, 32)
+    prep = prepare_slices(data, slice_axis=2, spacing=(1.0, 1.0, 3.0), crop_size=crop, multiple=8, val_fraction=0.0)
+    trained_on = prep.images.numpy()
+
+    seen = []
+    original = InferenceUNet.forward_logits
+
+    def recording(self, x):
+        seen.append(x.detach().cpu().numpy().copy())
+        return original(self, x)
+
+    monkeypatch.setattr(InferenceUNet, "forward_logits", recording)
+    model = _net(in_channels=2, depth=3)
+    model.softseg_config = {"slice_axis": 2, "spacing": [1.0, 1.0, 3.0], "normalisation": "zscore"}
+    predict_volume(model, image, spacing=spacing, mixed_precision=False, batch_size=2)
+    predicted_on = np.concatenate(seen)
+    assert trained_on.dtype == predicted_on.dtype == np.float32
+    assert trained_on.shape == predicted_on.shape == (5, 2) + crop
+    np.testing.assert_array_equal(predicted_on, trained_on)

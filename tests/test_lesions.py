@@ -12,7 +12,7 @@ import pytest
 from napari_softseg.review.lesions import FlagRule, LesionRecord, analyse_lesions
 
 SPACING = (1.0, 1.0, 2.0)  # 2 mm³ voxels
-H09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+H09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)  # nats / ln 2: entropies are in bits
 
 
 def constructed():
@@ -75,7 +75,8 @@ def test_rule_is_adjustable_without_recomputing(table):
     strict = table.reflag(FlagRule(min_mean_probability=None, max_mean_entropy=0.3, min_volume_mm3=20))
     a = rec(strict, (5, 5, 5))
     assert a.flagged and a.reason == f"mean entropy {H09:.2f} > 0.30"
-    assert rec(strict, (20, 20, 20)).reason.startswith("mean entropy 0.69 > 0.30; volume 16.0 mm³ < 20 mm³")
+    # H(0.55) = 0.688 nats = 0.993 bits
+    assert rec(strict, (20, 20, 20)).reason.startswith("mean entropy 0.99 > 0.30; volume 16.0 mm³ < 20 mm³")
 
 
 def test_sample_iou_and_volume_cv():

@@ -111,24 +111,25 @@ def test_multiclass_reliability_with_label_truth():
 
 
 def test_entropy_by_hand():
+    # expectations derived in nats, divided by ln 2: the entropy is in bits
     h = C.entropy(np.array([0.0, 0.5, 1.0, 0.25], np.float32))
-    np.testing.assert_allclose(h, [0, LN2, 0, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))], atol=1e-6)
+    np.testing.assert_allclose(h, np.array([0, LN2, 0, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]) / LN2, atol=1e-6)
     assert h.dtype == np.float32
     hk = C.entropy(np.array([[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]]), class_axis=1)
-    np.testing.assert_allclose(hk, [0.5 * LN2 + 0.5 * math.log(4), 0.0])
+    np.testing.assert_allclose(hk, np.array([0.5 * LN2 + 0.5 * math.log(4), 0.0]) / LN2)  # 1.5 bits
     # binary map == two-class map [1 - p, p]
     p = np.array([0.1, 0.3, 0.9])
     np.testing.assert_allclose(C.entropy(p), C.entropy(np.stack([1 - p, p], -1), class_axis=-1))
 
 
 def test_image_entropy_and_entropy_mae_across_images():
-    a = np.array([0.5, 0.5, 0.0, 0.0])  # image entropy ln2 / 2
-    b = np.array([0.5, 0.0, 0.0, 1.0])  # ln2 / 4
-    assert C.image_entropy(a) == pytest.approx(LN2 / 2)
-    assert C.image_entropy(a, mask=[True, True, False, False]) == pytest.approx(LN2)
-    # two images: |ln2/2 - ln2/4| and |ln2/4 - ln2/4|
-    assert C.entropy_mae([a, b], [b, b]) == pytest.approx(LN2 / 8)
-    assert C.voxel_entropy_mae(a, b) == pytest.approx(LN2 / 4)
+    a = np.array([0.5, 0.5, 0.0, 0.0])  # image entropy ln2 / 2 nats = 1/2 bit
+    b = np.array([0.5, 0.0, 0.0, 1.0])  # ln2 / 4 nats = 1/4 bit
+    assert C.image_entropy(a) == pytest.approx(LN2 / 2 / LN2)
+    assert C.image_entropy(a, mask=[True, True, False, False]) == pytest.approx(LN2 / LN2)
+    # two images: |ln2/2 - ln2/4| and |ln2/4 - ln2/4| (nats; / ln 2 for bits)
+    assert C.entropy_mae([a, b], [b, b]) == pytest.approx(LN2 / 8 / LN2)
+    assert C.voxel_entropy_mae(a, b) == pytest.approx(LN2 / 4 / LN2)
 
 
 # --------------------------------------------------------------------------- lesions

@@ -85,6 +85,20 @@ def test_dice_accumulator_over_batches_equals_whole_volumes():
     assert best_threshold(empty.dice()) == (0.95, 1.0)
 
 
+def test_threshold_search_counts_a_value_equal_to_the_threshold_as_foreground():
+    """The one binarisation rule (value >= threshold) at every candidate threshold, ties included."""
+    at = THRESHOLDS.astype(np.float32)  # predictions exactly on the thresholds
+    pred = np.r_[at, at - np.float32(0.01)].reshape(1, 1, -1, 1)
+    truth = np.ones_like(pred)
+    acc = DiceAccumulator(1)
+    acc.update(torch.from_numpy(pred), torch.from_numpy(truth), torch.tensor([0]))
+    n = at.size
+    # at threshold t_j pass t_j .. t_{n-1} (n - j values, the tie t_j included) and
+    # t_{j+1} - 0.01 .. t_{n-1} - 0.01 (n - j - 1 values); a strict ">" would drop the tie
+    for j in range(n):
+        assert acc.pred[0, j, 0] == acc.inter[0, j, 0] == 2 * (n - j) - 1
+
+
 # ----------------------------------------------------------------------------- training on real data
 
 

@@ -31,14 +31,14 @@ def _user_dir(tmp_path, monkeypatch):
 def probe_steps():
     """Record, for every completed training step, whether cancel was set before and after."""
     from napari_softseg.engine.training import trainer
-    from napari_softseg.engine.training.train import _is_cancelled
+    from napari_softseg.engine.training.config import is_cancelled
 
     original, log = trainer.Trainer.train_step, []
 
     def train_step(self, idx, raters, cancel):
-        before = _is_cancelled(cancel)
+        before = is_cancelled(cancel)
         loss = original(self, idx, raters, cancel)  # raises once cancel is set
-        log.append((before, _is_cancelled(cancel)))
+        log.append((before, is_cancelled(cancel)))
         return loss
 
     trainer.Trainer.train_step = train_step
@@ -385,7 +385,8 @@ def test_failure_in_training_notifies_and_dock_stays_usable(make_napari_viewer, 
 def test_snapshots_copy_and_convert_rater_levels_and_folders(make_napari_viewer, tmp_path):
     from napari_softseg.io.nifti import read_nifti, write_nifti
     from napari_softseg.widgets.annotation.rater_layers import add_rater_layer
-    from napari_softseg.engine.training.sources import build_training_data, pair_folder
+    from napari_softseg.engine.training.pairing import pair_folder
+    from napari_softseg.engine.training.sources import build_training_data
 
     viewer, scan, gm = mt_viewer(make_napari_viewer)
     levels = np.zeros((40, 40, 5), np.uint8)

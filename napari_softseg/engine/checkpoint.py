@@ -56,7 +56,7 @@ __all__ = [
 
 FORMAT = "napari-softseg-checkpoint"
 FORMAT_VERSION = 1
-#: supported intensity normalisations (see inference.normalise).
+#: supported intensity normalisations ("zscore": :func:`napari_softseg.engine.preprocess.apply_zscore`).
 NORMALISATIONS = ("zscore", "none")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
@@ -78,7 +78,7 @@ def make_config(
     from napari_softseg import __version__
 
     contrasts = list(contrasts) if contrasts else [f"contrast{i}" for i in range(model.in_channels)]
-    n_fg = model.out_channels - 1 if model.activation_name in ("softmax", "multiclass_normrelu") else model.out_channels
+    n_fg = model.n_structures
     config = {
         "format_version": FORMAT_VERSION,
         "version": __version__,

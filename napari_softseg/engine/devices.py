@@ -5,7 +5,6 @@ Nothing here changes global torch settings; every choice is returned to the call
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -18,7 +17,6 @@ __all__ = [
     "available_devices",
     "resolve_device",
     "autocast_dtype",
-    "autocast_context",
     "cpu_supports_bf16",
 ]
 
@@ -117,17 +115,3 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     if device.type == "mps":
         return torch.float16
     return None
-
-
-def autocast_context(device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None = None):
-    """A context manager running the enclosed ops in mixed precision on ``device``.
-
-    Returns ``contextlib.nullcontext()`` when disabled or when no reduced precision helps on
-    this device. ``dtype`` overrides the automatic choice. float16 on CUDA needs a
-    ``torch.amp.GradScaler`` when training (bfloat16 does not).
-    """
-    device = torch.device(device)
-    chosen = dtype if dtype is not None else autocast_dtype(device)
-    if not enabled or chosen is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=chosen)

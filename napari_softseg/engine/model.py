@@ -28,6 +28,7 @@ activated prediction); :meth:`UNet.forward_logits` returns the raw scores.
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from napari_softseg.errors import UserError
 
 __all__ = [
     "ACTIVATIONS",
+    "is_multiclass",
     "InferenceUNet",
     "MultiClassNormReLU",
     "NormReLU",
@@ -61,6 +63,8 @@ class NormReLU(nn.Module):
     image segmentation", Medical Image Analysis 71 (2021), section 2.2.
     """
 
+    multiclass: ClassVar[bool] = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x.float())
         peak = x.flatten(2).amax(dim=2)[(...,) + (None,) * (x.ndim - 2)]
@@ -80,6 +84,8 @@ class MultiClassNormReLU(nn.Module):
     inter-rater uncertainty", MELBA 2022 (generalisation of SoftSeg's NormReLU).
     """
 
+    multiclass: ClassVar[bool] = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x.float())
         total = x.sum(dim=1, keepdim=True)
@@ -89,6 +95,8 @@ class MultiClassNormReLU(nn.Module):
 class Softmax(nn.Module):
     """Softmax over the class axis (dim 1), computed in float32."""
 
+    multiclass: ClassVar[bool] = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x.float(), dim=1)
 
@@ -96,17 +104,27 @@ class Softmax(nn.Module):
 class _Sigmoid(nn.Sigmoid):
     """Logistic sigmoid computed in float32."""
 
+    multiclass: ClassVar[bool] = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x.float())
 
 
-#: name -> final activation class (instantiated without arguments).
+#: name -> final activation class (instantiated without arguments); each class says whether
+#: it is multi-class (``multiclass``: a background channel 0, classes summing to one).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "normrelu": NormReLU,
     "sigmoid": _Sigmoid,
     "softmax": Softmax,
     "multiclass_normrelu": MultiClassNormReLU,
 }
+
+
+def is_multiclass(activation: str) -> bool:
+    """Whether the activation named ``activation`` is multi-class: its network has a
+    background channel 0 before the ``K`` classes, and a voxel's classes sum to one. The
+    one rule behind :attr:`UNet.multiclass` and :attr:`~napari_softseg.engine.presets.Preset.multiclass`."""
+    return bool(ACTIVATIONS[activation].multiclass)
 
 
 def _block(in_ch: int, out_ch: int, dropout: float) -> nn.Sequential:
@@ -184,6 +202,17 @@ class UNet(nn.Module):
     def multiple(self) -> int:
         """H and W of the input must be multiples of this number."""
         return 2**self.depth
+
+    @property
+    def multiclass(self) -> bool:
+        """Multi-class network (background channel 0), see :func:`is_multiclass`."""
+        return is_multiclass(self.activation_name)
+
+    @property
+    def n_structures(self) -> int:
+        """Foreground outputs: ``out_channels`` without the background channel of a
+        multi-class network."""
+        return self.out_channels - 1 if self.multiclass else self.out_channels
 
     def config(self) -> dict:
         """Constructor arguments as a JSON-serialisable dict (``UNet(**model.config())``)."""

@@ -22,8 +22,11 @@ from torch.nn import functional as F
 
 from napari_softseg.engine.checkpoint import build_model, load_checkpoint
 from napari_softseg.engine.devices import autocast_dtype, resolve_device
-from napari_softseg.errors import UserError
 from napari_softseg.engine.model import InferenceUNet, UNet
+from napari_softseg.engine.preprocess import apply_zscore, resample_inplane, zscore_stats
+from napari_softseg.engine.preprocess import choose_slice_axis as coarsest_axis
+from napari_softseg.errors import UserError
+from napari_softseg.metrics.calibration import entropy
 
 __all__ = [
     "Prediction",
@@ -34,8 +37,7 @@ __all__ = [
     "predict_volume",
     "choose_slice_axis",
     "inplane_zoom",
-    "zscore_stats",
-    "entropy_map",
+    "prediction_entropy",
     "TTA_FLIPS",
 ]
 
@@ -63,7 +65,7 @@ class Prediction:
     soft : ndarray, float32
         Mean soft map, input spatial shape (plus a trailing class axis for several classes).
     entropy : ndarray or None
-        Voxel-wise predictive entropy of ``soft`` in [0, 1] (see :func:`entropy_map`);
+        Voxel-wise predictive entropy of ``soft`` in bits (see :func:`prediction_entropy`);
         with one sample it reflects only the softness of the prediction itself.
     samples : ndarray or None
         ``(S, *soft.shape)`` float32: each MC-dropout draw / TTA view.
@@ -109,9 +111,7 @@ def choose_slice_axis(spacing: Sequence[float] | None = None) -> int:
     2 without spacing."""
     if spacing is None:
         return 2
-    from napari_softseg.engine.preprocess import choose_slice_axis as _training_rule
-
-    return _training_rule(spacing)
+    return coarsest_axis(spacing)
 
 
 def inplane_zoom(config: dict, spacing: Sequence[float] | None, slice_axis: int) -> tuple[float, float] | None:
@@ -134,71 +134,122 @@ def inplane_zoom(config: dict, spacing: Sequence[float] | None, slice_axis: int)
     return zoom
 
 
-def zscore_stats(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-contrast mean and standard deviation over all voxels (float64 accumulation).
+def prediction_entropy(soft: np.ndarray, multiclass: bool = False) -> np.ndarray:
+    """Voxel-wise entropy in bits of a predicted soft map, with the voxel shape (float32).
 
-    ``volume`` is ``(X, Y, Z)`` or ``(X, Y, Z, C)``; returns two arrays of length C. A
-    constant contrast gets std 1 so that normalising it gives zeros.
-    """
-    vol = volume if volume.ndim == 4 else volume[..., None]
-    step = max(1, 2_000_000 // max(1, vol.shape[1] * vol.shape[2]))  # slabs bound the float64 temporaries
-    means, stds = [], []
-    for c in range(vol.shape[3]):
-        channel = vol[..., c]
-        total = sum(float(np.sum(channel[i : i + step], dtype=np.float64)) for i in range(0, channel.shape[0], step))
-        mean = total / channel.size
-        sq = 0.0
-        for i in range(0, channel.shape[0], step):
-            sq += float(np.sum(np.square(channel[i : i + step].astype(np.float64) - mean)))
-        std = (sq / channel.size) ** 0.5
-        means.append(mean)
-        stds.append(std if std > 1e-8 * max(1.0, abs(mean)) else 1.0)
-    return np.asarray(means), np.asarray(stds)
-
-
-def entropy_map(soft: np.ndarray, multiclass: bool = False) -> np.ndarray:
-    r"""Normalised voxel-wise entropy of a (mean) soft prediction, in [0, 1].
-
-    Binary maps: :math:`H(p) = -p\log_2 p - (1-p)\log_2(1-p)`, averaged over a trailing
-    channel axis if there is one. Multi-class (``soft[..., k]`` the foreground classes, the
-    background being :math:`1 - \sum_k p_k`): :math:`-\sum_j p_j \ln p_j / \ln(K+1)`.
+    :func:`napari_softseg.metrics.calibration.entropy` of each voxel's distribution: for a
+    binary map ``[1 - p, p]`` (in [0, 1]; several binary structures on a trailing axis are
+    averaged); for a multi-class map (``soft[..., k]`` the foreground classes) the classes
+    plus the background ``clip(1 - sum_k p_k, 0, 1)`` (in [0, log2(K + 1)]). Computed in
+    slabs of the first axis so that the temporaries stay small.
     """
     soft = np.asarray(soft)
-    out_shape = soft.shape[:3] if soft.ndim == 4 else soft.shape
-    out = np.empty(out_shape, dtype=np.float32)
+    out = np.empty(soft.shape[:3], dtype=np.float32)
     step = max(1, 4_000_000 // max(1, int(np.prod(soft.shape[1:]))))
-    for start in range(0, soft.shape[0], step):  # slabs keep the float64 temporaries small
-        out[start:start + step] = _entropy(soft[start:start + step], multiclass)
+    for start in range(0, soft.shape[0], step):
+        p = soft[start : start + step]
+        if multiclass:
+            p = p if p.ndim == 4 else p[..., None]
+            background = np.clip(1.0 - p.sum(axis=-1, keepdims=True), 0.0, 1.0)
+            h = entropy(np.concatenate([background, p], axis=-1), class_axis=-1)
+        else:
+            h = entropy(p)
+            h = h.mean(axis=-1) if h.ndim == 4 else h
+        out[start : start + step] = h
     return out
-
-
-def _plogp(q: np.ndarray) -> np.ndarray:
-    return np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
-
-
-def _entropy(soft: np.ndarray, multiclass: bool) -> np.ndarray:
-    p = np.clip(np.asarray(soft, dtype=np.float64), 0.0, 1.0)
-    if multiclass:
-        if p.ndim == 3:
-            p = p[..., None]
-        background = np.clip(1.0 - p.sum(axis=-1), 0.0, 1.0)
-        total = -(_plogp(background) + _plogp(p).sum(axis=-1))
-        return total / np.log(p.shape[-1] + 1)
-    h = -(_plogp(p) + _plogp(1.0 - p)) / np.log(2.0)
-    return h.mean(axis=-1) if h.ndim == 4 else h
-
-
-def _resample_back(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Linear (order 1) resampling of ``(b, K, h, w)`` probabilities to ``(b, K, height, width)``."""
-    from scipy import ndimage
-
-    h, w = prob.shape[-2:]
-    arr = ndimage.zoom(prob.numpy(), (1.0, 1.0, height / h, width / w), order=1, grid_mode=True, mode="nearest")
-    return torch.from_numpy(np.ascontiguousarray(arr[:, :, :height, :width]))
 
 
 def _config_of(model: torch.nn.Module) -> dict:
     return dict(getattr(model, "softseg_config", None) or {})
+
+
+def _checked_image(model: UNet, array, config: dict) -> np.ndarray:
+    """``array`` as a numeric ``(X, Y, Z[, C])`` array with the model's number of contrasts."""
+    array = np.asarray(array)
+    if array.ndim not in (3, 4) or 0 in array.shape:
+        raise UserError(f"Expected a 3-D (X, Y, Z) or 4-D (X, Y, Z, C) image, got shape {array.shape}.")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise UserError(f"The image has a non-numeric data type ({array.dtype}).")
+    n_channels = array.shape[3] if array.ndim == 4 else 1
+    if n_channels != model.in_channels:
+        names = config.get("contrasts") or []
+        listed = f" ({', '.join(names)})" if names else ""
+        raise UserError(f"The model expects {model.in_channels} contrast(s){listed} but the image has {n_channels}.")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise UserError("The image contains NaN or infinite values; replace them before predicting.")
+    return array
+
+
+def _resolve_slice_axis(slice_axis: int | None, config: dict, spacing) -> int:
+    """The argument, else the checkpoint's, else the coarsest axis of ``spacing`` (last without)."""
+    if slice_axis is None:
+        slice_axis = config.get("slice_axis")
+    if slice_axis is None:
+        slice_axis = choose_slice_axis(spacing)
+    if slice_axis not in (0, 1, 2):
+        raise UserError(f"slice_axis must be 0, 1 or 2, got {slice_axis!r}.")
+    return slice_axis
+
+
+class _SliceGrid:
+    """A volume's slices on the network's grid and back.
+
+    Inputs: z-score (:func:`~napari_softseg.engine.preprocess.apply_zscore`, as in training),
+    resampling to the training in-plane voxel size (:func:`inplane_zoom`), padding at the end
+    by repeating the edge up to multiples of the network's ``multiple``. Outputs: cropped,
+    resampled back linearly, background channel of multi-class models dropped.
+    """
+
+    def __init__(self, array: np.ndarray, slice_axis: int, config: dict, spacing, multiple: int) -> None:
+        n_channels = array.shape[3] if array.ndim == 4 else 1
+        if config.get("normalisation", "zscore") == "zscore":
+            self.mean, self.std = zscore_stats(array)
+        else:
+            self.mean, self.std = np.zeros(n_channels), np.ones(n_channels)
+        vol = array if array.ndim == 4 else array[..., None]
+        self.vol = np.moveaxis(vol, slice_axis, 0)  # (S, A, B, C) view, no copy
+        self.n_slices, self.height, self.width = self.vol.shape[:3]
+        self.zoom = inplane_zoom(config, spacing, slice_axis)
+        self.net_h, self.net_w = self.height, self.width
+        if self.zoom is not None:
+            self.net_h, self.net_w = max(1, round(self.height * self.zoom[0])), max(1, round(self.width * self.zoom[1]))
+        self.pad_h, self.pad_w = (-self.net_h) % multiple, (-self.net_w) % multiple
+
+    def inputs(self, start: int, stop: int) -> torch.Tensor:
+        """Network input ``(b, C, H, W)`` (float32, channels-last strides) of slices ``start:stop``."""
+        x = torch.from_numpy(apply_zscore(self.vol[start:stop], self.mean, self.std)).permute(0, 3, 1, 2)
+        if self.zoom is not None:
+            x = torch.from_numpy(resample_inplane(x.numpy(), self.zoom, order=2))
+        if self.pad_h or self.pad_w:
+            x = F.pad(x, (0, self.pad_w, 0, self.pad_h), mode="replicate")
+        return x
+
+    def crop(self, logits: torch.Tensor) -> torch.Tensor:
+        """The network output without the padding (before the activation: NormReLU's
+        maximum is taken over the slice only)."""
+        return logits[:, :, : self.net_h, : self.net_w]
+
+    def outputs(self, prob: torch.Tensor, multiclass: bool) -> np.ndarray:
+        """Activated, cropped ``(b, K, H, W)`` output -> ``(b, A, B[, K])`` in [0, 1] on the slices' grid."""
+        prob = (prob[:, 1:] if multiclass else prob).float().cpu()
+        if self.zoom is not None:
+            back = (self.height / self.net_h, self.width / self.net_w)
+            prob = torch.from_numpy(resample_inplane(prob.numpy(), back, order=1))
+        prob = prob.clamp_(0.0, 1.0).permute(0, 2, 3, 1).numpy()
+        return prob[..., 0] if prob.shape[-1] == 1 else prob
+
+
+def _samples(net: InferenceUNet, x: torch.Tensor, grid: _SliceGrid, views, draws: int, multiclass: bool, cancel):
+    """Yield the probabilities of one batch for every TTA view and MC-dropout draw."""
+    for flip in views:
+        xv = torch.flip(x, flip) if flip else x
+        for _ in range(draws):
+            if cancel is not None and cancel():
+                raise PredictionCancelled("prediction cancelled")
+            logits = net.forward_logits(xv)
+            if flip:
+                logits = torch.flip(logits, flip)
+            yield grid.outputs(net.activation(grid.crop(logits)), multiclass)
 
 
 def predict_volume(
@@ -266,99 +317,38 @@ def predict_volume(
     if not isinstance(model, UNet):
         raise TypeError("predict_volume expects a napari_softseg UNet (see load_model).")
     config = _config_of(model)
-    array = np.asarray(array)
-    if array.ndim not in (3, 4) or 0 in array.shape:
-        raise UserError(f"Expected a 3-D (X, Y, Z) or 4-D (X, Y, Z, C) image, got shape {array.shape}.")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise UserError(f"The image has a non-numeric data type ({array.dtype}).")
-    n_channels = array.shape[3] if array.ndim == 4 else 1
-    if n_channels != model.in_channels:
-        names = config.get("contrasts") or []
-        listed = f" ({', '.join(names)})" if names else ""
-        raise UserError(f"The model expects {model.in_channels} contrast(s){listed} but the image has {n_channels}.")
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        raise UserError("The image contains NaN or infinite values; replace them before predicting.")
-    if slice_axis is None:
-        slice_axis = config.get("slice_axis")
-    if slice_axis is None:
-        slice_axis = choose_slice_axis(spacing)
-    if slice_axis not in (0, 1, 2):
-        raise UserError(f"slice_axis must be 0, 1 or 2, got {slice_axis!r}.")
+    array = _checked_image(model, array, config)
+    slice_axis = _resolve_slice_axis(slice_axis, config, spacing)
     if batch_size < 1 or mc_samples < 0 or tta < 0:
         raise UserError("batch_size must be at least 1 and mc_samples, tta at least 0.")
-
     dev = resolve_device(device)
     dtype = (autocast_dtype(dev) if mixed_precision else None) or torch.float32
-    multiclass = model.activation_name in ("softmax", "multiclass_normrelu")
-    fast = InferenceUNet(model, dtype=dtype, device=dev, mc_dropout=mc_samples > 0)
-
-    if config.get("normalisation", "zscore") == "zscore":
-        mean, std = zscore_stats(array)
-    else:
-        mean, std = np.zeros(n_channels), np.ones(n_channels)
-    vol = array if array.ndim == 4 else array[..., None]
-    vol = np.moveaxis(vol, slice_axis, 0)  # (S, A, B, C) view, no copy
-    n_slices, height, width = vol.shape[:3]
-    n_out = model.out_channels - 1 if multiclass else model.out_channels
-    out_shape = array.shape[:3] + ((n_out,) if n_out > 1 else ())
+    net = InferenceUNet(model, dtype=dtype, device=dev, mc_dropout=mc_samples > 0)
+    grid = _SliceGrid(array, slice_axis, config, spacing, net.multiple)
 
     views = TTA_FLIPS[: min(max(tta, 1), len(TTA_FLIPS))]
     draws = max(mc_samples, 1)
     n_samples = draws * len(views)
     uncertainty = n_samples > 1
+    out_shape = array.shape[:3] + ((model.n_structures,) if model.n_structures > 1 else ())
     soft = np.zeros(out_shape, dtype=np.float32)
-    soft_view = np.moveaxis(soft, slice_axis, 0)
     samples = np.zeros((n_samples,) + out_shape, dtype=np.float32) if uncertainty and keep_samples else None
-
-    zoom = inplane_zoom(config, spacing, slice_axis)
-    net_h, net_w = height, width
-    if zoom is not None:
-        from napari_softseg.engine.preprocess import resample_inplane
-
-        net_h, net_w = (max(1, round(height * zoom[0])), max(1, round(width * zoom[1])))
-    m = fast.multiple
-    pad_h, pad_w = (-net_h) % m, (-net_w) % m
-    scale = torch.as_tensor(1.0 / std, dtype=torch.float32).view(1, -1, 1, 1)
-    shift = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    total = n_slices * n_samples
-    done = 0
+    soft_view = np.moveaxis(soft, slice_axis, 0)
+    sample_views = [] if samples is None else [np.moveaxis(s, slice_axis, 0) for s in samples]
+    total, done = grid.n_slices * n_samples, 0
     with torch.inference_mode():
-        for start in range(0, n_slices, batch_size):
-            stop = min(start + batch_size, n_slices)
-            chunk = np.ascontiguousarray(vol[start:stop], dtype=np.float32)  # (b, A, B, C)
-            x = torch.from_numpy(chunk).permute(0, 3, 1, 2)  # channels-last (b, C, A, B)
-            x = (x - shift) * scale
-            if zoom is not None:
-                x = torch.from_numpy(resample_inplane(x.numpy(), zoom, order=2))
-            if pad_h or pad_w:
-                x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-            x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        for start in range(0, grid.n_slices, batch_size):
+            stop = min(start + batch_size, grid.n_slices)
+            x = grid.inputs(start, stop).to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             acc = None
-            k = 0
-            for flip in views:
-                xv = torch.flip(x, flip) if flip else x
-                for _ in range(draws):
-                    if cancel is not None and cancel():
-                        raise PredictionCancelled("prediction cancelled")
-                    logits = fast.forward_logits(xv)
-                    if flip:
-                        logits = torch.flip(logits, flip)
-                    prob = fast.activation(logits[:, :, :net_h, :net_w])
-                    if multiclass:
-                        prob = prob[:, 1:]
-                    if zoom is not None:
-                        prob = _resample_back(prob.float().cpu(), height, width)
-                    prob = prob.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()  # (b, A, B, K)
-                    if n_out == 1:
-                        prob = prob[..., 0]
-                    if samples is not None:
-                        np.moveaxis(samples[k], slice_axis, 0)[start:stop] = prob
-                    acc = prob if acc is None else acc + prob
-                    k += 1
-                    done += stop - start
-                    if progress is not None:
-                        progress(done, total)
+            for k, prob in enumerate(_samples(net, x, grid, views, draws, model.multiclass, cancel)):
+                if sample_views:
+                    sample_views[k][start:stop] = prob
+                acc = prob if acc is None else acc + prob
+                done += stop - start
+                if progress is not None:
+                    progress(done, total)
             soft_view[start:stop] = acc / n_samples if n_samples > 1 else acc
     if not (uncertainty or return_prediction):
         return soft
-    return Prediction(soft=soft, entropy=entropy_map(soft, multiclass=multiclass), samples=samples)
+    return Prediction(soft=soft, entropy=prediction_entropy(soft, multiclass=model.multiclass), samples=samples)

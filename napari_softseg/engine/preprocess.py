@@ -1,7 +1,8 @@
 """Array operations of training-data preparation (numpy, plus torch where noted).
 
 Slicing axis, per-contrast z-score, in-plane resampling, centre crop / pad, label
-binarisation and the validation split; :mod:`napari_softseg.engine.training.slices` strings them together.
+binarisation and the validation split; :mod:`napari_softseg.engine.training.slices` strings them together,
+and :mod:`napari_softseg.engine.predict` uses the same z-score, slicing axis and resampling.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_softseg.labels.masks import binarize
+
 __all__ = [
     "choose_slice_axis",
-    "zscore",
     "zscore_stats",
+    "apply_zscore",
+    "zscore",
     "resample_inplane",
     "center_crop_or_pad",
     "uncrop",
@@ -31,38 +35,71 @@ def choose_slice_axis(spacing: Sequence[float], *, rtol: float = 1e-3) -> int:
     return int(tied.max())
 
 
-def zscore(image: np.ndarray) -> np.ndarray:
-    """Per-contrast z-score of ``(..., C)`` data over all voxels, float32.
+def zscore_stats(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-contrast mean and standard deviation over all voxels (float64 accumulation).
 
-    ``x' = (x - mean_c) / std_c``; a constant contrast (``std_c = 0``) is only centred.
+    ``volume`` is ``(X, Y, Z)`` or ``(X, Y, Z, C)``; returns two float64 arrays of length C.
+    The sums run over slabs of the first axis, so the float64 temporaries stay small. A
+    constant contrast (``std <= 1e-8 max(1, |mean|)``) gets std 1, so normalising it gives
+    zeros.
     """
-    x = np.asarray(image, dtype=np.float32)
-    mean, std = zscore_stats(x)
-    return (x - mean) / std
+    vol = np.asarray(volume)
+    vol = vol if vol.ndim == 4 else vol[..., None]
+    step = max(1, 2_000_000 // max(1, vol.shape[1] * vol.shape[2]))
+    means, stds = [], []
+    for c in range(vol.shape[3]):
+        channel = vol[..., c]
+        total = sum(float(np.sum(channel[i : i + step], dtype=np.float64)) for i in range(0, channel.shape[0], step))
+        mean = total / channel.size
+        sq = 0.0
+        for i in range(0, channel.shape[0], step):
+            sq += float(np.sum(np.square(channel[i : i + step].astype(np.float64) - mean)))
+        std = (sq / channel.size) ** 0.5
+        means.append(mean)
+        stds.append(std if std > 1e-8 * max(1.0, abs(mean)) else 1.0)
+    return np.asarray(means), np.asarray(stds)
 
 
-def zscore_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-contrast ``(mean, std)`` (float32, std 0 replaced by 1) of ``(..., C)`` data."""
-    x = np.asarray(image, dtype=np.float32)
-    axes = tuple(range(x.ndim - 1))
-    mean = x.mean(axis=axes, dtype=np.float64)
-    std = x.std(axis=axes, dtype=np.float64)
-    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+def apply_zscore(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean_c) / std_c`` in float32 for channel-last data ``(..., C)`` (or one contrast).
+
+    The one normalisation of the package: training slices
+    (:mod:`napari_softseg.engine.training.slices`) and prediction batches
+    (:func:`napari_softseg.engine.predict.predict_volume`) both go through it with the
+    statistics of :func:`zscore_stats`, so the network sees the same numbers in both.
+    Element-wise, hence the same whether applied to a whole volume or to a few slices.
+    """
+    x = np.asarray(values, dtype=np.float32)
+    return (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
+    """Per-contrast z-score of ``(X, Y, Z)`` or ``(X, Y, Z, C)`` data over all voxels, float32.
+
+    ``x' = (x - mean_c) / std_c``; a constant contrast is only centred.
+    """
+    return apply_zscore(image, *zscore_stats(image))
 
 
 def resample_inplane(array: np.ndarray, zoom: tuple[float, float], order: int) -> np.ndarray:
     """Resample ``(S, C, H, W)`` by ``zoom`` along H and W (spline ``order``; 1 = linear).
 
-    Uses pixel-edge alignment (``grid_mode=True``) so a voxel keeps its extent; out-of-grid
+    Every ``(H, W)`` plane is resampled on its own, so a slice comes out the same whether it
+    is resampled with its whole volume (training) or in a batch of a few (prediction). Uses
+    pixel-edge alignment (``grid_mode=True``) so a voxel keeps its extent; out-of-grid
     samples take the nearest edge value. ``zoom == (1, 1)`` returns the input unchanged.
     """
     if abs(zoom[0] - 1.0) < 1e-6 and abs(zoom[1] - 1.0) < 1e-6:
         return array
     from scipy import ndimage
 
-    return ndimage.zoom(
-        np.asarray(array, dtype=np.float32), (1.0, 1.0, zoom[0], zoom[1]), order=order, grid_mode=True, mode="nearest"
-    ).astype(np.float32, copy=False)
+    planes = np.asarray(array, dtype=np.float32)
+    n, c, h, w = planes.shape
+    out = np.empty((n, c, int(round(h * zoom[0])), int(round(w * zoom[1]))), dtype=np.float32)
+    for i in range(n):
+        for k in range(c):
+            ndimage.zoom(planes[i, k], zoom, output=out[i, k], order=order, grid_mode=True, mode="nearest")
+    return out
 
 
 def center_crop_or_pad(array: np.ndarray, size: tuple[int, int], pad_value=0.0) -> np.ndarray:
@@ -99,10 +136,13 @@ def uncrop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def binarise(labels, multiclass: bool = False):
-    """Hard labels: ``labels >= 0.5`` per channel, or for ``multiclass`` (foreground classes on
-    axis -3, background implicit) the one-hot arg-max including background. numpy or torch."""
+    """Hard labels of ``labels``' dtype: per channel the package's binarisation at 0.5
+    (:func:`napari_softseg.labels.masks.binarize`, ``labels >= 0.5``), or for ``multiclass``
+    (foreground classes on axis -3, background implicit) the one-hot arg-max including
+    background. numpy or torch."""
     if not multiclass:
-        return (labels >= 0.5).astype(labels.dtype) if isinstance(labels, np.ndarray) else (labels >= 0.5).to(labels.dtype)
+        mask = binarize(labels)
+        return mask.astype(labels.dtype) if isinstance(labels, np.ndarray) else mask.to(labels.dtype)
     if isinstance(labels, np.ndarray):
         bg = 1.0 - labels.sum(axis=-3, keepdims=True)
         full = np.concatenate([bg, labels], axis=-3)

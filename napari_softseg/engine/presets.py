@@ -28,7 +28,7 @@ from torch import nn
 
 from napari_softseg.errors import UserError
 from napari_softseg.engine.losses import LOSSES
-from napari_softseg.engine.model import ACTIVATIONS
+from napari_softseg.engine.model import ACTIVATIONS, is_multiclass
 
 __all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "get_preset"]
 
@@ -51,8 +51,6 @@ class Preset:
         Key of :data:`napari_softseg.engine.model.ACTIVATIONS`.
     loss : str
         Key of :data:`napari_softseg.engine.losses.LOSSES`.
-    multiclass : bool
-        Outputs include a background channel 0 and the classes sum to one.
     description : str
         One line for menus and ``--help``.
     """
@@ -62,7 +60,6 @@ class Preset:
     label_mode: str
     activation: str
     loss: str
-    multiclass: bool
     description: str
 
     def __post_init__(self) -> None:
@@ -76,6 +73,12 @@ class Preset:
     @property
     def soft_labels(self) -> bool:
         return self.label_mode == "soft"
+
+    @property
+    def multiclass(self) -> bool:
+        """Outputs include a background channel 0 and the classes sum to one (decided by the
+        activation, :func:`napari_softseg.engine.model.is_multiclass`)."""
+        return is_multiclass(self.activation)
 
     def make_activation(self) -> nn.Module:
         """A fresh instance of the final activation."""
@@ -93,19 +96,19 @@ class Preset:
 
 
 _ALL = (
-    Preset("softseg", "Soft-ReLU-Wing", "soft", "normrelu", "adaptive_wing", False,
+    Preset("softseg", "Soft-ReLU-Wing", "soft", "normrelu", "adaptive_wing",
            "SoftSeg: soft labels, normalised ReLU, Adaptive Wing loss (default)."),
-    Preset("conventional", "Hard-Sig-Dice", "hard", "sigmoid", "dice", False,
+    Preset("conventional", "Hard-Sig-Dice", "hard", "sigmoid", "dice",
            "Conventional baseline: binary labels, sigmoid, Dice loss."),
-    Preset("hard-relu-wing", "Hard-ReLU-Wing", "hard", "normrelu", "adaptive_wing", False,
+    Preset("hard-relu-wing", "Hard-ReLU-Wing", "hard", "normrelu", "adaptive_wing",
            "Binary labels with SoftSeg's normalised ReLU and Adaptive Wing loss."),
-    Preset("soft-relu-dice", "Soft-ReLU-Dice", "soft", "normrelu", "dice", False,
+    Preset("soft-relu-dice", "Soft-ReLU-Dice", "soft", "normrelu", "dice",
            "Soft labels, normalised ReLU, Dice loss."),
-    Preset("soft-sig-wing", "Soft-Sig-Wing", "soft", "sigmoid", "adaptive_wing", False,
+    Preset("soft-sig-wing", "Soft-Sig-Wing", "soft", "sigmoid", "adaptive_wing",
            "Soft labels, sigmoid, Adaptive Wing loss."),
-    Preset("multiclass-softmax-dice", "Multi-class Softmax-Dice", "hard", "softmax", "dice", True,
+    Preset("multiclass-softmax-dice", "Multi-class Softmax-Dice", "hard", "softmax", "dice",
            "Multi-class baseline: binary labels per class, softmax, Dice loss."),
-    Preset("multiclass-softseg", "Multi-class Soft-ReLU-Wing", "soft", "multiclass_normrelu", "adaptive_wing", True,
+    Preset("multiclass-softseg", "Multi-class Soft-ReLU-Wing", "soft", "multiclass_normrelu", "adaptive_wing",
            "Multi-class SoftSeg: soft labels, multi-class normalised ReLU, Adaptive Wing loss."),
 )
 

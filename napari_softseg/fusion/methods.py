@@ -211,7 +211,7 @@ def _vote_fractions(labels: list[np.ndarray], n_classes: int) -> np.ndarray:
 
 
 def disagreement_map(raters: Sequence[np.ndarray], *, n_classes: int | None = None) -> np.ndarray:
-    """Voxel-wise entropy (nats) of the rater average; 0 wherever binary raters agree.
+    """Voxel-wise entropy (bits) of the rater average; 0 wherever binary raters agree.
 
     Binary/soft raters: ``H(p) = -(p ln p + (1 - p) ln(1 - p))`` with ``p`` the rater mean.
     Multi-class label maps (``n_classes``): entropy of the vote fractions over classes.

@@ -4,8 +4,9 @@ Conventions
 -----------
 * A **binary** probability map ``p`` stands for the two-class distribution ``[1 - p, p]``;
   a **multi-class** map has its classes on ``class_axis`` (background included).
-* Entropies use the natural logarithm, with ``0 · log 0 = 0``; a binary map's entropy lies
-  in ``[0, ln 2]``.
+* Entropies are in **bits** (logarithm base 2), with ``0 · log 0 = 0``: a binary map's
+  entropy lies in ``[0, 1]``, that of ``K`` classes in ``[0, log2 K]``. :func:`entropy` is the
+  package's one entropy (prediction uncertainty, rater disagreement, lesion review, metrics).
 * A **soft truth** (e.g. the average of several raters) is allowed wherever a truth is
   taken: the accuracy of a prediction is then the truth's probability of the predicted
   class (its expected accuracy), which equals the usual 0/1 correctness for a hard truth.
@@ -36,17 +37,20 @@ def _as_float(x) -> np.ndarray:
 
 
 def entropy(prob, *, class_axis: int | None = None) -> np.ndarray:
-    """Voxel-wise predictive entropy (natural log).
+    """Voxel-wise predictive entropy in bits (logarithm base 2).
 
-    ``H = -(p ln p + (1 - p) ln(1 - p))`` for a binary map, ``H = -sum_k p_k ln p_k`` over
-    ``class_axis`` for a multi-class one. Values are clipped to [0, 1] first. Returns
-    float32 (float64 input stays float64) with the voxel shape.
+    ``H = -(p log2 p + (1 - p) log2(1 - p))`` for a binary map (in [0, 1], 1 at p = 0.5),
+    ``H = -sum_k p_k log2 p_k`` over ``class_axis`` for a multi-class one (in [0, log2 K] for
+    K classes, background included). Values are clipped to [0, 1] first. Returns float32
+    (float64 input stays float64) with the voxel shape.
     """
     p = np.clip(_as_float(prob), 0.0, 1.0)
     if class_axis is None:
         q = 1.0 - p
-        return -(xlogy(p, p) + xlogy(q, q))
-    return -np.sum(xlogy(p, p), axis=class_axis)
+        h = -(xlogy(p, p) + xlogy(q, q))
+    else:
+        h = -np.sum(xlogy(p, p), axis=class_axis)
+    return np.multiply(h, 1.0 / np.log(2.0), dtype=p.dtype)
 
 
 def image_entropy(prob, *, class_axis: int | None = None, mask=None) -> float:

@@ -49,7 +49,7 @@ EVALUATE_UNITS: dict[str, str] = {
     **dict.fromkeys(("volume_pred_mm3", "volume_truth_mm3", "soft_volume_pred_mm3"), "mm³"), "threshold": "probability",
 }
 #: Extra keys when raters are given.
-RATER_UNITS: dict[str, str] = {"entropy_mae": "nats", "entropy_voxel_mae": "nats", "image_entropy_pred": "nats", "image_entropy_raters": "nats"}
+RATER_UNITS: dict[str, str] = {"entropy_mae": "bits", "entropy_voxel_mae": "bits", "image_entropy_pred": "bits", "image_entropy_raters": "bits"}
 
 
 def volume(mask, spacing: Sequence[float] = (1.0, 1.0, 1.0), *, threshold: float = 0.5) -> float:

@@ -10,7 +10,7 @@ For each lesion :func:`analyse_lesions` reports
   **and its rim** — the connected voxels with ``soft_floor <= p < threshold`` around it (a
   rim voxel shared by several lesions goes to the nearest one, in mm). Lesion boundaries
   hold fractions of lesion, which this sum keeps and the hard volume drops;
-* ``mean/min/max_probability`` and ``mean_entropy`` (binary entropy, nats) over the lesion;
+* ``mean/min/max_probability`` and ``mean_entropy`` (binary entropy, bits) over the lesion;
 * with samples (MC dropout or test-time augmentation, ``N x shape`` soft maps), the
   structure-wise uncertainty of ivadomed's ``uncertainty.py`` (Roy et al. 2019; Nair et al.
   2020): in each sample the lesion's structure is the union of the sample's components that
@@ -52,7 +52,7 @@ class FlagRule:
     min_mean_probability : float or None
         Flag when the mean probability over the lesion is below this (default 0.6).
     max_mean_entropy : float or None
-        Flag when the mean voxel entropy (nats, at most ln 2 ≈ 0.693) exceeds this.
+        Flag when the mean voxel entropy (bits, at most 1 at p = 0.5) exceeds this.
     min_sample_iou : float or None
         Flag when the IoU of the lesion's structures across samples is below this (0.5).
     max_volume_cv : float or None

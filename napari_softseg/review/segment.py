@@ -69,7 +69,7 @@ def segment(request: SegmentRequest, progress: Callable[[int, int], None] | None
     n_in = request.image.shape[3] if request.image.ndim == 4 else 1
     if n_in != model.in_channels:
         raise UserError(contrast_message(config, n_in, "the scan"))
-    if model.out_channels != 1 and model.activation_name not in ("softmax", "multiclass_normrelu"):
+    if model.out_channels != 1 and not model.multiclass:
         raise UserError(f"{request.model_path.name} predicts {model.out_channels} structures; the Segment dock reviews one.")
     t1 = time.perf_counter()
     pred = predict_volume(model, request.image, spacing=request.spacing, mc_samples=int(request.mc_samples),

@@ -5,7 +5,7 @@ Inputs are rater layers (confidence levels, used as ``level / 10``), other Label
 files. Every input must lie on the reference grid (the chosen scan, else the first rater).
 Results are added as layers aligned with the reference: the fused soft map (Image, contrast
 0-1), the hard consensus (Labels) and the disagreement map (entropy of the rater average,
-in nats: 0 where the raters agree, ln 2 = 0.69 where two binary raters split evenly).
+in bits: 0 where the raters agree, 1 where two binary raters split evenly).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def fusion_job(inputs: list[RaterInput], method: str, spacing):
 
 
 def disagreement_colormap():
-    """Transparent where raters agree, cyan (distinct from the soft-map ramp) up to ln 2."""
+    """Transparent where raters agree, cyan (distinct from the soft-map ramp) up to 1 bit."""
     from napari.utils.colormaps import Colormap
 
     colors = [[0.0, 0.0, 0.0, 0.0], [0.0, 0.45, 0.9, 0.55], [0.3, 1.0, 1.0, 1.0]]
@@ -333,7 +333,7 @@ class FusionWidget(DockBase):
              dict(colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8)),
             (f"{prefix} consensus", result.hard.astype(np.uint8), "labels", roles.CONSENSUS, dict(opacity=0.5)),
             (f"{prefix} disagreement", dis.astype(np.float32), "image", roles.DISAGREEMENT,
-             dict(colormap=disagreement_colormap(), contrast_limits=(0.0, float(np.log(2))),
+             dict(colormap=disagreement_colormap(), contrast_limits=(0.0, 1.0),
                   blending="translucent", opacity=0.9)),
         ]
         for name, data, kind, role, kwargs in specs:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from napari_softseg.engine.preprocess import binarise as hard_labels
+
 __all__ = ["RandomAffine", "AffineParams", "IMAGE_MODES"]
 
 #: interpolation of the image (labels are always bilinear)
@@ -108,7 +110,8 @@ class RandomAffine:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warp ``images`` ``(N, C, H, W)`` and ``labels`` ``(N, K, H, W)`` with ``params``.
 
-        ``hard`` binarises the warped labels (``binarise(labels)``, default ``>= 0.5``).
+        ``hard`` binarises the warped labels with ``binarise(labels)`` (default
+        :func:`napari_softseg.engine.preprocess.binarise`: ``>= 0.5`` per channel).
         """
         n, c, h, w = images.shape
         theta = self.theta(params, h, w).to(images.device)
@@ -125,7 +128,7 @@ class RandomAffine:
             out_lab = F.grid_sample(labels.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         out_lab = out_lab.clamp_(0.0, 1.0)
         if hard:
-            out_lab = binarise(out_lab) if binarise is not None else (out_lab >= 0.5).to(out_lab.dtype)
+            out_lab = (binarise or hard_labels)(out_lab)
         return out_img.contiguous(), out_lab.contiguous()
 
     def __call__(

@@ -11,8 +11,8 @@ Protocol (length-prefixed pickles, parent -> child on stdin, child -> parent on 
 * parent: ``("job", job_dict)``, ``("cancel", job_id)``, ``("plot_size", job_id, (w, h, ratio))``,
   ``("quit",)``;
 * child: ``("ready",)`` once imports are warm, then for each job one
-  :class:`~napari_softseg.engine.training.train.TrainEvent` per message, the last one of kind ``"done"``,
-  interleaved with :class:`._loss_figure.PlotImage` s (the dock's plot, drawn here so that the
+  :class:`~napari_softseg.engine.training.config.TrainEvent` per message, the last one of kind ``"done"``,
+  interleaved with :class:`~napari_softseg.engine.training.plot.PlotImage` s (the dock's plot, drawn here so that the
   viewer's process never runs matplotlib while training).
 
 A reader thread in the child sets the job's cancel flag, which the trainer polls before every
@@ -73,7 +73,8 @@ def run_job(job: dict, cancel, plot_size=None):
     no plot.
     """
     from napari_softseg.errors import UserError
-    from napari_softseg.engine.training.train import TrainEvent, train
+    from napari_softseg.engine.training.config import TrainEvent
+    from napari_softseg.engine.training.train import train
     from napari_softseg.engine.training.sources import build_training_data
 
     collectors: dict = {}
@@ -125,56 +126,80 @@ def _warm_up() -> None:
     torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
 
 
+class _Inbox:
+    """The parent's messages, read by a thread of their own: cancel flags and plot sizes take
+    effect at once (the running job polls them); jobs and ``quit`` wait in a queue."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.jobs: list = []
+        self.ready = threading.Condition()
+        self.cancelled: set = set()
+        self.sizes: dict = {}
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name="softseg-training-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = read_message(self.stream)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                msg = ("quit",)
+            with self.ready:
+                if msg[0] == "cancel":
+                    self.cancelled.add(msg[1])
+                    continue
+                if msg[0] == "plot_size":
+                    self.sizes[msg[1]] = msg[2]
+                    continue
+                if msg[0] == "quit":
+                    self.cancelled.add("*")
+                self.jobs.append(msg)
+                self.ready.notify()
+            if msg[0] == "quit":
+                return
+
+    def next_job(self) -> dict | None:
+        """The next job (waiting for one), or None once the parent said ``quit``."""
+        with self.ready:
+            while not self.jobs:
+                self.ready.wait()
+            msg = self.jobs.pop(0)
+        return None if msg[0] == "quit" else msg[1]
+
+    def is_cancelled(self, job_id) -> bool:
+        return job_id in self.cancelled or "*" in self.cancelled
+
+
+def _own_streams():
+    """The protocol's binary streams; file descriptor 1 then points to stderr, so that stray
+    prints never corrupt the protocol."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # anything printed from now on goes to stderr
+    sys.stdout = sys.stderr
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    return inp, out
+
+
 def main() -> int:
     if hasattr(os, "nice"):
         try:
             os.nice(10)  # a background job: the viewer keeps precedence for the CPU
         except OSError:
             pass
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)  # anything printed from now on goes to stderr
-    sys.stdout = sys.stderr
-    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    inp, out = _own_streams()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    jobs: list = []
-    ready = threading.Condition()
-    cancelled: set = set()
-    sizes: dict = {}
-
-    def reader() -> None:
-        while True:
-            try:
-                msg = read_message(inp)
-            except (EOFError, OSError, pickle.UnpicklingError):
-                msg = ("quit",)
-            with ready:
-                if msg[0] == "cancel":
-                    cancelled.add(msg[1])
-                    continue
-                if msg[0] == "plot_size":
-                    sizes[msg[1]] = msg[2]
-                    continue
-                if msg[0] == "quit":
-                    cancelled.add("*")
-                jobs.append(msg)
-                ready.notify()
-            if msg[0] == "quit":
-                return
-
-    threading.Thread(target=reader, name="softseg-training-reader", daemon=True).start()
+    inbox = _Inbox(inp)
+    inbox.start()
     _warm_up()
     write_message(out, ("ready",))
-    while True:
-        with ready:
-            while not jobs:
-                ready.wait()
-            msg = jobs.pop(0)
-            if msg[0] == "quit":
-                return 0
-        job_id = msg[1].get("id")
-        sizes.setdefault(job_id, msg[1].get("plot_size"))
-        for event in run_job(msg[1], lambda: job_id in cancelled or "*" in cancelled, lambda: sizes.get(job_id)):
+    while (job := inbox.next_job()) is not None:
+        job_id = job.get("id")
+        inbox.sizes.setdefault(job_id, job.get("plot_size"))
+        for event in run_job(job, lambda: inbox.is_cancelled(job_id), lambda: inbox.sizes.get(job_id)):
             write_message(out, event)
+    return 0
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -206,7 +231,7 @@ class TrainingProcess:
     def events(self, job: dict):
         """Send ``job`` and yield its events (and plot images) until the final event (run in
         a worker thread)."""
-        from napari_softseg.engine.training.train import TrainEvent
+        from napari_softseg.engine.training.config import TrainEvent
 
         self.busy = True
         self.job_id = job["id"] = next(_IDS)

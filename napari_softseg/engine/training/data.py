@@ -1,15 +1,19 @@
 """Training data: subjects, label sources, resampling, normalisation, slicing and splits.
 
 A :class:`TrainingData` holds whole volumes (built from arrays already in memory, e.g. napari
-layers, or from NIfTI files) and a label source; :meth:`TrainingData.prepare` turns it into a
-:class:`PreparedData` of 2-D slices ready for the trainer. Preparation, per volume:
+layers, or from NIfTI files) and a label source;
+:func:`napari_softseg.engine.training.slices.prepare_slices` turns it into a
+:class:`~napari_softseg.engine.training.slices.PreparedData` of 2-D slices ready for the
+trainer. Preparation, per volume:
 
 1. **Slicing axis.** The axis with the largest voxel size (the scan's slice axis); among
    tied axes the last one (an isotropic scan is sliced along its last axis). The network is 2-D and sees the other two
    axes (in array order) as height and width.
 2. **Normalisation.** Each contrast is z-scored over the whole volume,
-   :math:`x' = (x - \\mu_c) / \\sigma_c` (``\\sigma_c = 0`` gives :math:`x - \\mu_c`), exactly as
-   :mod:`napari_softseg.engine.predict` does at prediction time.
+   :math:`x' = (x - \\mu_c) / \\sigma_c` (a constant contrast gives :math:`x - \\mu_c`), with the
+   functions prediction uses (:func:`napari_softseg.engine.preprocess.zscore_stats` and
+   :func:`~napari_softseg.engine.preprocess.apply_zscore`), so the network sees the same
+   float32 numbers in training and at prediction time.
 3. **Label source** (:data:`LABEL_SOURCES`): one label map per volume; the average, majority
    vote, STAPLE or soft-STAPLE estimate of several raters (:func:`napari_softseg.fusion.methods.fuse`); or
    *random sampling*, which keeps every rater and lets the trainer draw one anew for each
@@ -33,14 +37,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 
+from napari_softseg.engine.training.pairing import check_order
 from napari_softseg.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from napari_softseg.engine.training.slices import PreparedData
 
 __all__ = [
     "LabelSource",
@@ -345,7 +347,9 @@ class TrainingData:
     ) -> "TrainingData":
         """NIfTI files: one label per image (``labels``, paired in order) or several raters
         per image (``raters``; with N images and M raters each image gets M/N consecutive
-        files) fused by ``fusion`` (``average``, ``majority``, ``staple`` or ``random``)."""
+        files) fused by ``fusion`` (``average``, ``majority``, ``staple`` or ``random``).
+        A label named after another image of the call is refused
+        (:func:`napari_softseg.engine.training.pairing.check_order`)."""
         images = list(images)
         if not images:
             raise UserError("No training image was given.")
@@ -369,17 +373,10 @@ class TrainingData:
             if fusion is None:
                 raise UserError("Several raters need a fusion method: average, majority, staple or random.")
             source = get_label_source(fusion)
+        check_order(images, groups)
         subjects = [TrainingSubject.from_nifti(img, grp) for img, grp in zip(images, groups)]
         first = images[0]
         return cls(subjects, source, contrasts=_contrast_names(first, subjects[0].n_channels))
-
-    def prepare(self, **kwargs) -> "PreparedData":
-        """Slices ready for training; see :func:`napari_softseg.engine.training.slices.prepare_slices` for
-        the keyword arguments (``hard``, ``multiclass``, ``slice_axis``, ``spacing``,
-        ``crop_size``, ``multiple``, ``val_fraction``, ``seed``)."""
-        from napari_softseg.engine.training.slices import prepare_slices
-
-        return prepare_slices(self, **kwargs)
 
 
 def _contrast_names(image, n_channels: int) -> list[str]:

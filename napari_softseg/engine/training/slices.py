@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_softseg.errors import UserError
 from napari_softseg.engine.preprocess import (
+    apply_zscore,
     binarise,
     center_crop_or_pad,
     choose_slice_axis,
@@ -36,7 +37,7 @@ class SliceGeometry:
     inplane_shape: tuple  # original in-plane (H0, W0)
     resampled_shape: tuple  # after resampling (H1, W1)
     zoom: tuple  # (H1/H0, W1/W0) nominal factors
-    mean: np.ndarray  # per contrast
+    mean: np.ndarray  # per contrast (preprocess.zscore_stats)
     std: np.ndarray  # per contrast
 
 
@@ -92,7 +93,7 @@ class PreparedData:
         geo = self.geometry[subject]
         img = subj.image if subj.image.ndim == 4 else subj.image[..., None]
         sl = np.moveaxis(img, self.slice_axis, 0)[int(slice_index)]  # (H0, W0, C)
-        sl = ((sl.astype(np.float32) - geo.mean) / geo.std).transpose(2, 0, 1)[None]
+        sl = apply_zscore(sl, geo.mean, geo.std).transpose(2, 0, 1)[None]
         sl = resample_inplane(sl, geo.zoom, order=2)[0]
         h1, w1 = sl.shape[-2:]
         ph, pw = -(-h1 // multiple) * multiple, -(-w1 // multiple) * multiple
@@ -103,11 +104,8 @@ class PreparedData:
         """Map a ``(K, H1, W1)`` prediction back to the original in-plane grid."""
         geo = self.geometry[subject]
         if tuple(prediction.shape[-2:]) != tuple(geo.inplane_shape):
-            from scipy import ndimage
-
             f = (geo.inplane_shape[0] / prediction.shape[-2], geo.inplane_shape[1] / prediction.shape[-1])
-            prediction = ndimage.zoom(prediction, (1.0, f[0], f[1]), order=1, grid_mode=True, mode="nearest")
-            prediction = center_crop_or_pad(prediction, geo.inplane_shape)
+            prediction = center_crop_or_pad(resample_inplane(prediction[None], f, order=1)[0], geo.inplane_shape)
         out = np.clip(prediction, 0.0, 1.0).astype(np.float32)
         return out[0] if out.shape[0] == 1 else out
 
@@ -148,83 +146,98 @@ def prepare_slices(
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"The validation fraction must lie in [0, 1), got {val_fraction}.")
     first = data.subjects[0]
-    axis = choose_slice_axis(first.spacing) if slice_axis is None else int(slice_axis)
-    if axis not in (0, 1, 2):
-        raise UserError(f"The slice axis must be 0, 1 or 2, got {slice_axis}.")
-    plane = [a for a in range(3) if a != axis]
-    target = np.asarray(first.spacing if spacing is None else spacing, dtype=float)
-    if target.size != 3 or np.any(target <= 0) or not np.all(np.isfinite(target)):
-        raise UserError(f"The target voxel spacing must be three positive numbers, got {tuple(target)}.")
-    src = data.label_source
-
-    per_image, per_label, per_truth, geos = [], [], [], []
-    for subj in data.subjects:
-        img = subj.image if subj.image.ndim == 4 else subj.image[..., None]
-        img = img.astype(np.float32)
-        mean, std = zscore_stats(img)
-        img = (img - mean) / std
-        img = np.moveaxis(img, axis, 0).transpose(0, 3, 1, 2)  # (S, C, H0, W0)
-        sp = np.asarray(subj.spacing)
-        h0, w0 = img.shape[-2:]
-        h1 = max(1, int(round(h0 * sp[plane[0]] / target[plane[0]])))
-        w1 = max(1, int(round(w0 * sp[plane[1]] / target[plane[1]])))
-        zoom = (h1 / h0, w1 / w0)
-        img = resample_inplane(np.ascontiguousarray(img), zoom, order=2)
-        raters = _targets(data, subj)  # list of (X, Y, Z, K)
-        labs = []
-        for lab in raters:
-            lab = np.moveaxis(lab, axis, 0).transpose(0, 3, 1, 2)
-            lab = np.clip(resample_inplane(np.ascontiguousarray(lab), zoom, order=1), 0.0, 1.0)
-            labs.append(binarise(lab, multiclass) if hard else lab)
-        truth = np.mean(labs, axis=0) if len(labs) > 1 else labs[0]
-        if hard and len(labs) > 1:
-            truth = binarise(truth, multiclass)
-        per_image.append(img)
-        per_label.append(np.stack(labs))
-        per_truth.append(truth)
-        geos.append(SliceGeometry(subj.shape, (h0, w0), img.shape[-2:], zoom, mean, std))
-
-    if crop_size is None:
-        hmax = max(g.resampled_shape[0] for g in geos)
-        wmax = max(g.resampled_shape[1] for g in geos)
-        crop = (-(-hmax // multiple) * multiple, -(-wmax // multiple) * multiple)
-    else:
-        crop = tuple(int(c) for c in crop_size)
-        if len(crop) != 2 or min(crop) < multiple or crop[0] % multiple or crop[1] % multiple:
-            raise UserError(
-                f"The crop size {tuple(crop)} must be two multiples of {multiple} (2 to the power of the network depth)."
-            )
-    images, labels, truths, vol, sl = [], [], [], [], []
-    for v, (img, lab, tr) in enumerate(zip(per_image, per_label, per_truth)):
-        pad = img.min(axis=(0, 2, 3))[None, :]
-        images.append(center_crop_or_pad(img, crop, pad))
-        labels.append(center_crop_or_pad(lab, crop, 0.0))
-        truths.append(center_crop_or_pad(tr, crop, 0.0))
-        vol.append(np.full(img.shape[0], v))
-        sl.append(np.arange(img.shape[0]))
-    volume = np.concatenate(vol)
-    has_fg = np.concatenate([t.reshape(t.shape[0], -1).max(axis=1) > 0 for t in truths])
+    axis, target = _slicing(first, slice_axis, spacing)
+    volumes = [_slice_volume(data, subj, axis, target, hard, multiclass) for subj in data.subjects]
+    geos = [v.geometry for v in volumes]
+    crop = _crop_size(geos, crop_size, multiple)
+    images = np.concatenate([center_crop_or_pad(v.images, crop, v.image_pad) for v in volumes])
+    labels = np.concatenate([center_crop_or_pad(v.labels, crop, 0.0) for v in volumes], axis=1)
+    truths = np.concatenate([center_crop_or_pad(v.truth, crop, 0.0) for v in volumes])
+    volume = np.concatenate([np.full(v.images.shape[0], i) for i, v in enumerate(volumes)])
+    slice_index = np.concatenate([np.arange(v.images.shape[0]) for v in volumes])
+    has_fg = truths.reshape(truths.shape[0], -1).max(axis=1) > 0
     train_idx, val_idx = split_validation(volume, has_fg, val_fraction, seed)
+    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return PreparedData(
-        images=torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
-        labels=torch.from_numpy(np.ascontiguousarray(np.concatenate(labels, axis=1))),
-        truth=torch.from_numpy(np.ascontiguousarray(np.concatenate(truths))),
-        volume=torch.from_numpy(volume.astype(np.int64)),
-        slice_index=torch.from_numpy(np.concatenate(sl).astype(np.int64)),
-        train_idx=torch.from_numpy(train_idx),
-        val_idx=torch.from_numpy(val_idx),
+        images=tensor(images), labels=tensor(labels), truth=tensor(truths),
+        volume=tensor(volume.astype(np.int64)), slice_index=tensor(slice_index.astype(np.int64)),
+        train_idx=torch.from_numpy(train_idx), val_idx=torch.from_numpy(val_idx),
         slice_axis=axis,
         spacing=tuple(float(t) for t in np.where(np.arange(3) == axis, first.spacing, target)),
         crop_size=crop,
         hard=bool(hard),
         multiclass=bool(multiclass),
-        random_raters=src.random,
+        random_raters=data.label_source.random,
         contrasts=list(data.contrasts),
         classes=list(data.classes),
         subject_names=[s.name for s in data.subjects],
         geometry=geos,
         source=data,
     )
+
+
+def _slicing(first, slice_axis: int | None, spacing) -> tuple[int, np.ndarray]:
+    """The slice axis and the target voxel size (defaults: the first volume's)."""
+    axis = choose_slice_axis(first.spacing) if slice_axis is None else int(slice_axis)
+    if axis not in (0, 1, 2):
+        raise UserError(f"The slice axis must be 0, 1 or 2, got {slice_axis}.")
+    target = np.asarray(first.spacing if spacing is None else spacing, dtype=float)
+    if target.size != 3 or np.any(target <= 0) or not np.all(np.isfinite(target)):
+        raise UserError(f"The target voxel spacing must be three positive numbers, got {tuple(target)}.")
+    return axis, target
+
+
+@dataclass
+class _SlicedVolume:
+    """One volume's slices on the training voxel size, before the crop."""
+
+    images: np.ndarray  # (S, C, H1, W1)
+    labels: np.ndarray  # (R, S, K, H1, W1)
+    truth: np.ndarray  # (S, K, H1, W1)
+    geometry: SliceGeometry
+
+    @property
+    def image_pad(self) -> np.ndarray:
+        """Images are padded with their normalised minimum, per contrast (labels with 0)."""
+        return self.images.min(axis=(0, 2, 3))[None, :]
+
+
+def _slice_volume(data: "TrainingData", subj, axis: int, target: np.ndarray, hard: bool, multiclass: bool) -> _SlicedVolume:
+    """Normalise, slice and resample one volume and its targets (hard: binarised)."""
+    mean, std = zscore_stats(subj.image)
+    img = apply_zscore(subj.image if subj.image.ndim == 4 else subj.image[..., None], mean, std)
+    img = np.moveaxis(img, axis, 0).transpose(0, 3, 1, 2)  # (S, C, H0, W0)
+    plane = [a for a in range(3) if a != axis]
+    sp = np.asarray(subj.spacing)
+    h0, w0 = img.shape[-2:]
+    h1 = max(1, int(round(h0 * sp[plane[0]] / target[plane[0]])))
+    w1 = max(1, int(round(w0 * sp[plane[1]] / target[plane[1]])))
+    zoom = (h1 / h0, w1 / w0)
+    img = resample_inplane(np.ascontiguousarray(img), zoom, order=2)
+    labs = []
+    for lab in _targets(data, subj):  # each (X, Y, Z, K)
+        lab = np.moveaxis(lab, axis, 0).transpose(0, 3, 1, 2)
+        lab = np.clip(resample_inplane(np.ascontiguousarray(lab), zoom, order=1), 0.0, 1.0)
+        labs.append(binarise(lab, multiclass) if hard else lab)
+    truth = np.mean(labs, axis=0) if len(labs) > 1 else labs[0]
+    if hard and len(labs) > 1:
+        truth = binarise(truth, multiclass)
+    geometry = SliceGeometry(subj.shape, (h0, w0), img.shape[-2:], zoom, mean, std)
+    return _SlicedVolume(img, np.stack(labs), truth, geometry)
+
+
+def _crop_size(geos: list, crop_size, multiple: int) -> tuple[int, int]:
+    """The given in-plane size (checked), else the largest resampled slice rounded up."""
+    if crop_size is None:
+        hmax = max(g.resampled_shape[0] for g in geos)
+        wmax = max(g.resampled_shape[1] for g in geos)
+        return (-(-hmax // multiple) * multiple, -(-wmax // multiple) * multiple)
+    crop = tuple(int(c) for c in crop_size)
+    if len(crop) != 2 or min(crop) < multiple or crop[0] % multiple or crop[1] % multiple:
+        raise UserError(
+            f"The crop size {tuple(crop)} must be two multiples of {multiple} (2 to the power of the network depth)."
+        )
+    return crop
 
 
 def _targets(data: "TrainingData", subj) -> list[np.ndarray]:

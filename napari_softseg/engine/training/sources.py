@@ -23,11 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_softseg.engine.training.pairing import pair_folder
 from napari_softseg.errors import UserError
 from napari_softseg.io.atomic import atomic_open
-
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
 
 @dataclass
 class ScanSnapshot:
@@ -50,41 +48,6 @@ def check_contrasts(snapshots: Sequence[ScanSnapshot]) -> None:
         b = next(s for s in snapshots if len(s.contrasts) != len(a.contrasts))
         raise UserError(f"Scan '{a.name}' has {len(a.contrasts)} contrast(s) but '{b.name}' has {len(b.contrasts)}; every training scan needs the same contrasts.")
 
-
-
-# ------------------------------------------------------------------------------ folders
-def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_NIFTI_SUFFIXES))
-
-
-def pair_folder(images_dir, labels_dir) -> list[tuple[Path, list[Path]]]:
-    """Pair every NIfTI image of ``images_dir`` with its label file(s) in ``labels_dir``.
-
-    A label belongs to image ``<stem>.nii[.gz]`` when its stem is ``<stem>`` or starts with
-    ``<stem>_`` (``sub01_seg``, ``sub01_rater1`` ...); several matches are several raters.
-    When both folders are the same, files that are labels of another file are not images.
-    """
-    from napari_softseg.io.nifti import nifti_stem
-
-    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    for folder in (images_dir, labels_dir):
-        if not folder.is_dir():
-            raise UserError(f"Folder {folder} does not exist.")
-    labels = _nifti_files(labels_dir)
-    images = _nifti_files(images_dir)
-    if images_dir.resolve() == labels_dir.resolve():
-        stems = [nifti_stem(p) for p in images]
-        images = [p for p in images if not any(nifti_stem(p).startswith(s + "_") for s in stems if s != nifti_stem(p))]
-    if not images:
-        raise UserError(f"Folder {images_dir} holds no NIfTI image (.nii or .nii.gz).")
-    pairs = []
-    for img in images:
-        stem = nifti_stem(img)
-        mine = [p for p in labels if p != img and (nifti_stem(p) == stem or nifti_stem(p).startswith(stem + "_"))]
-        if not mine:
-            raise UserError(f"Image {img.name} has no label in {labels_dir} (expected {stem}.nii.gz or {stem}_<name>.nii.gz).")
-        pairs.append((img, mine))
-    return pairs
 
 
 # ------------------------------------------------------------------------------ worker side

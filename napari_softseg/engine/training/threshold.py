@@ -2,6 +2,7 @@
 
 The thresholds :data:`THRESHOLDS` = 0.05, 0.10, ..., 0.95 are tried on the training and
 validation volumes; each volume's Dice with its truth binarised at 0.5 (``truth >= 0.5``),
+both binarised by the package's one rule (:func:`napari_softseg.labels.masks.binarize`),
 
 .. math:: D_v(t) = \\frac{2 |P_v(t) \\cap T_v|}{|P_v(t)| + |T_v|}, \\qquad P_v(t) = \\{p \\ge t\\},
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from napari_softseg.labels.masks import binarize
 
 __all__ = ["THRESHOLDS", "DiceAccumulator", "best_threshold", "search_threshold"]
 
@@ -45,21 +48,16 @@ class DiceAccumulator:
 
     def update(self, prediction: torch.Tensor, truth: torch.Tensor, volume: torch.Tensor) -> None:
         """Add a batch: ``prediction`` and ``truth`` ``(N, K, H, W)``, ``volume`` ``(N,)``."""
-        p = prediction.detach().float().flatten(2).contiguous()  # (N, K, P)
-        t = (truth.detach().float().flatten(2) >= 0.5).float()
-        # bin b = number of thresholds <= p, so p >= thresholds[j]  <=>  b > j; a histogram
-        # over the bins and a reverse cumulative sum count the voxels above every threshold
-        bins = torch.bucketize(p, self._t, right=True)
-        n_bins = self._t.numel() + 1
-        hist = torch.zeros(p.shape[:2] + (n_bins,), dtype=torch.float32, device=p.device)
-        hist_fg = torch.zeros_like(hist)
-        hist.scatter_add_(2, bins, torch.ones_like(p))
-        hist_fg.scatter_add_(2, bins, t)
-        count = hist.flip(-1).cumsum(-1).flip(-1)[..., 1:].transpose(1, 2)  # (N, T, K)
-        inter = hist_fg.flip(-1).cumsum(-1).flip(-1)[..., 1:].transpose(1, 2)
+        p = prediction.detach().float().flatten(2)  # (N, K, P)
+        t = binarize(truth.detach().float().flatten(2))
+        count, inter = [], []
+        for threshold in self._t:
+            mask = binarize(p, threshold)
+            count.append(mask.sum(-1))
+            inter.append((mask & t).sum(-1))
         vol = volume.to(self.inter.device)
-        self.inter.index_add_(0, vol, inter.double())
-        self.pred.index_add_(0, vol, count.double())
+        self.inter.index_add_(0, vol, torch.stack(inter, dim=1).double())  # (N, T, K)
+        self.pred.index_add_(0, vol, torch.stack(count, dim=1).double())
         self.truth.index_add_(0, vol, t.sum(-1)[:, None].double())
 
     def tensors(self) -> list[torch.Tensor]:

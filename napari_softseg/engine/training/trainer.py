@@ -15,14 +15,22 @@ import time
 from functools import partial
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import torch
 
+from napari_softseg.engine.checkpoint import build_model, load_checkpoint, make_config, save_checkpoint
+from napari_softseg.engine.devices import autocast_dtype, resolve_device
+from napari_softseg.engine.model import UNet
+from napari_softseg.engine.preprocess import binarise, with_background
+from napari_softseg.engine.presets import Preset, get_preset
 from napari_softseg.engine.training import distributed as dist_utils
 from napari_softseg.engine.training.augment import RandomAffine
-from napari_softseg.engine.preprocess import binarise, with_background
-from napari_softseg.errors import UserError
+from napari_softseg.engine.training.config import TrainConfig, TrainEvent, is_cancelled
+from napari_softseg.engine.training.slices import prepare_slices
 from napari_softseg.engine.training.threshold import DiceAccumulator, best_threshold
-from napari_softseg.engine.training.train import TrainConfig, TrainEvent, _is_cancelled
+from napari_softseg.errors import UserError
+from napari_softseg.labels.masks import binarize
 
 __all__ = ["Trainer"]
 
@@ -45,56 +53,47 @@ class Trainer:
     """State of one training run (model, optimiser, data on the device, bookkeeping)."""
 
     def __init__(self, config: TrainConfig, data, *, init=None, checkpoint_path=None) -> None:
-        from napari_softseg.engine.checkpoint import build_model, load_checkpoint
-        from napari_softseg.engine.devices import autocast_dtype, resolve_device
-        from napari_softseg.engine.model import UNet
-        from napari_softseg.engine.presets import get_preset
-
         self.config = cfg = config
         self.ctx = dist_utils.current()
         device = resolve_device(cfg.device)
         if self.ctx.enabled and device.type == "cuda":
             device = torch.device("cuda", self.ctx.local_rank)
         self.device = device
-        self.init_config: dict | None = None
         self.init_name = Path(init).name if init is not None else None
         torch.manual_seed(cfg.seed)
-        if init is not None:
-            state, icfg = load_checkpoint(init)
-            self.init_config = icfg
-            preset = get_preset(cfg.preset or icfg.get("preset", "softseg"))
-            model = build_model(icfg, state, source=Path(init).name)
-            if model.activation_name != preset.activation:
-                raise UserError(
-                    f"{Path(init).name} ends in {model.activation_name} but preset {preset.name} uses "
-                    f"{preset.activation}; fine-tune it with a preset of the same activation (e.g. {icfg.get('preset')})."
-                )
-            if model.in_channels != data.n_channels:
-                raise UserError(f"{Path(init).name} takes {model.in_channels} contrasts but the training images have {data.n_channels}.")
-            defaults = {k: icfg.get(k) for k in ("slice_axis", "spacing", "crop_size")}
-        else:
-            preset = get_preset(cfg.preset or "softseg")
-            model = UNet(data.n_channels, preset.out_channels(data.n_classes), cfg.depth, cfg.base_features,
-                         cfg.dropout, preset.activation)
-            defaults = {"slice_axis": None, "spacing": None, "crop_size": None}
-        if data.n_classes > 1 and not preset.multiclass:
-            raise UserError(f"The labels have {data.n_classes} classes but preset {preset.name} is binary; choose a multi-class preset.")
-        if model.out_channels != preset.out_channels(data.n_classes):
-            raise UserError(f"The network has {model.out_channels} outputs but the labels need {preset.out_channels(data.n_classes)}.")
-        self.preset = preset
-        pick = lambda value, key: value if value is not None else defaults[key]  # noqa: E731
-        self.data = data.prepare(
-            hard=not preset.soft_labels, multiclass=preset.multiclass,
+        model, self.preset, self.init_config = _network(cfg, data, init)
+        defaults = self.init_config or {}
+        pick = lambda value, key: value if value is not None else defaults.get(key)  # noqa: E731
+        self.data = d = prepare_slices(
+            data,
+            hard=not self.preset.soft_labels, multiclass=self.preset.multiclass,
             slice_axis=pick(cfg.slice_axis, "slice_axis"), spacing=pick(cfg.spacing, "spacing"),
             crop_size=pick(cfg.crop_size, "crop_size"), multiple=model.multiple,
             val_fraction=cfg.val_fraction, seed=cfg.seed,
         )
-        d = self.data
         if d.train_idx.numel() == 0:
             raise UserError("No slice is left for training after the validation split; lower the validation fraction.")
+        self._place(model)
+        self._optimisation()
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else Path(tempfile.mkdtemp(prefix="softseg-")) / "model.pt"
+        bs = cfg.batch_size
+        n_local = d.train_idx.numel() // self.ctx.world_size if self.ctx.enabled else d.train_idx.numel()
+        self.steps = max(1, -(-n_local // bs))
+        self.val_local = d.val_idx[self.ctx.rank :: self.ctx.world_size]
+        self.val_steps = -(-self.val_local.numel() // (2 * bs))
+        if cfg.preview_slice is not None:
+            sub, idx = (int(v) for v in cfg.preview_slice)
+            if not (0 <= sub < d.n_volumes and 0 <= idx < d.geometry[sub].shape[d.slice_axis]):
+                raise UserError(f"Preview slice {tuple(cfg.preview_slice)} does not exist in the training data.")
+        self.start_epoch = int(defaults.get("training", {}).get("epochs_total", 0) or 0)
+
+    def _place(self, model: UNet) -> None:
+        """Data and network on the device (channels-last, DDP under torchrun), autocast dtype."""
+        cfg, d, device = self.config, self.data, self.device
         self.images = d.images.to(device)
         self.labels = d.labels.to(device)
         self.truth = d.truth.to(device)
+        self.volume = d.volume.to(device)
         # MPS float16 training needs a gradient scaler that older torch builds lack: float32 there
         self.amp_dtype = autocast_dtype(device) if cfg.mixed_precision and device.type != "mps" else None
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -104,6 +103,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def _optimisation(self) -> None:
+        """Loss, optimiser, schedule, gradient scaler, augmentation and their random streams."""
+        cfg, preset, device = self.config, self.preset, self.device
         torch.manual_seed(cfg.seed + 1 + self.ctx.rank)  # dropout differs per process
         loss_options = {"foreground_weight": cfg.foreground_weight} if preset.loss == "adaptive_wing" else {}
         self.loss_fn = preset.make_loss(reduction=cfg.loss_reduction, **loss_options)
@@ -114,19 +117,6 @@ class Trainer:
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1009 + 17 + self.ctx.rank)
         self.binarise = partial(binarise, multiclass=preset.multiclass)
         self.fg = slice(1, None) if preset.multiclass else slice(None)
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else Path(tempfile.mkdtemp(prefix="softseg-")) / "model.pt"
-        bs = cfg.batch_size
-        n_local = d.train_idx.numel() // self.ctx.world_size if self.ctx.enabled else d.train_idx.numel()
-        self.steps = max(1, -(-n_local // bs))
-        self.val_local = d.val_idx[self.ctx.rank :: self.ctx.world_size]
-        self.val_steps = -(-self.val_local.numel() // (2 * bs))
-        self.volume = d.volume.to(device)
-        if cfg.preview_slice is not None:
-            sub, idx = (int(v) for v in cfg.preview_slice)
-            n_sub = len(d.subject_names)
-            if not (0 <= sub < n_sub and 0 <= idx < d.geometry[sub].shape[d.slice_axis]):
-                raise UserError(f"Preview slice {tuple(cfg.preview_slice)} does not exist in the training data.")
-        self.start_epoch = int((self.init_config or {}).get("training", {}).get("epochs_total", 0) or 0)
 
     # ------------------------------------------------------------------ pieces of work
 
@@ -150,7 +140,7 @@ class Trainer:
     def train_step(self, idx: torch.Tensor, raters, cancel) -> float:
         """One optimisation step; returns the batch loss (global mean under torchrun)."""
         self.net.train()
-        local_cancel = _is_cancelled(cancel)
+        local_cancel = is_cancelled(cancel)
         if local_cancel and not self.ctx.enabled:
             raise _Stop("cancelled", "Training was cancelled.")
         x, y = self._batch(idx, raters)
@@ -173,7 +163,7 @@ class Trainer:
 
     def _check_cancel(self, cancel) -> None:
         """Stop outside training steps too (single process; torchrun checks in the steps)."""
-        if not self.ctx.enabled and _is_cancelled(cancel):
+        if not self.ctx.enabled and is_cancelled(cancel):
             raise _Stop("cancelled", "Training was cancelled.")
 
     @torch.no_grad()
@@ -191,7 +181,7 @@ class Trainer:
             out = self._predict(self.images.index_select(0, idx))
             y = self._target(self.truth.index_select(0, idx))
             loss = self.loss_fn(out, y)
-            p, t = (out[:, self.fg] >= 0.5).double(), (y[:, self.fg] >= 0.5).double()
+            p, t = binarize(out[:, self.fg]).double(), binarize(y[:, self.fg]).double()
             sums += torch.stack([loss.detach().double().cpu() * idx.numel(), torch.tensor(float(idx.numel()), dtype=torch.float64),
                                  (p * t).sum().cpu(), p.sum().cpu(), t.sum().cpu()])
             yield s + 1
@@ -240,132 +230,214 @@ class Trainer:
             self.net = self.model
 
     def _run(self, cancel):
-        cfg, d = self.config, self.data
-        t0 = time.perf_counter()
-        units_total = cfg.epochs * (self.steps + self.val_steps) + self.val_steps
-        units_done = 0
+        cfg = self.config
+        clock = _Clock(cfg.epochs * (self.steps + self.val_steps) + self.val_steps)
         common = dict(epochs=cfg.epochs, steps_per_epoch=self.steps, start_epoch=self.start_epoch)
-
-        def eta():
-            el = time.perf_counter() - t0
-            return el * (units_total - units_done) / units_done if units_done else None
-
-        def validation(epoch, **extra):
-            """Run one validation pass, yielding an event per batch; return (loss, dice)."""
-            nonlocal units_done
-            gen = self.validate()
-            while True:
-                self._check_cancel(cancel)
-                try:
-                    s = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                units_done += 1
-                yield TrainEvent("step", "validate", epoch, step=s, eta_seconds=eta(),
-                                 elapsed_seconds=time.perf_counter() - t0, **extra, **common)
-
-        history, best_state, best_loss, best_epoch = [], None, math.inf, 0
-        status, message, epoch, seen = "completed", "", 0, []
-        start_loss = start_dice = None
+        best, history, seen = _Best(), [], []
+        status, message, epoch, start_loss = "completed", "", 0, None
         try:
-            start_loss, start_dice = yield from validation(0)
+            start_loss, start_dice = yield from self._validation(0, cancel, clock, common)
             if self.init_config is not None and start_loss is not None:
-                best_state, best_loss = copy.deepcopy(self.model.state_dict()), start_loss
+                best.state, best.loss = copy.deepcopy(self.model.state_dict()), start_loss
             yield TrainEvent("start", val_loss=start_loss, val_dice=start_dice, start_loss=start_loss,
-                             lr=cfg.lr, elapsed_seconds=time.perf_counter() - t0, eta_seconds=eta(), **common)
-            stale = 0
+                             lr=cfg.lr, elapsed_seconds=clock.elapsed(), eta_seconds=clock.eta(), **common)
             for epoch in range(1, cfg.epochs + 1):
-                g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-                order = d.train_idx[torch.randperm(d.train_idx.numel(), generator=g)]
-                mine = dist_utils.shard(order, self.ctx)
+                mine, raters = self._epoch_samples(epoch)
                 if epoch == 1:
                     seen = mine.tolist()
-                raters = None
-                if d.random_raters:
-                    from napari_softseg.fusion.methods import RandomRaterSampler
-
-                    raters = torch.as_tensor(RandomRaterSampler(d.n_raters, cfg.seed).draw(epoch, d.n_samples), dtype=torch.int64)
-                total, count = 0.0, 0
                 lr = self.optimizer.param_groups[0]["lr"]
-                for s in range(self.steps):
-                    idx = mine[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                    try:
-                        loss = self.train_step(idx, raters, cancel)
-                    except RuntimeError as err:
-                        oom = _oom_message(err, cfg.batch_size, d.crop_size)
-                        if oom is None:
-                            raise
-                        raise _Stop("failed", oom) from None
-                    total, count, units_done = total + loss * idx.numel(), count + idx.numel(), units_done + 1
-                    yield TrainEvent("step", "train", epoch, step=s + 1, train_loss=total / count, lr=lr,
-                                     best_val_loss=_finite(best_loss), best_epoch=best_epoch, eta_seconds=eta(),
-                                     elapsed_seconds=time.perf_counter() - t0, **common)
-                train_loss = total / max(count, 1)
-                val_loss, val_dice = yield from validation(epoch, train_loss=train_loss)
+                train_loss = yield from self._train_epoch(epoch, mine, raters, cancel, clock, best, common)
+                val_loss, val_dice = yield from self._validation(epoch, cancel, clock, common, train_loss=train_loss)
                 self.scheduler.step()
                 monitored = val_loss if val_loss is not None else train_loss
                 if not math.isfinite(monitored):
                     raise _Stop("failed", "The validation loss became NaN or infinite; try a lower learning rate "
                                 "(the best weights so far were kept).")
-                improved = not math.isfinite(best_loss) or monitored < best_loss - cfg.early_stop_eps * abs(best_loss)
-                if improved:
-                    best_state, best_loss, best_epoch, stale = copy.deepcopy(self.model.state_dict()), monitored, epoch, 0
-                else:
-                    stale += 1
+                best.offer(monitored, self.model, epoch, cfg.early_stop_eps)
                 history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr})
                 yield TrainEvent("epoch", "validate", epoch, step=self.steps, train_loss=train_loss, val_loss=val_loss,
-                                 val_dice=val_dice, best_val_loss=best_loss, best_epoch=best_epoch, lr=lr,
-                                 eta_seconds=eta(), elapsed_seconds=time.perf_counter() - t0, start_loss=start_loss,
+                                 val_dice=val_dice, best_val_loss=best.loss, best_epoch=best.epoch, lr=lr,
+                                 eta_seconds=clock.eta(), elapsed_seconds=clock.elapsed(), start_loss=start_loss,
                                  preview=self.preview(epoch), preview_slice=cfg.preview_slice, **common)
-                if stale >= cfg.patience:
+                if best.stale >= cfg.patience:
                     status, message = "early_stopped", f"No improvement for {cfg.patience} epochs; stopped after epoch {epoch}."
                     break
         except _Stop as stop:
             status, message = stop.status, stop.message
-        # ---- best weights, threshold, checkpoint
-        if best_state is None and status == "cancelled":
-            best_state = copy.deepcopy(self.model.state_dict())
-        threshold, threshold_dice = float((self.init_config or {}).get("threshold", 0.5)), None
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-            if cfg.search_threshold and status in ("completed", "early_stopped"):
-                acc = DiceAccumulator(d.n_volumes, len(d.classes), device=self.device)
-                try:
-                    for s, n in self.threshold_batches(acc):
-                        yield TrainEvent("step", "threshold", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
-                                         elapsed_seconds=time.perf_counter() - t0)
-                        self._check_cancel(cancel)
-                    threshold, threshold_dice = best_threshold(acc.dice())
-                except _Stop as stop:  # cancelled while choosing: keep the default threshold
-                    status, message = stop.status, stop.message + " The threshold was not optimised."
-        ranks = dist_utils.gather_objects(self.ctx, seen)
-        summary = {
-            "status": status, "message": message, "epochs_run": len(history), "start_epoch": self.start_epoch,
-            "epochs_total": self.start_epoch + best_epoch, "best_epoch": best_epoch, "best_val_loss": _finite(best_loss),
-            "start_val_loss": start_loss, "threshold_dice": threshold_dice, "history": history,
-            "n_volumes": d.n_volumes, "n_train_slices": int(d.train_idx.numel()), "n_val_slices": int(d.val_idx.numel()),
-            "label_source": self.data.source.label_source.name, "device": str(self.device),
-            "mixed_precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
-            "init": self.init_name,
-            "config": cfg.to_dict(), "duration_s": round(time.perf_counter() - t0, 3),
-            "distributed": {"world_size": self.ctx.world_size, "samples_per_rank": [len(r) for r in ranks],
-                            "shards_disjoint": len(set().union(*map(set, ranks))) == sum(len(r) for r in ranks)},
-        }
+        threshold, threshold_dice, status, message = yield from self._best_weights_and_threshold(
+            best, status, message, epoch, cancel, clock)
+        summary = self._summary(status, message, history, best, start_loss, threshold_dice, seen, clock)
         path = None
-        if best_state is not None:
+        if best.state is not None:
             path = self.checkpoint_path
-            if self.ctx.is_main:
-                from napari_softseg.engine.checkpoint import make_config, save_checkpoint
-
-                config = make_config(self.model, preset=self.preset.name, contrasts=d.contrasts, classes=d.classes,
-                                     normalisation="zscore", slice_axis=d.slice_axis, spacing=list(d.spacing),
-                                     crop_size=list(d.crop_size), threshold=threshold, training=summary)
-                save_checkpoint(path, self.model, config)
+            self._save(path, threshold, summary)
         elif status == "failed":
             message += " No checkpoint was written: no epoch had finished."
         yield TrainEvent("done", "train", epoch, status=status, message=message, checkpoint=path, threshold=threshold,
-                         summary=summary, best_val_loss=_finite(best_loss), best_epoch=best_epoch, start_loss=start_loss,
-                         elapsed_seconds=time.perf_counter() - t0, eta_seconds=0.0, **common)
+                         summary=summary, best_val_loss=_finite(best.loss), best_epoch=best.epoch, start_loss=start_loss,
+                         elapsed_seconds=clock.elapsed(), eta_seconds=0.0, **common)
+
+    def _validation(self, epoch: int, cancel, clock: "_Clock", common: dict, **extra):
+        """Run one validation pass, yielding an event per batch; return ``(loss, dice)``."""
+        gen = self.validate()
+        while True:
+            self._check_cancel(cancel)
+            try:
+                s = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            clock.tick()
+            yield TrainEvent("step", "validate", epoch, step=s, eta_seconds=clock.eta(),
+                             elapsed_seconds=clock.elapsed(), **extra, **common)
+
+    def _epoch_samples(self, epoch: int):
+        """This process's shuffled samples of ``epoch`` and, for random rater sampling, the
+        rater drawn for every sample (else None)."""
+        cfg, d = self.config, self.data
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        order = d.train_idx[torch.randperm(d.train_idx.numel(), generator=g)]
+        raters = None
+        if d.random_raters:
+            from napari_softseg.fusion.methods import RandomRaterSampler
+
+            raters = torch.as_tensor(RandomRaterSampler(d.n_raters, cfg.seed).draw(epoch, d.n_samples), dtype=torch.int64)
+        return dist_utils.shard(order, self.ctx), raters
+
+    def _train_epoch(self, epoch: int, mine, raters, cancel, clock: "_Clock", best: "_Best", common: dict):
+        """Yield an event per training step; return the epoch's mean training loss."""
+        bs = self.config.batch_size
+        total, count = 0.0, 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        for s in range(self.steps):
+            idx = mine[s * bs : (s + 1) * bs]
+            try:
+                loss = self.train_step(idx, raters, cancel)
+            except RuntimeError as err:
+                oom = _oom_message(err, bs, self.data.crop_size)
+                if oom is None:
+                    raise
+                raise _Stop("failed", oom) from None
+            total, count = total + loss * idx.numel(), count + idx.numel()
+            clock.tick()
+            yield TrainEvent("step", "train", epoch, step=s + 1, train_loss=total / count, lr=lr,
+                             best_val_loss=_finite(best.loss), best_epoch=best.epoch, eta_seconds=clock.eta(),
+                             elapsed_seconds=clock.elapsed(), **common)
+        return total / max(count, 1)
+
+    def _best_weights_and_threshold(self, best: "_Best", status: str, message: str, epoch: int, cancel, clock: "_Clock"):
+        """Load the best weights (a cancelled run without any keeps its current ones) and, after
+        a completed run, choose the threshold on every sample, yielding an event per batch.
+        Returns ``(threshold, its mean Dice or None, status, message)``."""
+        cfg = self.config
+        if best.state is None and status == "cancelled":
+            best.state = copy.deepcopy(self.model.state_dict())
+        threshold, threshold_dice = float((self.init_config or {}).get("threshold", 0.5)), None
+        if best.state is None:
+            return threshold, threshold_dice, status, message
+        self.model.load_state_dict(best.state)
+        if not (cfg.search_threshold and status in ("completed", "early_stopped")):
+            return threshold, threshold_dice, status, message
+        acc = DiceAccumulator(self.data.n_volumes, len(self.data.classes), device=self.device)
+        try:
+            for s, n in self.threshold_batches(acc):
+                yield TrainEvent("step", "threshold", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
+                                 elapsed_seconds=clock.elapsed())
+                self._check_cancel(cancel)
+            threshold, threshold_dice = best_threshold(acc.dice())
+        except _Stop as stop:  # cancelled while choosing: keep the default threshold
+            status, message = stop.status, stop.message + " The threshold was not optimised."
+        return threshold, threshold_dice, status, message
+
+    def _summary(self, status, message, history, best: "_Best", start_loss, threshold_dice, seen, clock: "_Clock") -> dict:
+        """The run's record, stored in the checkpoint's ``training`` entry."""
+        cfg, d = self.config, self.data
+        ranks = dist_utils.gather_objects(self.ctx, seen)
+        return {
+            "status": status, "message": message, "epochs_run": len(history), "start_epoch": self.start_epoch,
+            "epochs_total": self.start_epoch + best.epoch, "best_epoch": best.epoch, "best_val_loss": _finite(best.loss),
+            "start_val_loss": start_loss, "threshold_dice": threshold_dice, "history": history,
+            "n_volumes": d.n_volumes, "n_train_slices": int(d.train_idx.numel()), "n_val_slices": int(d.val_idx.numel()),
+            "label_source": d.source.label_source.name, "device": str(self.device),
+            "mixed_precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+            "init": self.init_name,
+            "config": cfg.to_dict(), "duration_s": round(clock.elapsed(), 3),
+            "distributed": {"world_size": self.ctx.world_size, "samples_per_rank": [len(r) for r in ranks],
+                            "shards_disjoint": len(set().union(*map(set, ranks))) == sum(len(r) for r in ranks)},
+        }
+
+    def _save(self, path: Path, threshold: float, summary: dict) -> None:
+        """Write the model (its best weights, loaded) with its configuration; rank 0 only."""
+        if not self.ctx.is_main:
+            return
+        d = self.data
+        config = make_config(self.model, preset=self.preset.name, contrasts=d.contrasts, classes=d.classes,
+                             normalisation="zscore", slice_axis=d.slice_axis, spacing=list(d.spacing),
+                             crop_size=list(d.crop_size), threshold=threshold, training=summary)
+        save_checkpoint(path, self.model, config)
+
+
+def _network(cfg: TrainConfig, data, init) -> tuple[UNet, Preset, dict | None]:
+    """The network to train, its preset and the initial checkpoint's configuration (None for a
+    new network): loaded from ``init`` (fine-tuning) or built; checked against the data."""
+    if init is not None:
+        state, icfg = load_checkpoint(init)
+        preset = get_preset(cfg.preset or icfg.get("preset", "softseg"))
+        model = build_model(icfg, state, source=Path(init).name)
+        if model.activation_name != preset.activation:
+            raise UserError(
+                f"{Path(init).name} ends in {model.activation_name} but preset {preset.name} uses "
+                f"{preset.activation}; fine-tune it with a preset of the same activation (e.g. {icfg.get('preset')})."
+            )
+        if model.in_channels != data.n_channels:
+            raise UserError(f"{Path(init).name} takes {model.in_channels} contrasts but the training images have {data.n_channels}.")
+    else:
+        icfg = None
+        preset = get_preset(cfg.preset or "softseg")
+        model = UNet(data.n_channels, preset.out_channels(data.n_classes), cfg.depth, cfg.base_features,
+                     cfg.dropout, preset.activation)
+    if data.n_classes > 1 and not preset.multiclass:
+        raise UserError(f"The labels have {data.n_classes} classes but preset {preset.name} is binary; choose a multi-class preset.")
+    if model.out_channels != preset.out_channels(data.n_classes):
+        raise UserError(f"The network has {model.out_channels} outputs but the labels need {preset.out_channels(data.n_classes)}.")
+    return model, preset, icfg
+
+
+class _Clock:
+    """Elapsed time, and the time left estimated from the units of work done (steps and batches)."""
+
+    def __init__(self, units_total: int) -> None:
+        self.t0 = time.perf_counter()
+        self.total = units_total
+        self.done = 0
+
+    def tick(self) -> None:
+        self.done += 1
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def eta(self) -> float | None:
+        return self.elapsed() * (self.total - self.done) / self.done if self.done else None
+
+
+@dataclass
+class _Best:
+    """The best weights so far and the early-stopping count.
+
+    An epoch improves when its loss is below the best by more than ``eps`` relative to it
+    (``L < L_best (1 - eps)``); any loss improves on none.
+    """
+
+    state: dict | None = None
+    loss: float = math.inf
+    epoch: int = 0
+    stale: int = 0
+
+    def offer(self, loss: float, model: torch.nn.Module, epoch: int, eps: float) -> None:
+        if not math.isfinite(self.loss) or loss < self.loss - eps * abs(self.loss):
+            self.state, self.loss, self.epoch, self.stale = copy.deepcopy(model.state_dict()), loss, epoch, 0
+        else:
+            self.stale += 1
 
 
 def _finite(x):

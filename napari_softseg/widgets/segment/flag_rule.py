@@ -31,9 +31,9 @@ CRITERIA: tuple[Criterion, ...] = (
               "Flag lesions whose mean predicted probability is below this value.\n"
               "Default 0.6: a lesion that only just passes the threshold on average is one the model "
               "is unsure about (the soft map of a clear lesion is near 1 in its core)."),
-    Criterion("max_mean_entropy", "mean entropy >", 0.0, 0.7, 0.05, 2, 0.5,
-              "Flag lesions whose mean voxel entropy (nats; at most ln 2 = 0.69 at p = 0.5) exceeds this.\n"
-              "Off by default: it mostly repeats the mean-probability criterion; 0.5 nats means p "
+    Criterion("max_mean_entropy", "mean entropy >", 0.0, 1.0, 0.05, 2, 0.72,
+              "Flag lesions whose mean voxel entropy (bits; at most 1 at p = 0.5) exceeds this.\n"
+              "Off by default: it mostly repeats the mean-probability criterion; 0.72 bits means p "
               "between about 0.2 and 0.8 on average."),
     Criterion("min_sample_iou", "sample IoU <", 0.0, 1.0, 0.05, 2, 0.5,
               "Flag lesions whose outline changes across MC-dropout / test-time-augmentation samples:\n"

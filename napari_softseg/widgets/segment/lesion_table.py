@@ -40,7 +40,7 @@ COLUMNS: tuple[Column, ...] = (
            "Soft volume: sum of probabilities over the lesion and its sub-threshold rim x voxel volume"),
     Column("mean p", lambda r, d: r.mean_probability, "{:.2f}", "Mean probability over the lesion"),
     Column("min p", lambda r, d: r.min_probability, "{:.2f}", "Lowest probability in the lesion"),
-    Column("entropy", lambda r, d: r.mean_entropy, "{:.2f}", "Mean voxel entropy (nats)"),
+    Column("entropy", lambda r, d: r.mean_entropy, "{:.2f}", "Mean voxel entropy (bits)"),
     Column("IoU", lambda r, d: _num(r.sample_iou), "{:.2f}",
            "IoU of the lesion across MC-dropout / TTA samples (blank without samples)"),
     Column("vol CV", lambda r, d: _num(r.volume_cv), "{:.2f}",

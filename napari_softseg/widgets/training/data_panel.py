@@ -20,7 +20,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_softseg.engine.training.data import LABEL_SOURCES, get_label_source
-from napari_softseg.engine.training.sources import check_contrasts, pair_folder
+from napari_softseg.engine.training.pairing import pair_folder
+from napari_softseg.engine.training.sources import check_contrasts
 from napari_softseg.errors import UserError
 from napari_softseg.plugin.notify import user_errors
 from napari_softseg.plugin.roles import is_rater
@@ -234,7 +235,7 @@ class DataPanel(QWidget):
             row.refresh()
 
     def add_folder_pair(self, images_dir, labels_dir) -> None:
-        """Train also on the NIfTI pairs of two folders (see :func:`napari_softseg.engine.training.sources.pair_folder`)."""
+        """Train also on the NIfTI pairs of two folders (see :func:`napari_softseg.engine.training.pairing.pair_folder`)."""
         with user_errors():
             pairs = pair_folder(images_dir, labels_dir)
             self.folders.append((Path(images_dir), Path(labels_dir)))
