@@ -83,7 +83,7 @@ def render(results: Path) -> str:
          f"eager fp32 slice loop {_s(_get(pr, 'seconds_best', 'baseline'))}", _ratio(predict.get("ratio_ours_vs_baseline")),
          _target(predict.get("ratio_ours_vs_baseline"), 0.25, "≤ 0.25")),
         ("achieved GFLOP/s in predict", f"{_get(pr, 'gflops', 'ours', default=float('nan')):.0f}",
-         f"bf16 matmul {_get(pr, 'matmul_gflops', 'bfloat16', default=float('nan')):.0f}, same run",
+         f"bf16 matmul {(_get(pr, 'matmul_gflops', 'bfloat16') or float('nan')):.0f}, same run",
          _ratio(predict.get("ours_gflops_vs_bf16_matmul")), _target(predict.get("ours_gflops_vs_bf16_matmul"), 0.4, "≥ 0.4",
                                                                    upper=False)),
         (f"peak RSS of predict on {'x'.join(map(str, mem.get('shape', [])))}",
