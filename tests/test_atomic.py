@@ -29,7 +29,8 @@ def test_split_suffix(name, expected):
 def test_the_temporary_file_is_hidden_next_to_the_target_with_its_suffix(tmp_path):
     target = tmp_path / "mask.nii.gz"
     with atomic_path(target) as tmp:
-        assert tmp.parent == tmp_path and tmp.name.startswith(".mask.") and tmp.name.endswith(".tmp.nii.gz")
+        assert tmp.parent == tmp_path and tmp.name.startswith(".mask.") and tmp.name.endswith(".softseg-tmp.nii.gz")
+        assert f"-{os.getpid()}-" in tmp.name  # the writing process is named, for the clean-up of killed runs
         tmp.write_bytes(gzip.compress(b"new"))
         assert not target.exists()  # nothing is published before the block ends
     assert gzip.decompress(target.read_bytes()) == b"new"
@@ -54,7 +55,7 @@ def test_missing_folder_and_os_errors_are_one_sentence_naming_the_file(tmp_path,
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(UserError, match=r"^Cannot write model\.pt: permission denied in .*\.$"):
+    with pytest.raises(UserError, match=r"^Cannot write model\.pt: permission denied: you cannot create files in .*\.$"):
         write_bytes_atomic(tmp_path / "model.pt", b"weights")
     monkeypatch.undo()
     assert _leftovers(tmp_path) == [] and not (tmp_path / "model.pt").exists()
@@ -62,7 +63,7 @@ def test_missing_folder_and_os_errors_are_one_sentence_naming_the_file(tmp_path,
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(UserError, match=r"^Cannot write big\.bin: no space left on device in "):
+    with pytest.raises(UserError, match=r"^Cannot write big\.bin: the disk holding .* is full \(or your disk quota is used up\)\.$"):
         with atomic_path(tmp_path / "big.bin") as tmp:
             tmp.write_bytes(b"x")
             full()
@@ -83,3 +84,33 @@ def test_json_documents_are_strict(tmp_path):
     path = write_json(tmp_path / "r.json", {"name": "Ærø", "v": float("nan")})
     text = path.read_text(encoding="utf-8")
     assert "Ærø" in text and json.loads(text) == {"name": "Ærø", "v": None}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_written_files_get_the_users_normal_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = write_bytes_atomic(tmp_path / f"m{umask:o}.pt", b"weights")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_softseg.io.atomic import remove_stale_temporaries, stale_temporaries, temporary_name
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    mine = tmp_path / temporary_name("scan.nii.gz")  # this (live) process
+    theirs = tmp_path / temporary_name("model.pt").replace(f"-{os.getpid()}-", f"-{dead_pid}-")
+    own_host = temporary_name("x").split(".")[2][:4]
+    other_host = tmp_path / f".x.{'ffff' if own_host != 'ffff' else '0000'}-{dead_pid}-00aa.softseg-tmp.pt"
+    unrelated = tmp_path / ".hidden.tmp.txt"
+    for p in (mine, theirs, other_host, unrelated):
+        p.write_bytes(b"12345")
+    assert stale_temporaries(tmp_path) == [theirs]
+    assert remove_stale_temporaries(tmp_path) == (1, 5)
+    assert not theirs.exists() and mine.exists() and unrelated.exists()

@@ -19,7 +19,9 @@ How
 ---
 Each save writes a temporary file in the same folder, flushes it to disk and renames it
 over the previous one (:func:`write_levels_atomic`), so a process killed at any instant
-leaves either the previous or the new complete file, never a partial one.
+leaves either the previous or the new complete file, never a partial one; the temporary
+files of killed processes are removed when the folder is next opened
+(:func:`napari_softseg.io.atomic.remove_stale_temporaries`).
 :class:`AutosaveWriter` does this in one background thread; the caller hands it a copy of the
 array (a 3.6 MB memcpy for a 142x178x142 uint8 volume, about 1 ms) and returns at once.
 Snapshots of the same rater that arrive while one is being written are coalesced: only the
@@ -48,7 +50,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from napari_softseg.errors import UserError
-from napari_softseg.io.atomic import TEMP_MARK, write_bytes_atomic, write_text_atomic
+from napari_softseg.io.atomic import remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from napari_softseg.io.nifti import ScanGeometry, nifti_stem, read_nifti, set_exact_values
 
 SIDECAR_SUFFIX = ".softseg"
@@ -114,17 +116,6 @@ def _writable_folder(folder: Path) -> bool:
     return folder.is_dir() and _writable(folder)
 
 
-def _remove_stale_temps(folder: Path, age_s: float = 120.0) -> None:
-    """Delete temporary files left by a write that was killed (older than ``age_s``)."""
-    now = time.time()
-    for f in folder.glob(f".*{TEMP_MARK}*"):
-        try:
-            if now - f.stat().st_mtime > age_s:
-                f.unlink()
-        except OSError:
-            pass
-
-
 def rater_filename(name: str) -> str:
     """``<percent-encoded name>.nii.gz``; a leading dot is encoded so the file is never hidden."""
     text = quote(name, safe=" -_.()[]+,")
@@ -167,7 +158,7 @@ class AutosaveStore:
                 if _writable_folder(cand):
                     self._folder = cand
                     self._write_manifest(cand)
-                    _remove_stale_temps(cand)
+                    remove_stale_temporaries(cand)
                     break
             else:
                 raise UserError(f"Cannot autosave: neither {candidate_dirs(self.scan.path)[0]} nor "
