@@ -10,9 +10,23 @@ Conventions
   Voxel size and voxel volume are computed from it by :mod:`napari_softseg.io.geometry`;
   :class:`ScanGeometry` is a scan's grid without its voxels (what autosave, export and the
   docks need to write a map on the scan's grid).
+* Reading checks the header before any voxel is read: a file whose voxels would need more
+  memory than the machine has available is refused with both figures, an uncompressed file
+  shorter than its header announces is reported as truncated, and the gzip checksum of a
+  ``.nii.gz`` is verified (a damaged file is refused, not opened silently).
+* **NaN voxels** (no data, e.g. outside the field of view of a resampled scan) are treated
+  as background: they are replaced by ``min(0, smallest finite voxel)`` and a one-line note
+  is kept in :attr:`NiftiVolume.notes`. Infinite voxels are refused. Voxels come back in
+  the machine's byte order.
+* **Soft maps** may overshoot [0, 1] by at most :data:`SOFT_OVERSHOOT` (interpolated
+  segmentations do); :func:`clip_soft` clips such values and reports the largest change.
 * Writing copies the source header (qform/sform and their codes, units, description), sets
   the data type for the values written and removes intensity scaling so the stored values
-  are exact. Writes are atomic (:mod:`napari_softseg.io.atomic`).
+  are exact. A volume written back with the geometry of its source (``like``) keeps the
+  source's data type when its values allow it exactly (an int16 scan with intensity scaling
+  is stored as int16 with the same scaling, a float64 one as float64). A cast that would
+  change values (-5 stored as uint8, 0.3 stored as an integer) is refused. Writes are atomic
+  (:mod:`napari_softseg.io.atomic`).
 
 Every problem a user can cause raises :class:`~napari_softseg.errors.UserError` with a
 single sentence that names the file.
@@ -32,11 +46,13 @@ import numpy as np
 from napari_softseg.errors import UserError
 from napari_softseg.io import geometry
 from napari_softseg.io.atomic import atomic_path
+from napari_softseg.io.checks import check_memory
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: Float maps whose values lie in [0, 1 + SOFT_TOLERANCE] are soft maps (interpolated
-#: segmentations overshoot 1 slightly, e.g. 1.06 in sct_mt/mt1_gmseg).
-SOFT_TOLERANCE = 0.1
+#: How far a soft map may lie outside [0, 1]: float maps within [-SOFT_OVERSHOOT,
+#: 1 + SOFT_OVERSHOOT] are soft maps, clipped to [0, 1] where they are used as such
+#: (interpolated segmentations overshoot: sct_mt/mt1_gmseg reaches 1.059, mt1_wmseg 1.108).
+SOFT_OVERSHOOT = 0.15
 #: Integer files with at most this many distinct values open as label maps.
 MAX_LABEL_VALUES = 256
 
@@ -58,12 +74,16 @@ class NiftiVolume:
         A copy of the file's header (qform/sform codes, units, description ...).
     path : pathlib.Path or None
         Where it was read from.
+    notes : list of str
+        One-line notes for the user about how the file was read (NaN voxels taken as
+        background).
     """
 
     data: np.ndarray
     affine: np.ndarray
     header: object = field(repr=False)
     path: Path | None = None
+    notes: list = field(default_factory=list, repr=False)
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -122,7 +142,7 @@ def is_nifti_path(path: PathLike) -> bool:
 
 def classify(data: np.ndarray) -> str:
     """``"labels"`` for integer/bool data with few values, ``"soft"`` for float data within
-    [0, 1 + SOFT_TOLERANCE], otherwise ``"image"``."""
+    [-SOFT_OVERSHOOT, 1 + SOFT_OVERSHOOT] (:func:`is_soft_range`), otherwise ``"image"``."""
     if data.dtype == bool:
         return "labels"
     if np.issubdtype(data.dtype, np.integer):
@@ -132,33 +152,73 @@ def classify(data: np.ndarray) -> str:
             return "labels"
         return "image"
     if np.issubdtype(data.dtype, np.floating) and data.size:
-        lo, hi = float(np.min(data)), float(np.max(data))
-        if lo >= 0.0 and hi <= 1.0 + SOFT_TOLERANCE:
+        if is_soft_range(float(np.min(data)), float(np.max(data))):
             return "soft"
     return "image"
+
+
+def is_soft_range(lo: float, hi: float) -> bool:
+    """Whether values from ``lo`` to ``hi`` make a soft map (within the stated overshoot)."""
+    return -SOFT_OVERSHOOT <= lo and hi <= 1.0 + SOFT_OVERSHOOT
+
+
+def clip_soft(data: np.ndarray, name: str) -> tuple[np.ndarray, float]:
+    """``data`` clipped to [0, 1] and the largest change that made; a :class:`UserError`
+    naming ``name`` when the values overshoot [0, 1] by more than :data:`SOFT_OVERSHOOT`."""
+    lo, hi = (float(np.min(data)), float(np.max(data))) if data.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise UserError(f"{name} contains NaN or infinite values.")
+    if not is_soft_range(lo, hi):
+        raise UserError(
+            f"{name} has values from {lo:.3g} to {hi:.3g}; a soft map must lie in [0, 1] "
+            f"(values at most {SOFT_OVERSHOOT:g} outside it, from interpolation, are clipped)."
+        )
+    change = max(0.0 - lo, hi - 1.0, 0.0)
+    if change == 0.0:
+        return data, 0.0
+    return np.clip(data, 0, 1).astype(data.dtype, copy=False), change
+
+
+def clip_note(name: str, change: float) -> str:
+    """The one-line report of :func:`clip_soft`'s change."""
+    return f"{name}: values outside [0, 1] were clipped (largest change {change:.3g})."
 
 
 def read_nifti(path: PathLike, *, allow_nonfinite: bool = False) -> NiftiVolume:
     """Read a ``.nii``/``.nii.gz`` file without reorienting it.
 
     Trailing singleton axes beyond the third are dropped (``(X, Y, Z, 1)`` becomes
-    ``(X, Y, Z)``), a 2-D file becomes ``(X, Y, 1)``. Raises :class:`UserError` for a missing,
-    truncated or non-NIfTI file, more than four dimensions, an empty axis, NaN/Inf voxels
-    (unless ``allow_nonfinite``) and a singular or non-finite affine.
+    ``(X, Y, Z)``), a 2-D file becomes ``(X, Y, 1)``. NaN voxels become background with a
+    note (see the module docstring; kept as they are with ``allow_nonfinite``). Raises
+    :class:`UserError` for a missing, truncated, damaged or non-NIfTI file, a file too large
+    for the memory, more than four dimensions, an empty axis, infinite voxels (unless
+    ``allow_nonfinite``) and a singular or non-finite affine.
     """
     path = Path(path)
     img = _load_image(path)
     label = path.name
-    try:
-        data = np.asarray(np.asanyarray(img.dataobj))
-    except (EOFError, OSError, zlib.error, ValueError, gzip.BadGzipFile) as err:
-        raise UserError(f"{label} is truncated or corrupt: its voxel data could not be read completely ({_short(err)}).") from None
+    _check_size(img, path)
+    data = _read_voxels(img, path)
     data = _scan_axes(data, label)
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))
+    notes: list[str] = []
     if not allow_nonfinite:
-        _check_finite(data, label)
+        data, notes = _nan_as_background(data, label)
     affine = np.asarray(img.affine, dtype=float)
     geometry.check_affine(affine, label)
-    return NiftiVolume(data=data, affine=affine, header=img.header.copy(), path=path)
+    header = img.header.copy()
+    slope, inter = _disk_scaling(img)
+    if (slope, inter) != (1.0, 0.0):  # nibabel moves the scaling into the proxy; keep it for writing back
+        header.set_slope_inter(slope, inter)
+    return NiftiVolume(data=data, affine=affine, header=header, path=path, notes=notes)
+
+
+def _disk_scaling(img) -> tuple[float, float]:
+    """The intensity scaling ``(slope, inter)`` the file declares (``(1, 0)`` for none)."""
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    return (slope if np.isfinite(slope) and slope != 0 else 1.0), (inter if np.isfinite(inter) else 0.0)
 
 
 def _load_image(path: Path):
@@ -175,11 +235,74 @@ def _load_image(path: Path):
         raise UserError(f"{label} is not a NIfTI file (expected a .nii or .nii.gz name).")
     try:
         img = nib.load(str(path))
-    except (ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as err:
-        raise UserError(f"{label} is not a readable NIfTI file ({_short(err)}).") from None
+    except (ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError, MemoryError) as err:
+        raise _gzip_damage(path) or UserError(f"{label} is not a readable NIfTI file ({_short(err)}).") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise UserError(f"{label} is not a NIfTI-1/2 image (it reads as {type(img).__name__}).")
     return img
+
+
+def _check_size(img, path: Path) -> None:
+    """Refuse, from the header alone, voxels that do not fit in memory or in the file."""
+    header = img.header
+    shape = tuple(int(s) for s in header.get_data_shape())
+    disk = np.dtype(header.get_data_dtype())
+    n = int(np.prod(shape, dtype=object)) if shape else 0
+    scaled = _disk_scaling(img) != (1.0, 0.0)
+    nbytes = n * (max(disk.itemsize, 8) if scaled and disk.kind in "iu" else disk.itemsize)
+    dims = "×".join(str(s) for s in shape)
+    check_memory(nbytes, f"{path.name} ({dims} voxels of {disk.name})")
+    if not path.name.lower().endswith(".gz"):
+        have = path.stat().st_size - int(header.get_data_offset())
+        need = n * disk.itemsize
+        if have < need:
+            raise UserError(
+                f"{path.name} is truncated or corrupt: its header announces {need} bytes of voxels "
+                f"({dims} of {disk.name}) but the file holds only {max(have, 0)} after the header."
+            )
+
+
+def _read_voxels(img, path: Path) -> np.ndarray:
+    """The voxel array; for ``.nii.gz`` read through a gzip stream that is drained to its end,
+    so that its checksum and length are verified."""
+    label = path.name
+    try:
+        if not path.name.lower().endswith(".gz"):
+            return np.asarray(np.asanyarray(img.dataobj))
+        import nibabel as nib
+
+        with gzip.open(path, "rb") as stream:
+            holder = nib.FileHolder(filename=str(path), fileobj=stream)
+            data = np.asarray(np.asanyarray(type(img).from_file_map({"image": holder, "header": holder}).dataobj))
+            while stream.read(1 << 20):
+                pass
+        return data
+    except (EOFError, OSError, zlib.error, ValueError) as err:
+        damaged = _checksum_error(label, err)
+        raise damaged or UserError(
+            f"{label} is truncated or corrupt: its voxel data could not be read completely ({_short(err)}).") from None
+
+
+def _checksum_error(label: str, err: BaseException) -> UserError | None:
+    """The sentence for a gzip stream whose checksum or length does not match its content."""
+    text = str(err).lower()
+    if isinstance(err, gzip.BadGzipFile) and ("crc" in text or "length" in text):
+        return UserError(f"{label} is damaged: its gzip checksum does not match its content, so it was not "
+                         "opened (copy the file again from its source).")
+    return None
+
+
+def _gzip_damage(path: Path) -> UserError | None:
+    """For a ``.nii.gz`` that nibabel could not open: the checksum sentence when that is why."""
+    if not path.name.lower().endswith(".gz"):
+        return None
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        return _checksum_error(path.name, err)
+    return None
 
 
 def _scan_axes(data: np.ndarray, label: str) -> np.ndarray:
@@ -198,15 +321,28 @@ def _scan_axes(data: np.ndarray, label: str) -> np.ndarray:
     return data
 
 
-def _check_finite(data: np.ndarray, label: str) -> None:
-    if not np.issubdtype(data.dtype, np.floating):
-        return
-    bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad:
+def _nan_as_background(data: np.ndarray, label: str) -> tuple[np.ndarray, list[str]]:
+    """NaN voxels replaced by the background value, with a note; infinite voxels refused."""
+    if data.dtype.kind != "f":
+        return data, []
+    finite = np.isfinite(data)
+    n_bad = int(data.size - np.count_nonzero(finite))
+    if not n_bad:
+        return data, []
+    nan = np.isnan(data)
+    n_nan = int(np.count_nonzero(nan))
+    if n_bad > n_nan:
+        n_inf = n_bad - n_nan
         raise UserError(
-            f"{label} contains {bad} NaN or infinite voxel{'s' if bad > 1 else ''}; "
+            f"{label} contains {n_inf} infinite voxel{'s' if n_inf > 1 else ''}; "
             "replace them (for example with 0) before opening it."
         )
+    if n_nan == data.size:
+        raise UserError(f"{label} holds only NaN voxels, so it has no image to show.")
+    fill = min(0.0, float(np.min(data[finite])))
+    data = np.where(nan, data.dtype.type(fill), data)
+    return data, [f"{label}: {n_nan} NaN voxel{'s' if n_nan > 1 else ''} (no data, e.g. outside the field of view) "
+                  f"are treated as background ({fill:g})."]
 
 
 def _short(err: BaseException) -> str:
@@ -227,6 +363,62 @@ def _output_dtype(data: np.ndarray, dtype) -> np.dtype:
                 return np.dtype(candidate)
         return np.dtype(np.int64)
     return np.dtype(np.float32)
+
+
+def _check_cast(path: Path, data: np.ndarray, dtype: np.dtype) -> None:
+    """Refuse a conversion of ``data`` to ``dtype`` that would change values."""
+    if data.dtype == bool or dtype.kind == "b":
+        return
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if lo < info.min or hi > info.max:
+            raise UserError(
+                f"Cannot write {path.name} as {dtype.name}: its values from {lo:g} to {hi:g} do not fit in "
+                f"{dtype.name} ({info.min} to {info.max}) and would wrap around."
+            )
+        if data.dtype.kind == "f":
+            fraction = data[data != np.round(data)]
+            if fraction.size:
+                raise UserError(
+                    f"Cannot write {path.name} as {dtype.name}: values such as {float(fraction.flat[0]):g} "
+                    "are not whole numbers, so storing them would change them."
+                )
+    elif dtype.kind == "f" and max(abs(lo), abs(hi)) > float(np.finfo(dtype).max):
+        raise UserError(f"Cannot write {path.name} as {dtype.name}: values up to {max(abs(lo), abs(hi)):g} "
+                        f"exceed its range and would become infinite.")
+
+
+def _source_encoding(data: np.ndarray, header):
+    """How the source file stored its voxels, when ``data`` can be stored that way exactly:
+    ``(stored array, dtype, slope, inter)`` (slope/inter None: no scaling), else None.
+
+    Integer data keep the source's type when they have it (a scan read and written back);
+    float data are stored as the source's integers and scaling when that reproduces every
+    value exactly, and as float64 when both the source and the data are float64."""
+    from nibabel.volumeutils import apply_read_scaling
+
+    disk = np.dtype(header.get_data_dtype()).newbyteorder("=")
+    if data.dtype.kind in "iub":
+        exact = data.dtype == disk and header.get_slope_inter() in ((None, None), (1.0, 0.0))
+        return (data, disk, None, None) if exact else None
+    if disk.kind == "f":
+        return (data, disk, None, None) if disk.itemsize > 4 and data.dtype.itemsize > 4 else None
+    if disk.kind not in "iu":
+        return None
+    slope, inter = header.get_slope_inter()
+    slope = 1.0 if slope is None else float(slope)
+    inter = 0.0 if inter is None else float(inter)
+    info = np.iinfo(disk)
+    raw = np.rint((data.astype(np.float64) - inter) / slope)
+    if float(raw.min()) < info.min or float(raw.max()) > info.max:
+        return None
+    raw = raw.astype(disk)
+    back = apply_read_scaling(raw, np.float64(slope), np.float64(inter))
+    if not np.array_equal(np.asarray(back, dtype=np.float64), data.astype(np.float64)):
+        return None
+    scaled = (slope, inter) != (1.0, 0.0)
+    return raw, disk, (slope if scaled else None), (inter if scaled else None)
 
 
 def fresh_header(affine: np.ndarray):
@@ -273,15 +465,33 @@ def write_nifti(
     affine : 4x4 array, optional
         Used when ``like`` is None (a fresh header with sform/qform code 1, mm units).
     dtype : optional
-        Stored type. By default floats become float32 (soft maps), booleans uint8 and
-        integers the smallest of uint8/int16/int32 that holds them (label maps).
+        Stored type. By default a volume written back with its source's geometry keeps the
+        source's data type (and intensity scaling) when its values allow it exactly;
+        otherwise floats become float32 (soft maps), booleans uint8 and integers the
+        smallest of uint8/int16/int32 that holds them (label maps). A type that would change
+        the values (wrap around, drop fractions, overflow) is refused.
     """
-    import nibabel as nib
-
     path = Path(path)
     data = _writable_data(path, data)
     header = _reference_header(path, data, like, affine)
-    out_dtype = _output_dtype(data, dtype)
+    encoding = _source_encoding(data, header) if dtype is None and like is not None else None
+    if encoding is not None:
+        data, out_dtype, slope, inter = encoding
+    else:
+        out_dtype, slope, inter = _output_dtype(data, dtype), None, None
+        _check_cast(path, data, out_dtype)
+    img = _image(header, data, out_dtype, keep_pixdim=like is not None)
+    if slope is not None:  # stored as the source stored it: raw integers and its scaling
+        img.header["scl_slope"], img.header["scl_inter"] = slope, inter
+    with atomic_path(path) as tmp:
+        img.to_filename(tmp)
+    return path
+
+
+def _image(header, data: np.ndarray, out_dtype: np.dtype, *, keep_pixdim: bool):
+    """A nibabel image of ``data`` stored as ``out_dtype`` with ``header``'s geometry."""
+    import nibabel as nib
+
     pixdim = header["pixdim"].copy()
     set_exact_values(header, out_dtype, data.shape)
     img_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
@@ -289,13 +499,11 @@ def write_nifti(
     # nibabel recomputes nothing from affine=None; make sure qform/sform survive exactly.
     img.header.set_qform(header.get_qform(), code=int(header["qform_code"]))
     img.header.set_sform(header.get_sform(), code=int(header["sform_code"]))
-    if like is not None:  # keep the source's time/extra pixdim entries (nibabel resets them to 1)
+    if keep_pixdim:  # keep the source's time/extra pixdim entries (nibabel resets them to 1)
         restored = img.header["pixdim"].copy()
         restored[4:] = pixdim[4:]
         img.header["pixdim"] = restored
-    with atomic_path(path) as tmp:
-        img.to_filename(tmp)
-    return path
+    return img
 
 
 def _writable_data(path: Path, data) -> np.ndarray:
@@ -303,6 +511,9 @@ def _writable_data(path: Path, data) -> np.ndarray:
     if not is_nifti_path(path):
         raise UserError(f"{path.name}: output must end in .nii or .nii.gz.")
     data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        raise UserError(f"Cannot write {path.name}: its data type is {data.dtype}; only numbers "
+                        "(integers, floats or booleans) can be stored.")
     if data.ndim == 2:
         data = data[:, :, np.newaxis]
     if data.ndim not in (3, 4) or 0 in data.shape:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.io.checks import as_volume
+from napari_softseg.io.nifti import clip_soft
 from napari_softseg.labels.masks import DEFAULT_THRESHOLD, binarize
 
 #: Number of confidence levels; level k is the soft value k / N_LEVELS.
@@ -89,37 +91,41 @@ class Quantized:
     max_error : float
         ``max |clip(v, 0, 1) - level / n|`` over all voxels (0 for binary masks).
     n_clipped : int
-        Voxels whose value exceeded 1 (interpolated masks overshoot) and were clipped.
+        Voxels whose value lay outside [0, 1] (interpolated masks overshoot) and were clipped.
     kind : str
         ``"binary"`` or ``"soft"``.
+    clip_change : float
+        The largest change the clipping made (0 when nothing was clipped).
     """
 
     levels: np.ndarray
     max_error: float
     n_clipped: int
     kind: str
+    clip_change: float = 0.0
 
 
 def soft_to_levels(soft: np.ndarray, n_levels: int = N_LEVELS) -> Quantized:
     """Nearest-level rounding of a soft map; see the module formula."""
     soft = np.asarray(soft, dtype=np.float64)
-    n_clipped = int(np.count_nonzero(soft > 1.0))
+    n_clipped = int(np.count_nonzero((soft > 1.0) | (soft < 0.0)))
     clipped = np.clip(soft, 0.0, 1.0)
     levels = np.floor(clipped * n_levels + 0.5).astype(np.uint8)
     err = float(np.max(np.abs(clipped - levels / n_levels))) if soft.size else 0.0
     return Quantized(levels=levels, max_error=err, n_clipped=n_clipped, kind="soft")
 
 
-def mask_to_levels(data: np.ndarray, n_levels: int = N_LEVELS, *, name: str = "mask",
-                   tolerance: float = 0.1) -> Quantized:
+def mask_to_levels(data: np.ndarray, n_levels: int = N_LEVELS, *, name: str = "mask") -> Quantized:
     """Confidence levels from a binary or soft rater mask.
 
     Binary masks (bool, or integers in {0, 1}) become ``0`` / ``n_levels``. Float masks
-    must lie in ``[0, 1 + tolerance]`` (slight overshoot from interpolation is clipped)
-    and are rounded to the nearest level. Integer maps with other values (multi-class
-    label maps), negative or larger values raise :class:`UserError` naming ``name``.
+    follow the one rule for soft maps (:func:`napari_softseg.io.nifti.clip_soft`): values
+    at most :data:`~napari_softseg.io.nifti.SOFT_OVERSHOOT` outside [0, 1] (from
+    interpolation) are clipped, and the largest change is reported in ``clip_change``; then
+    they are rounded to the nearest level. Integer maps with other values (multi-class
+    label maps), other data types, 0-d or empty arrays raise :class:`UserError` naming ``name``.
     """
-    data = np.asarray(data)
+    data = as_volume(data, name)
     if data.dtype == bool:
         return Quantized(np.where(data, n_levels, 0).astype(np.uint8), 0.0, 0, "binary")
     if np.issubdtype(data.dtype, np.integer):
@@ -131,18 +137,10 @@ def mask_to_levels(data: np.ndarray, n_levels: int = N_LEVELS, *, name: str = "m
             f"{name} holds integer labels {{{shown}}}, not a rater mask: expected a binary "
             "(0/1) or soft (0-1 float) mask."
         )
-    if not np.issubdtype(data.dtype, np.floating):
-        raise UserError(f"{name} has data type {data.dtype}; expected a binary or soft (0-1 float) mask.")
-    if not np.all(np.isfinite(data)):
-        raise UserError(f"{name} contains NaN or infinite values.")
-    lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
-    if lo < 0.0 or hi > 1.0 + tolerance:
-        raise UserError(
-            f"{name} has values from {lo:.3g} to {hi:.3g}; a soft rater mask must lie in [0, 1]."
-        )
+    clipped, change = clip_soft(data, name)
     q = soft_to_levels(data, n_levels)
-    kind = "binary" if np.all(np.isin(np.unique(data), (0.0, 1.0))) else "soft"
-    return Quantized(q.levels, q.max_error, q.n_clipped, kind)
+    kind = "binary" if np.all(np.isin(np.unique(clipped), (0.0, 1.0))) else "soft"
+    return Quantized(q.levels, q.max_error, q.n_clipped, kind, change)
 
 
 def soft_volume(soft, voxel_volume: float) -> float:

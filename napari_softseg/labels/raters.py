@@ -2,7 +2,8 @@
 
 A binary or soft rater map holds values in [0, 1] (booleans and 0/1 integers included) and
 marks a voxel where :func:`napari_softseg.labels.masks.binarize` says so (``value >= 0.5``).
-A multi-class rater map holds integer labels ``0 .. K-1`` (0 = background).
+A multi-class rater map holds integer labels ``0 .. K-1`` (0 = background), at most
+:data:`MAX_CLASSES` of them (whole-number floats are accepted as labels).
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from typing import Sequence
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.io.checks import as_volume
+
+#: Most labels a multi-class rater map may hold (0-255, a napari label layer's painting range).
+MAX_CLASSES = 256
 
 
 def check_raters(raters: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Return the raters as arrays, raising :class:`UserError` unless they share one shape."""
-    arrays = [np.asarray(r) for r in raters]
-    if not arrays:
+    raters = list(raters)
+    if not raters:
         raise UserError("Label fusion needs at least one rater map.")
+    arrays = [as_volume(r, f"rater {j}") for j, r in enumerate(raters, 1)]
     shape = arrays[0].shape
     for j, a in enumerate(arrays[1:], start=2):
         if a.shape != shape:
@@ -46,6 +52,9 @@ def class_labels(rater: np.ndarray, n_classes: int, index: int) -> np.ndarray:
     if rater.dtype.kind == "f":
         if not np.all(np.isfinite(rater)) or np.any(rater != np.round(rater)):
             raise UserError(f"Rater {index} holds non-integer values; multi-class fusion needs integer label maps.")
+    if n_classes > MAX_CLASSES:
+        raise UserError(f"Multi-class fusion takes at most {MAX_CLASSES} labels (0-{MAX_CLASSES - 1}), "
+                        f"but {n_classes} were asked for; rater {index} is not a label map of a few structures.")
     lo, hi = rater.min(), rater.max()
     if lo < 0 or hi >= n_classes:
         raise UserError(f"Rater {index} holds labels {int(lo)}..{int(hi)}, outside 0..{n_classes - 1} for {n_classes} classes.")
