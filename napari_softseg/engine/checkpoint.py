@@ -11,6 +11,11 @@ A ``torch.save`` archive of a plain dict with only tensors and strings::
 Loading uses ``torch.load(weights_only=True)``: its restricted unpickler accepts tensors and
 primitive containers only, so a tampered file carrying a pickle payload (any other global)
 is refused with a :class:`~napari_softseg.errors.UserError` **before** anything runs.
+A loaded checkpoint is also checked for sanity before a network is built from it: every
+weight finite (a NaN or infinite weight would make every prediction meaningless, e.g. an
+all-zero map), and the architecture within :data:`ARCHITECTURE_LIMITS` (an absurd depth or
+width in a damaged or hand-edited config would exhaust the memory;
+:mod:`napari_softseg.engine.limits`).
 Saving is atomic (temporary file in the same folder, then ``os.replace``).
 
 Config schema (all keys JSON types)
@@ -41,6 +46,7 @@ import torch
 
 from napari_softseg.errors import UserError
 from napari_softseg.io.atomic import atomic_open
+from napari_softseg.engine.limits import check_architecture
 from napari_softseg.engine.model import ACTIVATIONS, UNet
 
 __all__ = [
@@ -114,6 +120,7 @@ def validate_config(config: dict, source: str = "checkpoint") -> dict:
         raise UserError(f"{source}: unknown architecture settings {sorted(unknown)}.")
     if arch.get("activation", "normrelu") not in ACTIVATIONS:
         raise UserError(f"{source}: unknown activation {arch.get('activation')!r}.")
+    check_architecture(arch, source)
     in_ch = int(arch.get("in_channels", 1))
     contrasts = cfg.get("contrasts") or [f"contrast{i}" for i in range(in_ch)]
     if not isinstance(contrasts, list) or not all(isinstance(c, str) for c in contrasts):
@@ -140,6 +147,19 @@ def validate_config(config: dict, source: str = "checkpoint") -> dict:
     cfg["threshold"] = float(threshold)
     cfg.setdefault("training", {})
     return cfg
+
+
+def _check_finite_weights(state: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse weights holding NaN or infinite values."""
+    bad = total = 0
+    for value in state.values():
+        if value.is_floating_point() or value.is_complex():
+            finite = torch.isfinite(value)
+            bad += int(value.numel() - int(finite.sum()))
+            total += value.numel()
+    if bad:
+        raise UserError(f"{name} holds {bad} NaN or infinite weight{'s' if bad > 1 else ''} (of {total}), "
+                        "so its predictions would be meaningless; it was not loaded.")
 
 
 def _clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -202,7 +222,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise UserError(f"{name}: its configuration is not valid JSON.") from None
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UserError(f"{name}: its weights are not a mapping of names to tensors.")
-    return state, validate_config(config, name)
+    config = validate_config(config, name)
+    _check_finite_weights(state, name)
+    return state, config
 
 
 def _first_line(err: BaseException) -> str:
