@@ -109,7 +109,7 @@ def test_raters_with_fusion_and_fine_tuning(scans, tmp_path, capsys):
         (["--label", "{f}/gm.nii.gz", "--crop", "31"], "multiples of 2"),
         (["--label", "{f}/shifted.nii.gz"], "affines differ"),
         (["--label", "{f}/gm.nii.gz", "--init", "{f}/missing.pt"], "no such model file"),
-        (["--label", "{f}/gm.nii.gz", "--epochs", "0"], "Epochs must be at least 1"),
+        (["--label", "{f}/gm.nii.gz", "--epochs", "0"], "--epochs must be at least 1, got 0."),
         (["--label", "{f}/gm.nii.gz", "--label", "{f}/gm.nii.gz"], "labels pair with images"),
     ],
 )

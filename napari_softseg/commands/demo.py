@@ -35,6 +35,10 @@ def _has_display() -> bool:
 def run(args) -> int:
     """Start the demo application (:mod:`napari_softseg.widgets.demo`) as its own process,
     on a virtual screen when there is no display."""
+    from napari_softseg.commands import guard
+    from napari_softseg.io.outputs import Output
+
+    guard([Output("--out", Path(args.out), "folder")])
     out = Path(args.out).resolve()
     app = [sys.executable, "-m", "napari_softseg.widgets.demo", "--out", str(out)]
     if _has_display():

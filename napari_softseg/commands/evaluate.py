@@ -27,30 +27,49 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _check_unit(vol, what: str) -> None:
-    import numpy as np
+def check(args) -> None:
+    """Settings and outputs, before any work."""
+    from napari_softseg.commands import guard
+    from napari_softseg.io.checks import check_count, check_threshold
+    from napari_softseg.io.outputs import Output
 
-    data = vol.data
-    lo, hi = float(np.min(data)), float(np.max(data))
-    if lo < 0 or hi > 1.0 + 1e-3:
-        from napari_softseg.errors import UserError
+    check_threshold(args.threshold, "--threshold")
+    check_count(args.min_overlap, "--min-overlap")
+    inputs = [("--pred", args.pred), ("--truth", args.truth)] + [("--raters", r) for r in args.raters or []]
+    guard([Output("--json", args.json, "json")], inputs)
 
-        raise UserError(f"{vol.name} ({what}) has values in [{lo:g}, {hi:g}]; evaluate expects masks or probabilities in [0, 1].")
+
+def _read_unit(path: str, what: str):
+    """A 3-D mask or probability map; soft values within the stated overshoot are clipped."""
+    from napari_softseg.commands import read_input, say
+    from napari_softseg.errors import UserError
+    from napari_softseg.io.nifti import clip_note, clip_soft
+
+    vol = read_input(path)
+    if vol.data.ndim != 3:
+        raise UserError(f"{vol.name} is {vol.data.ndim}-D {tuple(vol.data.shape)}; evaluate compares 3-D maps.")
+    if vol.data.dtype.kind in "iu" and (vol.data.min() < 0 or vol.data.max() > 1):
+        raise UserError(f"{vol.name} ({what}) holds values from {vol.data.min()} to {vol.data.max()}; "
+                        "evaluate expects masks or probabilities in [0, 1].")
+    if vol.data.dtype.kind == "f":
+        vol.data, change = clip_soft(vol.data, f"{vol.name} ({what})")
+        if change:
+            say(clip_note(f"{vol.name} ({what})", change))
+    return vol
 
 
 def run(args) -> int:
-    from napari_softseg.errors import UserError
+    from napari_softseg.commands.interrupts import preload
+
+    check(args)
+    preload("numpy", "nibabel", "scipy.ndimage", "scipy.special")
     from napari_softseg.io.jsondoc import write_json
-    from napari_softseg.io.nifti import check_same_grid, read_nifti
+    from napari_softseg.io.nifti import check_same_grid
     from napari_softseg.metrics.segmentation import EVALUATE_UNITS, RATER_UNITS, evaluate
 
-    pred = read_nifti(args.pred)
-    truth = read_nifti(args.truth)
-    raters = [read_nifti(r) for r in (args.raters or [])]
-    for vol, what in [(pred, "prediction"), (truth, "truth")] + [(r, "rater") for r in raters]:
-        if vol.data.ndim != 3:
-            raise UserError(f"{vol.name} is {vol.data.ndim}-D {tuple(vol.data.shape)}; evaluate compares 3-D maps.")
-        _check_unit(vol, what)
+    pred = _read_unit(args.pred, "prediction")
+    truth = _read_unit(args.truth, "truth")
+    raters = [_read_unit(r, "rater") for r in (args.raters or [])]
     for other in [truth, *raters]:
         check_same_grid(pred, other)
     result = evaluate(pred.data, truth.data, raters=[r.data for r in raters] or None, spacing=pred.spacing,

@@ -45,26 +45,65 @@ def staple_options(args) -> dict:
     return opts
 
 
-def run(args) -> int:
-    import numpy as np
-
+def check(args) -> None:
+    """Settings and outputs, before any work."""
+    from napari_softseg.commands import guard
     from napari_softseg.errors import UserError
-    from napari_softseg.fusion.methods import fuse, rater_statistics
-    from napari_softseg.io.jsondoc import write_json
-    from napari_softseg.io.nifti import check_same_grid, read_nifti, write_nifti
+    from napari_softseg.io.checks import check_count, check_positive, check_probability, check_threshold
+    from napari_softseg.io.outputs import Output
 
     if len(args.raters) < 2:
         raise UserError(f"Fusion needs at least two rater files, got {len(args.raters)}.")
-    vols = [read_nifti(path) for path in args.raters]
-    ref = vols[0]
-    for v in vols:
-        if v.data.ndim != 3:
-            raise UserError(f"{v.name} is {v.data.ndim}-D {tuple(v.data.shape)}; raters must be 3-D masks or label maps.")
-    for v in vols[1:]:
-        check_same_grid(ref, v)
+    check_threshold(args.threshold, "--threshold")
+    if args.n_classes is not None:
+        check_count(args.n_classes, "--n-classes", minimum=2, maximum=256)
+    if args.max_iter is not None:
+        check_count(args.max_iter, "--max-iter")
+    if args.tol is not None:
+        check_positive(args.tol, "--tol")
+    if args.prior is not None:
+        check_probability(args.prior, "--prior")
     opts = staple_options(args)
     if opts and args.method not in ("staple", "soft-staple"):
         raise UserError(f"--{next(iter(opts)).replace('_', '-')} applies to STAPLE, not to the {args.method} method.")
+    outputs = [Output("-o", args.output, "nifti"), Output("--hard", args.hard, "nifti"),
+               Output("--report", args.report, "json")]
+    guard(outputs, [("RATER", r) for r in args.raters])
+
+
+def _read_raters(paths: list[str], labels: bool):
+    """The rater volumes (3-D, one grid); soft maps (``labels`` False) within the stated
+    overshoot of [0, 1] are clipped, with a note."""
+    from napari_softseg.commands import read_input, say
+    from napari_softseg.errors import UserError
+    from napari_softseg.io.nifti import check_same_grid, clip_note, clip_soft
+
+    vols = [read_input(path) for path in paths]
+    for v in vols:
+        if v.data.ndim != 3:
+            raise UserError(f"{v.name} is {v.data.ndim}-D {tuple(v.data.shape)}; raters must be 3-D masks or label maps.")
+        check_same_grid(vols[0], v)
+        if not labels and v.data.dtype.kind == "f":
+            v.data, change = clip_soft(v.data, v.name)
+            if change:
+                say(clip_note(v.name, change))
+    return vols
+
+
+def run(args) -> int:
+    from napari_softseg.commands.interrupts import preload
+
+    check(args)
+    preload("numpy", "nibabel", "scipy.ndimage", "scipy.special")
+    import numpy as np
+
+    from napari_softseg.fusion.methods import fuse, rater_statistics
+    from napari_softseg.io.jsondoc import write_json
+    from napari_softseg.io.nifti import write_nifti
+
+    vols = _read_raters(args.raters, labels=args.n_classes is not None)
+    ref = vols[0]
+    opts = staple_options(args)
     raters = [v.data for v in vols]
     result = fuse(raters, args.method, n_classes=args.n_classes, threshold=args.threshold, **opts)
     if args.method == "majority":

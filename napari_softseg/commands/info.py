@@ -31,10 +31,13 @@ def describe(vol) -> dict:
 
 
 def run(args) -> int:
-    from napari_softseg.io.nifti import check_same_grid, read_nifti
+    from napari_softseg.commands import read_input
+    from napari_softseg.commands.interrupts import preload
+    from napari_softseg.io.nifti import check_same_grid
 
-    vol = read_nifti(args.image)
-    masks = [read_nifti(m) for m in args.mask]
+    preload("numpy", "nibabel")
+    vol = read_input(args.image)
+    masks = [read_input(m) for m in args.mask]
     for m in masks:
         check_same_grid(vol, m)
     infos = [describe(v) for v in [vol, *masks]]

@@ -74,27 +74,56 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _parse_threshold(text: str | None, config: dict) -> float | None:
+def _parse_threshold(text: str | None) -> float | str | None:
+    """None, ``"auto"`` or a threshold strictly between 0 and 1."""
+    from napari_softseg.io.checks import check_threshold
+
     if text is None:
         return None
     if text.strip().lower() == "auto":
-        return float(config.get("threshold", 0.5))
+        return "auto"
     try:
         value = float(text)
     except ValueError:
         raise UserError(f"--threshold must be a number between 0 and 1 or 'auto', got {text!r}.") from None
-    if not 0.0 < value < 1.0:
-        raise UserError(f"--threshold must lie strictly between 0 and 1, got {value}.")
-    return value
+    return check_threshold(value, "--threshold")
+
+
+def check(args: argparse.Namespace) -> float | str | None:
+    """Settings and outputs, before any work; returns the parsed threshold."""
+    from napari_softseg.commands import guard
+    from napari_softseg.io.checks import check_count
+    from napari_softseg.io.outputs import Output
+
+    threshold = _parse_threshold(args.threshold)
+    if args.mc_samples is not None:
+        check_count(args.mc_samples, "--mc-samples", minimum=0)
+    if args.batch_size is not None:
+        check_count(args.batch_size, "--batch-size")
+    if args.mask_out and threshold is None:
+        raise UserError("--mask-out names the mask written with --threshold; give --threshold too.")
+    if args.entropy_out and not args.uncertainty:
+        raise UserError("--entropy-out names the map written with --uncertainty; give --uncertainty too.")
+    out = Path(args.out)
+    outputs = [Output("-o", out, "nifti")]
+    if threshold is not None:
+        outputs.append(Output("--mask-out", Path(args.mask_out) if args.mask_out else _sibling(out, "_mask"), "nifti"))
+    if args.uncertainty:
+        outputs.append(Output("--entropy-out", Path(args.entropy_out) if args.entropy_out else _sibling(out, "_entropy"),
+                              "nifti"))
+    inputs = [("IMAGE", p) for p in args.images] + [("--model", args.model)]
+    guard(outputs, inputs)
+    return threshold
 
 
 def read_contrasts(paths: list[str]):
     """Read one or more NIfTI files of the same grid; return (reference volume, (X,Y,Z[,C]) array)."""
     import numpy as np
 
-    from napari_softseg.io.nifti import check_same_grid, read_nifti
+    from napari_softseg.commands import read_input
+    from napari_softseg.io.nifti import check_same_grid
 
-    volumes = [read_nifti(p) for p in paths]
+    volumes = [read_input(p) for p in paths]
     reference = volumes[0]
     for other in volumes[1:]:
         check_same_grid(reference, other)
@@ -108,21 +137,20 @@ def read_contrasts(paths: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_softseg.commands.interrupts import preload
+
+    threshold = check(args)
+    preload("numpy", "nibabel", "torch", "scipy.ndimage", "napari_softseg.engine.predict")
     import numpy as np
 
     from napari_softseg.engine.predict import TTA_FLIPS, Prediction, load_model, predict_volume
-    from napari_softseg.io.nifti import is_nifti_path, write_nifti
+    from napari_softseg.io.nifti import write_nifti
 
     out = Path(args.out)
-    if not is_nifti_path(out):
-        raise UserError(f"{out.name}: output must end in .nii or .nii.gz.")
-    if args.mc_samples is not None and args.mc_samples < 0:
-        raise UserError("--mc-samples must be 0 or more.")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1.")
     model = load_model(args.model)
     config = model.softseg_config
-    threshold = _parse_threshold(args.threshold, config)
+    if threshold == "auto":
+        threshold = float(config.get("threshold", 0.5))
     reference, data = read_contrasts(args.images)
     n_channels = data.shape[3] if data.ndim == 4 else 1
     if n_channels != model.in_channels:

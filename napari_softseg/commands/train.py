@@ -125,22 +125,71 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def run(args) -> int:
-    from pathlib import Path
-
-    from napari_softseg.engine.training import distributed
-    from napari_softseg.engine.training.data import TrainingData
-    from napari_softseg.engine.devices import resolve_device
+def check(args) -> None:
+    """Settings and outputs, before any work (the rest of the settings: ``TrainConfig.validate``)."""
+    from napari_softseg.commands import guard
+    from napari_softseg.engine.limits import ARCHITECTURE_LIMITS, MAX_WIDEST_LEVEL, widest_level
     from napari_softseg.errors import UserError
-    from napari_softseg.engine.training.train import TrainConfig, train
+    from napari_softseg.io.checks import check_count, check_positive
+    from napari_softseg.io.outputs import Output
 
-    out = Path(args.out)
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise UserError(f"Cannot write {out.name}: folder {out.parent} does not exist.")
-    if args.label is not None and args.fusion not in (None,):
+    if args.label is not None and args.fusion is not None:
         raise UserError("--fusion combines several --rater files; it does not apply to --label.")
     if args.rater is not None and args.fusion is None:
         raise UserError("--rater needs --fusion average, majority, staple or random.")
+    for value, name in [(args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.patience, "--patience")]:
+        check_count(value, name)
+    check_count(args.depth, "--depth", maximum=ARCHITECTURE_LIMITS["depth"])
+    check_count(args.features, "--features", maximum=ARCHITECTURE_LIMITS["base_features"])
+    if widest_level(args.depth, args.features) > MAX_WIDEST_LEVEL:
+        raise UserError(f"--depth {args.depth} with --features {args.features} gives {widest_level(args.depth, args.features)} "
+                        f"feature maps at the deepest level, more than {MAX_WIDEST_LEVEL}; lower one of them.")
+    if args.threads is not None:
+        check_count(args.threads, "--threads")
+    check_count(args.seed, "--seed", minimum=0)
+    check_positive(args.lr, "--lr")
+    if not 0.0 <= args.dropout < 1.0:
+        raise UserError(f"--dropout must lie in [0, 1), got {args.dropout:g}.")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UserError(f"--val-fraction must lie in [0, 1), got {args.val_fraction:g}.")
+    parse_crop(args.crop)
+    inputs = [("--image", p) for p in args.image] + [("--label", p) for p in args.label or []]
+    inputs += [("--rater", p) for p in args.rater or []] + ([("--init", args.init)] if args.init else [])
+    guard([Output("--out", args.out, "checkpoint")], inputs)
+
+
+def _interrupt_handler(cancel):
+    """First Ctrl-C: stop at the next step and write the best weights; the second: stop now
+    (the best weights of the last improvement are already on disk)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None  # started with Ctrl-C ignored (nohup, background job): keep it so
+
+    def on_interrupt(signum, frame):
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    return signal.signal(signal.SIGINT, on_interrupt)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from napari_softseg.commands import interrupts
+
+    check(args)
+    interrupts.preload("numpy", "nibabel", "scipy.ndimage", "scipy.special", "torch",
+                       "napari_softseg.engine.training.train", "napari_softseg.engine.predict")
+    from napari_softseg.engine.devices import resolve_device
+    from napari_softseg.engine.predict import resolve_model_path
+    from napari_softseg.engine.training import distributed
+    from napari_softseg.engine.training.data import TrainingData
+    from napari_softseg.engine.training.train import TrainConfig, train
+    from napari_softseg.errors import UserError
+
+    out = Path(args.out)
+    init = resolve_model_path(args.init) if args.init else None
     config = TrainConfig(
         preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         crop_size=parse_crop(args.crop), depth=args.depth, base_features=args.features, dropout=args.dropout,
@@ -151,17 +200,14 @@ def run(args) -> int:
     data = TrainingData.from_nifti(args.image, args.label, raters=args.rater, fusion=args.fusion)
     ctx = distributed.init_from_env(resolve_device(args.device))
     cancel = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def on_interrupt(signum, frame):  # first Ctrl-C: stop cleanly; second: default
-            cancel.set()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = _interrupt_handler(cancel)
     bar = ProgressBar() if ctx.is_main and not args.quiet else None
     last = None
-    events = train(config, data, init=args.init, cancel=cancel, checkpoint_path=out)
+    events = train(config, data, init=init, cancel=cancel, checkpoint_path=out)
     try:
         for last in events:
+            if last.kind == "epoch" and last.best_epoch:
+                interrupts.set_note(f"the best weights so far (epoch {last.best_epoch}) are in {out}")
             if bar is not None:
                 bar.update(last)
     finally:

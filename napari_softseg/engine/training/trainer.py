@@ -255,6 +255,8 @@ class Trainer:
                                 "(the best weights so far were kept).")
                 best.offer(monitored, self.model, epoch, cfg.early_stop_eps)
                 history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr})
+                if best.epoch == epoch:
+                    self._save_best_so_far(best, history, start_loss)
                 yield TrainEvent("epoch", "validate", epoch, step=self.steps, train_loss=train_loss, val_loss=val_loss,
                                  val_dice=val_dice, best_val_loss=best.loss, best_epoch=best.epoch, lr=lr,
                                  eta_seconds=clock.eta(), elapsed_seconds=clock.elapsed(), start_loss=start_loss,
@@ -364,6 +366,19 @@ class Trainer:
             "distributed": {"world_size": self.ctx.world_size, "samples_per_rank": [len(r) for r in ranks],
                             "shards_disjoint": len(set().union(*map(set, ranks))) == sum(len(r) for r in ranks)},
         }
+
+    def _save_best_so_far(self, best: "_Best", history: list, start_loss) -> None:
+        """Write the weights of an improving epoch at once (atomically), so that a run stopped
+        at any moment, even by a second Ctrl-C or a crash, keeps its best weights so far. The
+        run's final write replaces this file with the threshold and the full record."""
+        summary = {
+            "status": "interrupted", "epochs_run": len(history), "start_epoch": self.start_epoch,
+            "message": f"Training stopped before it finished; these are the best weights so far (epoch {best.epoch}).",
+            "epochs_total": self.start_epoch + best.epoch, "best_epoch": best.epoch, "best_val_loss": _finite(best.loss),
+            "start_val_loss": start_loss, "history": list(history), "init": self.init_name,
+            "n_volumes": self.data.n_volumes, "device": str(self.device), "config": self.config.to_dict(),
+        }
+        self._save(self.checkpoint_path, float((self.init_config or {}).get("threshold", 0.5)), summary)
 
     def _save(self, path: Path, threshold: float, summary: dict) -> None:
         """Write the model (its best weights, loaded) with its configuration; rank 0 only."""
