@@ -123,7 +123,7 @@ def test_failed_save_leaves_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(UserError, match=r"^Cannot write m\.pt: disk full in "):  # one sentence naming the file
+    with pytest.raises(UserError, match=r"^Cannot write m\.pt: disk full \(in "):  # one sentence naming the file
         save_checkpoint(path, model, make_config(model, threshold=0.6))
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]

@@ -26,6 +26,7 @@ from napari_softseg.engine.model import InferenceUNet, UNet
 from napari_softseg.engine.preprocess import apply_zscore, resample_inplane, zscore_stats
 from napari_softseg.engine.preprocess import choose_slice_axis as coarsest_axis
 from napari_softseg.errors import UserError
+from napari_softseg.io.checks import as_spacing, as_volume
 from napari_softseg.metrics.calibration import entropy
 
 __all__ = [
@@ -165,11 +166,9 @@ def _config_of(model: torch.nn.Module) -> dict:
 
 def _checked_image(model: UNet, array, config: dict) -> np.ndarray:
     """``array`` as a numeric ``(X, Y, Z[, C])`` array with the model's number of contrasts."""
-    array = np.asarray(array)
-    if array.ndim not in (3, 4) or 0 in array.shape:
+    array = as_volume(array, "the image")
+    if array.ndim not in (3, 4):
         raise UserError(f"Expected a 3-D (X, Y, Z) or 4-D (X, Y, Z, C) image, got shape {array.shape}.")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise UserError(f"The image has a non-numeric data type ({array.dtype}).")
     n_channels = array.shape[3] if array.ndim == 4 else 1
     if n_channels != model.in_channels:
         names = config.get("contrasts") or []
@@ -318,6 +317,7 @@ def predict_volume(
         raise TypeError("predict_volume expects a napari_softseg UNet (see load_model).")
     config = _config_of(model)
     array = _checked_image(model, array, config)
+    spacing = None if spacing is None else as_spacing(spacing)
     slice_axis = _resolve_slice_axis(slice_axis, config, spacing)
     if batch_size < 1 or mc_samples < 0 or tta < 0:
         raise UserError("batch_size must be at least 1 and mc_samples, tta at least 0.")

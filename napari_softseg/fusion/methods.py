@@ -37,6 +37,7 @@ import numpy as np
 
 from napari_softseg.errors import UserError
 from napari_softseg.fusion.staple import StapleResult, soft_staple, staple
+from napari_softseg.io.checks import check_threshold
 from napari_softseg.io.geometry import spacing_volume
 from napari_softseg.labels.masks import binarize
 from napari_softseg.labels.raters import check_raters, check_unit_range, class_labels, label_dtype
@@ -174,6 +175,7 @@ def fuse(raters: Sequence[np.ndarray], method: str = "average", *, n_classes: in
         cls = METHODS[method]
     except KeyError:
         raise UserError(f"Unknown fusion method {method!r}; choose one of {', '.join(METHODS)}.") from None
+    check_threshold(threshold, "threshold")
     unknown = sorted(set(options) - set(cls.options))
     if unknown:
         raise UserError(f"Fusion method {method!r} does not take option(s) {', '.join(unknown)}.")

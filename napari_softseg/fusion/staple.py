@@ -69,6 +69,7 @@ from typing import Sequence
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.io.checks import check_count, check_positive, check_probability, check_threshold
 from napari_softseg.labels.masks import binarize
 from napari_softseg.labels.raters import check_raters, check_unit_range, class_labels, label_dtype
 
@@ -385,6 +386,8 @@ def staple(
         Binarisation of binary/soft rater maps.
     """
     arrays = check_raters(raters)
+    check_positive(tol, "tol")
+    check_threshold(threshold, "threshold")
     multiclass = _check_staple_options(arrays, n_classes, max_iter, prior, init_sensitivity, init_specificity)
     if prior is not None and np.ndim(prior) > 0 and np.shape(prior) == arrays[0].shape:  # per-voxel prior
         check_unit_range(arrays, n_classes is not None)
@@ -418,8 +421,9 @@ def _check_staple_options(arrays, n_classes, max_iter, prior, init_sensitivity, 
     """Raise :class:`UserError` for options that do not go together; True for multi-class."""
     if n_classes is not None and int(n_classes) < 2:
         raise UserError(f"n_classes must be at least 2, got {n_classes}.")
-    if max_iter < 1:
-        raise UserError(f"max_iter must be at least 1, got {max_iter}.")
+    check_count(max_iter, "max_iter")
+    if prior is not None and np.ndim(prior) == 0:
+        check_probability(prior, "prior")
     multiclass = n_classes is not None and int(n_classes) > 2
     if not multiclass:
         return False
@@ -459,6 +463,10 @@ def soft_staple(
     """
     arrays = check_raters(raters)
     check_unit_range(arrays)
+    check_positive(tol, "tol")
+    check_count(max_iter, "max_iter")
+    if prior is not None and np.ndim(prior) == 0:
+        check_probability(prior, "prior")
     shape = arrays[0].shape
     D, active, consensus = _rater_stack(arrays, restrict_to_disagreement)
     M = D.shape[1]

@@ -19,6 +19,10 @@ Conventions
   with a non-empty truth → precision NaN; an empty truth with a non-empty prediction →
   recall NaN; an empty truth → RVD and AVD NaN. :func:`segmentation_scores` and
   :func:`evaluate` report the reason for every NaN under ``"nan_reasons"``.
+* **Inputs** are checked at the boundary with the sentences of the command line
+  (:mod:`napari_softseg.io.checks`): predictions and truths are numeric arrays with voxels
+  (not empty, not 0-d: Dice of no voxels is no result), of one shape, with values in
+  [0, 1] and no NaN; voxel sizes are finite and > 0; thresholds lie strictly between 0 and 1.
 * **Lesions** are 3-D connected components (18-connectivity by default; 6/18/26 in 3-D,
   4/8 in 2-D) labelled as int32, so counts above 255 do not wrap. Soft predictions are
   thresholded, never cast to int.
@@ -31,6 +35,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from napari_softseg.errors import UserError
+from napari_softseg.io.checks import as_spacing, as_volume, check_threshold, check_unit_interval
 from napari_softseg.io.geometry import spacing_volume
 from napari_softseg.labels.levels import soft_volume
 from napari_softseg.labels.masks import binarize
@@ -52,9 +58,22 @@ EVALUATE_UNITS: dict[str, str] = {
 RATER_UNITS: dict[str, str] = {"entropy_mae": "bits", "entropy_voxel_mae": "bits", "image_entropy_pred": "bits", "image_entropy_raters": "bits"}
 
 
+def checked_pair(pred, truth, what: tuple[str, str] = ("the prediction", "the truth")) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``truth`` as arrays of one shape with values in [0, 1] (see the module
+    docstring), or a :class:`~napari_softseg.errors.UserError`."""
+    p, t = as_volume(pred, what[0]), as_volume(truth, what[1])
+    if p.shape != t.shape:
+        raise UserError(f"{what[0][:1].upper() + what[0][1:]} has shape {p.shape} but {what[1]} has shape {t.shape}; "
+                        "they must lie on one voxel grid.")
+    check_unit_interval(p, what[0])
+    check_unit_interval(t, what[1])
+    return p, t
+
+
 def volume(mask, spacing: Sequence[float] = (1.0, 1.0, 1.0), *, threshold: float = 0.5) -> float:
     """Volume in mm³ of the binarised ``mask``."""
-    return float(np.count_nonzero(binarize(np.asarray(mask), threshold))) * spacing_volume(spacing)
+    mask = as_volume(mask, "the mask")
+    return float(np.count_nonzero(binarize(mask, threshold))) * spacing_volume(as_spacing(spacing))
 
 
 @dataclass
@@ -76,10 +95,8 @@ class Counts:
 
 
 def confusion_counts(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5) -> Counts:
-    p = binarize(np.asarray(pred), threshold)
-    t = binarize(np.asarray(truth), truth_threshold)
-    if p.shape != t.shape:
-        raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
+    p, t = checked_pair(pred, truth)
+    p, t = binarize(p, threshold), binarize(t, truth_threshold)
     tp = int(np.count_nonzero(p & t))
     n_p, n_t = int(np.count_nonzero(p)), int(np.count_nonzero(t))
     return Counts(tp, n_p - tp, n_t - tp, p.size - n_p - n_t + tp)
@@ -88,8 +105,8 @@ def confusion_counts(pred, truth, *, threshold: float = 0.5, truth_threshold: fl
 def segmentation_scores(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5,
                         spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
     """Dice, precision, recall, AVD, RVD (%) and volumes (mm³), with ``nan_reasons``."""
+    vv = spacing_volume(as_spacing(spacing))
     c = confusion_counts(pred, truth, threshold=threshold, truth_threshold=truth_threshold)
-    vv = spacing_volume(spacing)
     reasons: dict[str, str] = {}
     both_empty = c.n_pred == 0 and c.n_truth == 0
     out = {"dice": 100.0 if both_empty else 200.0 * c.tp / (c.n_pred + c.n_truth)}
@@ -142,9 +159,7 @@ def avd(pred, truth, *, threshold: float = 0.5, truth_threshold: float = 0.5, sp
 
 def mse(pred, truth, *, mask=None) -> float:
     """Mean squared error ``mean((p - t)^2)`` against a (soft) truth."""
-    p, t = np.asarray(pred), np.asarray(truth)
-    if p.shape != t.shape:
-        raise ValueError(f"prediction shape {p.shape} and truth shape {t.shape} differ.")
+    p, t = checked_pair(pred, truth)
     d = p.astype(np.float32, copy=False) - t.astype(np.float32, copy=False)
     if mask is not None:
         d = d[np.asarray(mask, dtype=bool)]
@@ -167,8 +182,8 @@ def brier(pred, truth, *, class_axis: int | None = None, mask=None) -> float:
 
 def soft_dice(pred, truth) -> float:
     """Soft Dice ``2 sum(p t) / (sum p + sum t)`` in % (100 when both sums are 0)."""
-    p = np.asarray(pred, dtype=np.float32).ravel()
-    t = np.asarray(truth, dtype=np.float32).ravel()
+    p, t = checked_pair(pred, truth)
+    p, t = p.astype(np.float32, copy=False).ravel(), t.astype(np.float32, copy=False).ravel()
     denom = float(p.sum(dtype=np.float64) + t.sum(dtype=np.float64))
     return 100.0 if denom == 0 else 200.0 * float(np.dot(p.astype(np.float64), t)) / denom
 
@@ -282,10 +297,11 @@ def evaluate(pred, truth, *, raters: Sequence[np.ndarray] | None = None, spacing
         The keys of :data:`EVALUATE_UNITS` (plus :data:`RATER_UNITS` with raters) as floats,
         and ``nan_reasons`` (metric → sentence) for every NaN.
     """
-    pred = np.asarray(pred)
-    truth = np.asarray(truth)
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} and truth shape {truth.shape} differ.")
+    pred, truth = checked_pair(pred, truth)
+    spacing = as_spacing(spacing)
+    check_threshold(threshold, "threshold")
+    check_threshold(truth_threshold, "truth_threshold")
+    raters = [checked_pair(pred, r, ("the prediction", f"rater {j}"))[1] for j, r in enumerate(raters or [], 1)] or None
     out = segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold, spacing=spacing)
     reasons = out.pop("nan_reasons")
     p_soft = pred if pred.dtype.kind == "f" else pred.astype(np.float32)
@@ -298,9 +314,7 @@ def evaluate(pred, truth, *, raters: Sequence[np.ndarray] | None = None, spacing
     reasons.update(det.nan_reasons)
     out.update(ltpr=det.ltpr, lfdr=det.lfdr, n_truth_lesions=det.n_truth, n_pred_lesions=det.n_pred,
                n_detected_lesions=det.n_detected, n_false_lesions=det.n_false)
-    if raters is not None and len(raters) > 0:
-        if any(np.shape(r) != pred.shape for r in raters):
-            raise ValueError("every rater must have the prediction's shape.")
+    if raters is not None:
         avg = rater_average(raters)
         out["brier"] = brier(p_soft, avg, mask=mask)
         out["image_entropy_pred"] = image_entropy(p_soft, mask=mask)

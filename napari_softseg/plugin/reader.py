@@ -7,7 +7,8 @@
   paired with that scan and must lie on its grid.
 
 Problems a user can cause are shown as one-sentence napari notifications; the file is then
-claimed but nothing is added (``[(None,)]``), so napari shows no traceback dialog.
+claimed but nothing is added (``[(None,)]``), so napari shows no traceback dialog. Notes on
+how a file was read (NaN voxels taken as background) are shown as information.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable, Sequence, Union
 from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import NiftiVolume, check_same_grid, is_nifti_path, read_nifti, same_grid
 from napari_softseg.plugin.layers import channel_layers, layers_for_volume
-from napari_softseg.plugin.notify import notify_error
+from napari_softseg.plugin.notify import notify_error, notify_info
 
 PathOrPaths = Union[str, Sequence[str]]
 
@@ -46,6 +47,8 @@ def layer_data(path: PathOrPaths) -> list[tuple]:
     """Like :func:`read_layers` but raises :class:`UserError` (for the CLI and tests)."""
     paths = _as_list(path)
     volumes = [read_nifti(p) for p in paths]
+    for note in (n for v in volumes for n in v.notes):
+        notify_info(note)
     if len(volumes) == 1:
         return layers_for_volume(volumes[0])
     return _group(volumes)

@@ -46,8 +46,10 @@ def _write(path: str, data: Any, meta: dict, dtype) -> list[str]:
 
 
 def write_image(path: str, data: Any, meta: dict) -> list[str]:
+    """Soft maps as float32; a scan written back keeps its source's data type when its values
+    allow it (:func:`napari_softseg.io.nifti.write_nifti`), other floats become float32."""
     arr = np.asarray(data)
-    dtype = np.float32 if classify(arr) == "soft" or np.issubdtype(arr.dtype, np.floating) else None
+    dtype = np.float32 if classify(arr) == "soft" else None
     return _write(path, arr, meta, dtype)
 
 
