@@ -1,5 +1,6 @@
 """Checkpoint round trip, safe loading and clear errors."""
 
+import errno
 import json
 import os
 import pickle
@@ -119,11 +120,11 @@ def test_failed_save_leaves_old_file(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "m.pt", model, make_config(model, threshold=0.4))
     before = path.read_bytes()
 
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
+    def boom(*args, **kwargs):  # the disk fills up while the file is written
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(UserError, match=r"^Cannot write m\.pt: disk full \(in "):  # one sentence naming the file
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(UserError, match=r"^Cannot write m\.pt: the disk holding .* is full "):  # one sentence naming the file
         save_checkpoint(path, model, make_config(model, threshold=0.6))
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]

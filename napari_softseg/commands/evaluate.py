@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -46,15 +47,16 @@ def _read_unit(path: str, what: str):
     from napari_softseg.io.nifti import clip_note, clip_soft
 
     vol = read_input(path)
+    label = f"{Path(path).name} ({what})"
     if vol.data.ndim != 3:
         raise UserError(f"{vol.name} is {vol.data.ndim}-D {tuple(vol.data.shape)}; evaluate compares 3-D maps.")
     if vol.data.dtype.kind in "iu" and (vol.data.min() < 0 or vol.data.max() > 1):
         raise UserError(f"{vol.name} ({what}) holds values from {vol.data.min()} to {vol.data.max()}; "
                         "evaluate expects masks or probabilities in [0, 1].")
     if vol.data.dtype.kind == "f":
-        vol.data, change = clip_soft(vol.data, f"{vol.name} ({what})")
+        vol.data, change = clip_soft(vol.data, label)
         if change:
-            say(clip_note(f"{vol.name} ({what})", change))
+            say(clip_note(label, change))
     return vol
 
 

@@ -84,9 +84,9 @@ def _read_raters(paths: list[str], labels: bool):
             raise UserError(f"{v.name} is {v.data.ndim}-D {tuple(v.data.shape)}; raters must be 3-D masks or label maps.")
         check_same_grid(vols[0], v)
         if not labels and v.data.dtype.kind == "f":
-            v.data, change = clip_soft(v.data, v.name)
+            v.data, change = clip_soft(v.data, v.path.name)
             if change:
-                say(clip_note(v.name, change))
+                say(clip_note(v.path.name, change))
     return vols
 
 

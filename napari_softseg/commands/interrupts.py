@@ -3,7 +3,8 @@
 * While a command imports its heavy libraries (torch, nibabel, scipy), SIGINT is held back
   (:func:`quiet_imports`): an interrupt raised inside an extension module's initialisation can
   abort the process or leave a half-imported module behind (seen as a ``RecursionError`` or a
-  C++ ``terminate``). The held-back interrupt takes effect as soon as the imports are done.
+  C++ ``terminate`` of pybind11). The held-back interrupt takes effect as soon as the imports
+  are done.
 * Elsewhere it raises :class:`KeyboardInterrupt` as usual: atomic writes remove their
   temporary file, and :func:`napari_softseg.commands.main` prints
   ``napari-softseg COMMAND: interrupted`` plus the command's :func:`note` (e.g. where the best
@@ -42,15 +43,27 @@ def _main_thread() -> bool:
 
 @contextmanager
 def quiet_imports() -> Iterator[None]:
-    """Hold SIGINT back during the block (main thread only); deliver it afterwards."""
-    if not _main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Hold SIGINT back during the block and act on it afterwards (main thread only).
+
+    The Python-level handler is swapped for one that only records the interrupt: blocking the
+    signal for the main thread would not do, since the operating system hands it to any
+    thread that does not block it (numpy's and torch's worker threads) and Python then runs
+    the handler in the main thread all the same."""
+    if not _main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored (or default): nothing to defer
+        yield
+        return
+    seen: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, previous)
+    if seen:
+        previous(signal.SIGINT, None)
 
 
 def preload(*modules: str) -> None:

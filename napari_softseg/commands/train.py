@@ -179,7 +179,8 @@ def run(args) -> int:
     from napari_softseg.commands import interrupts
 
     check(args)
-    interrupts.preload("numpy", "nibabel", "scipy.ndimage", "scipy.special", "torch",
+    # torch._dynamo is imported by the optimiser (seconds): held back from Ctrl-C like the rest
+    interrupts.preload("numpy", "nibabel", "scipy.ndimage", "scipy.special", "torch", "torch._dynamo",
                        "napari_softseg.engine.training.train", "napari_softseg.engine.predict")
     from napari_softseg.engine.devices import resolve_device
     from napari_softseg.engine.predict import resolve_model_path
@@ -226,4 +227,4 @@ def run(args) -> int:
     verb = {"cancelled": "Cancelled", "early_stopped": "Stopped early"}.get(last.status, "Finished")
     print(f"{verb} after {s.get('epochs_run', 0)} epochs: best validation loss {_fmt(last.best_val_loss)} "
           f"at epoch {last.best_epoch}, threshold {last.threshold:.2f}; model written to {last.checkpoint}")
-    return 130 if last.status == "cancelled" else 0
+    return 130 if last.status == "cancelled" or cancel.is_set() else 0  # Ctrl-C after the last step: 130 too

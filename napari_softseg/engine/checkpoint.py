@@ -35,6 +35,7 @@ epochs, best validation loss, data, seed, device ...).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -45,7 +46,7 @@ from typing import Any
 import torch
 
 from napari_softseg.errors import UserError
-from napari_softseg.io.atomic import atomic_open
+from napari_softseg.io.atomic import write_bytes_atomic
 from napari_softseg.engine.limits import check_architecture
 from napari_softseg.engine.model import ACTIVATIONS, UNet
 
@@ -186,9 +187,9 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
     except (TypeError, ValueError) as err:
         raise TypeError(f"checkpoint config is not JSON-serialisable: {err}") from None
     payload = {"format": FORMAT, "config": text, "state_dict": _clean_state_dict(model.state_dict())}
-    with atomic_open(path, "wb") as fh:
-        torch.save(payload, fh)
-    return path
+    buffer = io.BytesIO()  # serialised first: torch's zip writer hides a failed file write behind its own error
+    torch.save(payload, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -166,7 +166,7 @@ def _config_of(model: torch.nn.Module) -> dict:
 
 def _checked_image(model: UNet, array, config: dict) -> np.ndarray:
     """``array`` as a numeric ``(X, Y, Z[, C])`` array with the model's number of contrasts."""
-    array = as_volume(array, "the image")
+    array = as_volume(array, "The image")
     if array.ndim not in (3, 4):
         raise UserError(f"Expected a 3-D (X, Y, Z) or 4-D (X, Y, Z, C) image, got shape {array.shape}.")
     n_channels = array.shape[3] if array.ndim == 4 else 1

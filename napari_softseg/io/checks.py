@@ -40,17 +40,18 @@ from napari_softseg.errors import UserError
 
 def as_volume(data, what: str, *, ndim: Sequence[int] | None = None) -> np.ndarray:
     """``data`` as a numeric numpy array with at least one voxel, or a :class:`UserError`
-    naming ``what`` (e.g. "the prediction"). ``ndim``: the accepted numbers of dimensions."""
+    whose sentence starts with ``what`` (e.g. "The prediction", "Rater 2", "mask.nii.gz").
+    ``ndim``: the accepted numbers of dimensions."""
     arr = np.asarray(data)
     if arr.dtype.kind not in "biuf":
-        raise UserError(f"{_cap(what)} has data type {arr.dtype}; expected numbers (integers, floats or booleans).")
+        raise UserError(f"{what} has data type {arr.dtype}; expected numbers (integers, floats or booleans).")
     if arr.ndim == 0:
-        raise UserError(f"{_cap(what)} is a single number (a 0-d array); expected an image with voxels.")
+        raise UserError(f"{what} is a single number (a 0-d array); expected an image with voxels.")
     if 0 in arr.shape:
-        raise UserError(f"{_cap(what)} is empty (shape {arr.shape}), so it holds no voxels to work on.")
+        raise UserError(f"{what} is empty (shape {arr.shape}), so it holds no voxels to work on.")
     if ndim is not None and arr.ndim not in ndim:
         wanted = " or ".join(f"{n}-D" for n in ndim)
-        raise UserError(f"{_cap(what)} is {arr.ndim}-D (shape {arr.shape}); expected {wanted}.")
+        raise UserError(f"{what} is {arr.ndim}-D (shape {arr.shape}); expected {wanted}.")
     return arr
 
 
@@ -60,7 +61,7 @@ def check_finite(arr: np.ndarray, what: str) -> None:
         return
     bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
     if bad:
-        raise UserError(f"{_cap(what)} contains {bad} NaN or infinite value{'s' if bad > 1 else ''}.")
+        raise UserError(f"{what} contains {bad} NaN or infinite value{'s' if bad > 1 else ''}.")
 
 
 def check_unit_interval(arr: np.ndarray, what: str) -> None:
@@ -70,20 +71,20 @@ def check_unit_interval(arr: np.ndarray, what: str) -> None:
         return
     lo, hi = float(np.min(arr)), float(np.max(arr))
     if lo < 0.0 or hi > 1.0:
-        raise UserError(f"{_cap(what)} has values from {lo:g} to {hi:g}; expected a mask or probabilities in [0, 1].")
+        raise UserError(f"{what} has values from {lo:g} to {hi:g}; expected a mask or probabilities in [0, 1].")
 
 
-def as_spacing(spacing, what: str = "spacing") -> tuple[float, float, float]:
+def as_spacing(spacing, what: str = "Spacing") -> tuple[float, float, float]:
     """Three finite voxel sizes > 0 (mm), or a :class:`UserError`."""
     try:
         values = [float(v) for v in np.asarray(spacing, dtype=float).ravel()]
     except (TypeError, ValueError):
-        raise UserError(f"{_cap(what)} must be three voxel sizes in mm, got {spacing!r}.") from None
+        raise UserError(f"{what} must be three voxel sizes in mm, got {spacing!r}.") from None
     if len(values) != 3:
-        raise UserError(f"{_cap(what)} must be three voxel sizes in mm, got {len(values)} value(s).")
+        raise UserError(f"{what} must be three voxel sizes in mm, got {len(values)} value(s).")
     if not all(math.isfinite(v) and v > 0 for v in values):
         shown = ", ".join(f"{v:g}" for v in values)
-        raise UserError(f"{_cap(what)} ({shown}) must hold three finite voxel sizes greater than 0 mm.")
+        raise UserError(f"{what} ({shown}) must hold three finite voxel sizes greater than 0 mm.")
     return values[0], values[1], values[2]
 
 
@@ -170,7 +171,3 @@ def check_memory(nbytes: int, what: str) -> None:
             f"{what} would need {human_bytes(nbytes)} of memory, but this machine has "
             f"{human_bytes(available)} available ({human_bytes(total)} in all), so it was not loaded."
         )
-
-
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]

@@ -251,9 +251,12 @@ def _check_size(img, path: Path) -> None:
     scaled = _disk_scaling(img) != (1.0, 0.0)
     nbytes = n * (max(disk.itemsize, 8) if scaled and disk.kind in "iu" else disk.itemsize)
     dims = "×".join(str(s) for s in shape)
+    if 0 in shape:
+        raise UserError(f"{path.name} has an empty axis (shape {shape}), so it holds no voxels.")
     check_memory(nbytes, f"{path.name} ({dims} voxels of {disk.name})")
     if not path.name.lower().endswith(".gz"):
-        have = path.stat().st_size - int(header.get_data_offset())
+        offset = getattr(img.dataobj, "offset", None)
+        have = path.stat().st_size - int(header.get_data_offset() if offset is None else offset)
         need = n * disk.itemsize
         if have < need:
             raise UserError(

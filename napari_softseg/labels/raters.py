@@ -24,7 +24,7 @@ def check_raters(raters: Sequence[np.ndarray]) -> list[np.ndarray]:
     raters = list(raters)
     if not raters:
         raise UserError("Label fusion needs at least one rater map.")
-    arrays = [as_volume(r, f"rater {j}") for j, r in enumerate(raters, 1)]
+    arrays = [as_volume(r, f"Rater {j}") for j, r in enumerate(raters, 1)]
     shape = arrays[0].shape
     for j, a in enumerate(arrays[1:], start=2):
         if a.shape != shape:

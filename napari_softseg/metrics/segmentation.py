@@ -58,12 +58,12 @@ EVALUATE_UNITS: dict[str, str] = {
 RATER_UNITS: dict[str, str] = {"entropy_mae": "bits", "entropy_voxel_mae": "bits", "image_entropy_pred": "bits", "image_entropy_raters": "bits"}
 
 
-def checked_pair(pred, truth, what: tuple[str, str] = ("the prediction", "the truth")) -> tuple[np.ndarray, np.ndarray]:
+def checked_pair(pred, truth, what: tuple[str, str] = ("The prediction", "The truth")) -> tuple[np.ndarray, np.ndarray]:
     """``pred`` and ``truth`` as arrays of one shape with values in [0, 1] (see the module
-    docstring), or a :class:`~napari_softseg.errors.UserError`."""
+    docstring), or a :class:`~napari_softseg.errors.UserError`; ``what`` names them."""
     p, t = as_volume(pred, what[0]), as_volume(truth, what[1])
     if p.shape != t.shape:
-        raise UserError(f"{what[0][:1].upper() + what[0][1:]} has shape {p.shape} but {what[1]} has shape {t.shape}; "
+        raise UserError(f"{what[0]} has shape {p.shape} but {what[1][:1].lower() + what[1][1:]} has shape {t.shape}; "
                         "they must lie on one voxel grid.")
     check_unit_interval(p, what[0])
     check_unit_interval(t, what[1])
@@ -72,7 +72,7 @@ def checked_pair(pred, truth, what: tuple[str, str] = ("the prediction", "the tr
 
 def volume(mask, spacing: Sequence[float] = (1.0, 1.0, 1.0), *, threshold: float = 0.5) -> float:
     """Volume in mm³ of the binarised ``mask``."""
-    mask = as_volume(mask, "the mask")
+    mask = as_volume(mask, "The mask")
     return float(np.count_nonzero(binarize(mask, threshold))) * spacing_volume(as_spacing(spacing))
 
 
@@ -301,7 +301,7 @@ def evaluate(pred, truth, *, raters: Sequence[np.ndarray] | None = None, spacing
     spacing = as_spacing(spacing)
     check_threshold(threshold, "threshold")
     check_threshold(truth_threshold, "truth_threshold")
-    raters = [checked_pair(pred, r, ("the prediction", f"rater {j}"))[1] for j, r in enumerate(raters or [], 1)] or None
+    raters = [checked_pair(pred, r, ("The prediction", f"Rater {j}"))[1] for j, r in enumerate(raters or [], 1)] or None
     out = segmentation_scores(pred, truth, threshold=threshold, truth_threshold=truth_threshold, spacing=spacing)
     reasons = out.pop("nan_reasons")
     p_soft = pred if pred.dtype.kind == "f" else pred.astype(np.float32)
