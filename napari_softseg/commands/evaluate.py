@@ -49,9 +49,9 @@ def _read_unit(path: str, what: str):
     vol = read_input(path)
     label = f"{Path(path).name} ({what})"
     if vol.data.ndim != 3:
-        raise UserError(f"{vol.name} is {vol.data.ndim}-D {tuple(vol.data.shape)}; evaluate compares 3-D maps.")
+        raise UserError(f"{label} is {vol.data.ndim}-D {tuple(vol.data.shape)}; evaluate compares 3-D maps.")
     if vol.data.dtype.kind in "iu" and (vol.data.min() < 0 or vol.data.max() > 1):
-        raise UserError(f"{vol.name} ({what}) holds values from {vol.data.min()} to {vol.data.max()}; "
+        raise UserError(f"{label} holds values from {vol.data.min()} to {vol.data.max()}; "
                         "evaluate expects masks or probabilities in [0, 1].")
     if vol.data.dtype.kind == "f":
         vol.data, change = clip_soft(vol.data, label)

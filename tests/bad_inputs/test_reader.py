@@ -229,3 +229,12 @@ def test_reading_never_changes_the_file(tmp_path):
     before = digest(tmp_path)
     read_nifti(path)
     assert digest(tmp_path) == before and os.stat(path).st_size > 0
+
+
+def test_evaluate_refuses_a_label_map_and_a_4d_map(capsys, own):
+    labels = save(own.folder / "labels.nii.gz", np.indices((16, 16, 6))[0] % 3, dtype=np.uint8)
+    four = save(own.folder / "four.nii.gz", np.zeros((16, 16, 6, 2), np.float32))
+    refused(capsys, own.folder, ["evaluate", "--pred", own.soft, "--truth", labels],
+            "labels.nii.gz (truth) holds values from 0 to 2; evaluate expects masks or probabilities in [0, 1].")
+    refused(capsys, own.folder, ["evaluate", "--pred", four, "--truth", own.a],
+            "four.nii.gz (prediction) is 4-D (16, 16, 6, 2); evaluate compares 3-D maps.")
