@@ -189,6 +189,27 @@ def test_a_peers_failure_stops_this_process_with_the_same_sentence(data, tmp_pat
     assert done.message.startswith("Training ran out of memory with batch size 2 and crop 24x24 on cpu in validation")
 
 
+def test_other_errors_under_torchrun_stop_every_process_too(data, tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise RuntimeError("shapes cannot be multiplied")
+
+    _distributed(monkeypatch, _Peer(), rank=1)
+    monkeypatch.setattr(trainer_module.Trainer, "_predict", bug)
+    done = list(train(_config(), data, checkpoint_path=tmp_path / "m.pt"))[-1]
+    assert done.status == "failed" and done.message.startswith("Training failed (validation): shapes cannot be multiplied.")
+
+    class Broken(_Peer):  # the other process hit that error
+        def all_reduce_sum(self, ctx, *tensors):
+            super().all_reduce_sum(ctx, *tensors)
+            if self.reductions == 3:
+                tensors[-1][-1] += 1.0
+
+    monkeypatch.undo()
+    _distributed(monkeypatch, Broken(), rank=0)
+    done = list(train(_config(), data, checkpoint_path=tmp_path / "n.pt"))[-1]
+    assert done.message.startswith("Training failed in another torchrun process; see its error output.")
+
+
 def test_a_failed_process_makes_the_same_collectives_as_its_peer(data, tmp_path, monkeypatch):
     """The process that runs out of memory and the one that does not issue the same sequence
     of collectives, so neither waits for the other."""

@@ -230,3 +230,17 @@ def test_release_memory_empties_the_cuda_cache_only_where_cuda_runs(monkeypatch)
     devices.release_memory("cuda:0")
     devices.release_memory("cpu")
     assert calls == ["cuda"]
+
+
+def test_strict_float32_turns_tf32_off_on_cuda_only_while_inside():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True  # cuDNN's default
+        with devices.strict_float32("cuda:0"):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+        with devices.strict_float32("cpu"):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before

@@ -1,6 +1,7 @@
 """Compute devices, precision, memory and host-device transfers, shared by training and inference.
 
-Nothing here changes global torch settings; every choice is returned to the caller.
+Nothing here changes global torch settings for good; every choice is returned to the caller
+(:func:`strict_float32` changes two flags while its context lasts).
 
 * **Which device.** ``"auto"`` picks a CUDA GPU that the installed PyTorch has kernels for
   (:func:`kernels_cover`), then Apple MPS, then the CPU. The environment variable
@@ -38,6 +39,7 @@ __all__ = [
     "autocast_dtype",
     "training_dtype",
     "autocast",
+    "strict_float32",
     "cuda_capability",
     "kernels_cover",
     "unsupported_gpu_reason",
@@ -266,6 +268,22 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def strict_float32(device: torch.device | str):
+    """On CUDA, convolutions and matrix products in true float32 while inside (cuDNN rounds
+    float32 convolutions to TF32 on Ampere and newer by default); restored on exit. A null
+    context elsewhere."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 _OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "alloc_failed",

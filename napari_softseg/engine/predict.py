@@ -11,13 +11,15 @@ activation stay in float32; the bf16 soft map differs from the float32 one by < 
 Devices: the reduced precision follows the chosen device
 (:func:`~napari_softseg.engine.devices.autocast_dtype`: bf16 on CUDA from compute capability
 8.0, float16 below and on MPS). float16 has a narrow range, so a batch whose float16 logits
-overflow (inf/NaN) is computed again in float32. Each batch reaches a CUDA device through
+overflow (inf/NaN) is computed again in float32. Float32 prediction is true float32 on CUDA
+too (no TF32 convolutions), so it matches the CPU. Each batch reaches a CUDA device through
 pinned memory without blocking the host. Running out of device memory raises one sentence
 (:class:`~napari_softseg.errors.UserError`) saying what to change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,14 @@ import torch
 from torch.nn import functional as F
 
 from napari_softseg.engine.checkpoint import build_model, load_checkpoint
-from napari_softseg.engine.devices import autocast_dtype, is_out_of_memory, release_memory, resolve_device, to_device
+from napari_softseg.engine.devices import (
+    autocast_dtype,
+    is_out_of_memory,
+    release_memory,
+    resolve_device,
+    strict_float32,
+    to_device,
+)
 from napari_softseg.engine.model import InferenceUNet, UNet
 from napari_softseg.engine.preprocess import apply_zscore, resample_inplane, zscore_stats
 from napari_softseg.engine.preprocess import choose_slice_axis as coarsest_axis
@@ -323,7 +332,9 @@ def predict_volume(
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     mixed_precision : bool
-        bfloat16 on CPUs with native bf16 and CUDA AMP on GPUs; float32 otherwise.
+        The device's reduced precision (:func:`~napari_softseg.engine.devices.autocast_dtype`:
+        bfloat16 on CUDA from compute capability 8.0 and on CPUs with native bf16, float16
+        on older CUDA GPUs and MPS), else float32. False: float32 (no TF32 on CUDA).
     mc_samples : int
         Monte-Carlo dropout draws (0: dropout off).
     tta : int
@@ -365,9 +376,11 @@ def predict_volume(
     samples = np.zeros((n_samples,) + out_shape, dtype=np.float32) if n_samples > 1 and keep_samples else None
     run = dict(grid=grid, views=views, draws=draws, batch_size=batch_size, progress=progress, cancel=cancel)
     failed, nets = False, None
+    exact = strict_float32(dev) if dtype == torch.float32 else contextlib.nullcontext()
     try:
-        nets = _Networks(model, dtype, dev, mc_samples > 0)
-        _predict_slices(nets, soft, samples, slice_axis, **run)
+        with exact:
+            nets = _Networks(model, dtype, dev, mc_samples > 0)
+            _predict_slices(nets, soft, samples, slice_axis, **run)
     except Exception as err:  # noqa: BLE001 - only running out of memory is handled
         if not is_out_of_memory(err):
             raise

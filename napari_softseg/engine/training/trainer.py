@@ -91,7 +91,7 @@ def _host_state(model: torch.nn.Module) -> dict:
 
 
 class Trainer:
-    """State of one training run (model, optimiser, data on the device, bookkeeping)."""
+    """State of one training run (model and optimiser on the device, data on the host, bookkeeping)."""
 
     def __init__(self, config: TrainConfig, data, *, init=None, checkpoint_path=None) -> None:
         self.config = cfg = config
@@ -227,7 +227,7 @@ class Trainer:
     def _failure_message(self, failure: _Failure) -> str:
         """One sentence: where it failed and what to change."""
         if not failure.out_of_memory:
-            return f"Training failed during {failure.stage}: {failure.text}."
+            return f"Training failed ({failure.stage}): {failure.text}."
         bs, (h, w), dev = self.config.batch_size, self.data.crop_size, self.device
         what = f"Training ran out of memory with batch size {bs} and crop {h}x{w} on {dev}"
         smaller = "try a smaller batch size or crop size."
