@@ -115,15 +115,16 @@ def _name(dtype) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def synthetic_volume(rng: np.random.Generator, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_volume(rng: np.random.Generator, shape: tuple, z_scale: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """An image (blobs brighter than the background, noise) and its soft label: each blob's
-    partial-volume fraction, a linear ramp one voxel wide at its edge (voxels 1 x 1 x 2 mm)."""
+    partial-volume fraction, a linear ramp one voxel wide at its edge (voxels 1 x 1 x 2 mm:
+    ``z_scale`` 2; 0 gives cylinders through every slice)."""
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
     label = np.zeros(shape, dtype=np.float32)
     for _ in range(3):
         centre = rng.uniform(0.3, 0.7, 3) * np.asarray(shape)
         radius = rng.uniform(0.12, 0.22) * min(shape[:2])
-        dist = np.sqrt((grid[0] - centre[0]) ** 2 + (grid[1] - centre[1]) ** 2 + (2 * (grid[2] - centre[2])) ** 2)
+        dist = np.sqrt((grid[0] - centre[0]) ** 2 + (grid[1] - centre[1]) ** 2 + (z_scale * (grid[2] - centre[2])) ** 2)
         label = np.maximum(label, np.clip(radius + 0.5 - dist, 0.0, 1.0))
     image = 100.0 + 60.0 * label + rng.normal(0.0, 8.0, shape)
     return image.astype(np.float32), label
@@ -343,7 +344,7 @@ def check_prediction_oom(model, dev: torch.device):
         raise Skip("needs a CUDA or MPS device (the CPU has no per-process memory cap)")
     volume = np.random.default_rng(4).normal(size=(1024, 1024, 32)).astype(np.float32)
     before = _allocated(dev)
-    with memory_cap(dev, headroom=8 * 2**20):
+    with memory_cap(dev, headroom=16 * 2**20):
         try:
             predict_volume(model, volume, device=dev, batch_size=32, mixed_precision=False)
         except UserError as err:
@@ -423,7 +424,9 @@ def run_checks(dev: torch.device, out_dir: Path) -> Report:
             report.speed.append((f"training, batch {size['batch']}, crop {size['crop'][0]}x{size['crop'][1]}", run[2], run[1]))
     model = report.run("checkpoint loads on the CPU", check_checkpoint_on_cpu, runs[0][0]) if runs[0] else None
     if model is not None:
-        volume, _ = synthetic_volume(np.random.default_rng(9), size["shape"])
+        # a blob in every slice: NormReLU divides each slice by its maximum, which is only
+        # stable where the slice holds something
+        volume, _ = synthetic_volume(np.random.default_rng(9), size["shape"], z_scale=0.0)
         fp32 = report.run("prediction float32: device vs CPU", check_fp32_against_cpu, model, volume, dev)
         if fp32 is not None:
             report.run("prediction mixed vs float32", check_mixed_against_fp32, model, volume, fp32, dev)
