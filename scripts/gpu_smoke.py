@@ -73,6 +73,7 @@ class Skip(Exception):
 @dataclass
 class Report:
     device: torch.device
+    command: str = "python scripts/gpu_smoke.py"
     facts: list = field(default_factory=list)  # (what, value)
     checks: list = field(default_factory=list)  # (check, result, detail)
     speed: list = field(default_factory=list)  # (what, precision, slices/s)
@@ -97,7 +98,7 @@ class Report:
         return any(result == "FAILED" for _, result, _ in self.checks)
 
     def markdown(self) -> str:
-        lines = ["# GPU smoke check", "", "`python scripts/gpu_smoke.py` on this machine "
+        lines = ["# GPU smoke check", "", f"`{self.command}` on this machine "
                  f"({time.strftime('%Y-%m-%d %H:%M %Z')}).", "", "| | |", "|---|---|"]
         lines += [f"| {what} | {value} |" for what, value in self.facts]
         lines += ["", "## Checks", "", "| check | result | detail |", "|---|---|---|"]
@@ -408,8 +409,8 @@ def _timed(fn, *args, **kwargs) -> float:
 # ----------------------------------------------------------------------------- main
 
 
-def run_checks(dev: torch.device, out_dir: Path) -> Report:
-    report = Report(dev)
+def run_checks(dev: torch.device, out_dir: Path, command: str = "python scripts/gpu_smoke.py") -> Report:
+    report = Report(dev, command)
     environment(report)
     size = SIZES["cpu" if dev.type == "cpu" else "gpu"]
     report.run("kernels for this GPU", check_architecture, dev)
@@ -449,7 +450,7 @@ def main(argv=None) -> int:
     dev = devices.resolve_device(args.device)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="softseg-smoke-") as tmp:
-        report = run_checks(dev, Path(tmp))
+        report = run_checks(dev, Path(tmp), " ".join(["python scripts/gpu_smoke.py", *(argv if argv is not None else sys.argv[1:])]))
     report.facts.append(("smoke check time", f"{time.perf_counter() - t0:.0f} s"))
     text = report.markdown()
     print(text)

@@ -8,8 +8,8 @@ linearly (bilinear in 2-D) so partial volume survives; in "hard" mode they are b
 
 Implementation: one ``(N, 2, 3)`` matrix per sample, :func:`torch.nn.functional.affine_grid`
 and :func:`~torch.nn.functional.grid_sample` on the whole batch at once, on whatever device
-the batch lives (the training device: each batch is moved there first), so augmentation costs a few percent of
-a training step. The matrix is built in pixel units and converted to the normalised
+the batch lives (the training device: each batch is moved there first), so augmentation
+costs a few percent of a training step. The matrix is built in pixel units and converted to the normalised
 coordinates of ``affine_grid`` so that rotations stay rigid on non-square slices:
 
 .. math::
