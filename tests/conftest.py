@@ -10,6 +10,29 @@ import pytest
 from _paths import REPO, shared_data_dir  # noqa: F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_unless_asked():
+    """``"auto"`` means the CPU in every test and in the processes tests start (the CLI, the
+    training process, torchrun): on a GPU the suite's tolerances would meet TF32 and
+    non-deterministic kernels. A test that wants an accelerator asks for :func:`requested_device`."""
+    from napari_softseg.engine.devices import DEVICE_ENV
+
+    old = os.environ.get(DEVICE_ENV)
+    os.environ[DEVICE_ENV] = "cpu"
+    yield
+    if old is None:
+        os.environ.pop(DEVICE_ENV, None)
+    else:
+        os.environ[DEVICE_ENV] = old
+
+
+@pytest.fixture(scope="session")
+def requested_device() -> str:
+    """The device of the tests that ask for one: ``$NAPARI_SOFTSEG_TEST_DEVICE`` (e.g. ``cuda``,
+    ``mps``), else ``cpu``."""
+    return os.environ.get("NAPARI_SOFTSEG_TEST_DEVICE", "cpu") or "cpu"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data``: the real scans and annotations (see its README)."""

@@ -35,9 +35,9 @@ def probe_steps():
 
     original, log = trainer.Trainer.train_step, []
 
-    def train_step(self, idx, raters, cancel):
+    def train_step(self, idx, raters, cancel, **kwargs):
         before = is_cancelled(cancel)
-        loss = original(self, idx, raters, cancel)  # raises once cancel is set
+        loss = original(self, idx, raters, cancel, **kwargs)  # raises once cancel is set
         log.append((before, is_cancelled(cancel)))
         return loss
 
@@ -75,15 +75,15 @@ def probe_oom():
     """Make the first training step fail as if the device ran out of memory."""
     from napari_softseg.engine.training import trainer
 
-    original = trainer.Trainer.train_step
+    original = trainer.Trainer._forward_backward
 
-    def train_step(self, idx, raters, cancel):
+    def forward_backward(self, idx, raters):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    trainer.Trainer.train_step = train_step
+    trainer.Trainer._forward_backward = forward_backward
 
     def collect():
-        trainer.Trainer.train_step = original
+        trainer.Trainer._forward_backward = original
         return True
 
     return collect

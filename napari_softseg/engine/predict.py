@@ -7,10 +7,19 @@ norm folded into the convolutions, fused convolution + ReLU (oneDNN) on the CPU,
 weights and activations where the CPU has native bf16 (AVX512-BF16/AMX), CUDA AMP on GPUs,
 channels-last memory layout and ``torch.inference_mode``. The 1x1 output layer and the final
 activation stay in float32; the bf16 soft map differs from the float32 one by < 0.02.
+
+Devices: the reduced precision follows the chosen device
+(:func:`~napari_softseg.engine.devices.autocast_dtype`: bf16 on CUDA from compute capability
+8.0, float16 below and on MPS). float16 has a narrow range, so a batch whose float16 logits
+overflow (inf/NaN) is computed again in float32. Float32 prediction is true float32 on CUDA
+too (no TF32 convolutions), so it matches the CPU. Each batch reaches a CUDA device through
+pinned memory without blocking the host. Running out of device memory raises one sentence
+(:class:`~napari_softseg.errors.UserError`) saying what to change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +30,14 @@ import torch
 from torch.nn import functional as F
 
 from napari_softseg.engine.checkpoint import build_model, load_checkpoint
-from napari_softseg.engine.devices import autocast_dtype, resolve_device
+from napari_softseg.engine.devices import (
+    autocast_dtype,
+    is_out_of_memory,
+    release_memory,
+    resolve_device,
+    strict_float32,
+    to_device,
+)
 from napari_softseg.engine.model import InferenceUNet, UNet
 from napari_softseg.engine.preprocess import apply_zscore, resample_inplane, zscore_stats
 from napari_softseg.engine.preprocess import choose_slice_axis as coarsest_axis
@@ -238,17 +254,43 @@ class _SliceGrid:
         return prob[..., 0] if prob.shape[-1] == 1 else prob
 
 
-def _samples(net: InferenceUNet, x: torch.Tensor, grid: _SliceGrid, views, draws: int, multiclass: bool, cancel):
+class _Networks:
+    """The inference network, plus a float32 one built on first need: float16 logits that
+    overflowed (inf/NaN) are computed again in float32."""
+
+    def __init__(self, model: UNet, dtype: torch.dtype, device: torch.device, mc_dropout: bool) -> None:
+        self.model, self.device, self.mc_dropout = model, device, mc_dropout
+        self.net = InferenceUNet(model, dtype=dtype, device=device, mc_dropout=mc_dropout)
+        self._exact: InferenceUNet | None = None
+        self.recomputed = 0  # batches computed again in float32
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net.forward_logits(x)
+        if self.net.dtype == torch.float16 and not bool(torch.isfinite(logits).all()):
+            if self._exact is None:
+                self._exact = InferenceUNet(self.model, dtype=torch.float32, device=self.device, mc_dropout=self.mc_dropout)
+            logits = self._exact.forward_logits(x)
+            self.recomputed += 1
+        return logits
+
+
+def _samples(nets: _Networks, x: torch.Tensor, grid: _SliceGrid, views, draws: int, multiclass: bool, cancel):
     """Yield the probabilities of one batch for every TTA view and MC-dropout draw."""
     for flip in views:
         xv = torch.flip(x, flip) if flip else x
         for _ in range(draws):
             if cancel is not None and cancel():
                 raise PredictionCancelled("prediction cancelled")
-            logits = net.forward_logits(xv)
+            logits = nets.logits(xv)
             if flip:
                 logits = torch.flip(logits, flip)
-            yield grid.outputs(net.activation(grid.crop(logits)), multiclass)
+            yield grid.outputs(nets.net.activation(grid.crop(logits)), multiclass)
+
+
+def _out_of_memory_message(device: torch.device, batch_size: int, grid: "_SliceGrid") -> str:
+    where = "" if device.type == "cpu" else " or predict on the CPU"
+    return (f"Prediction ran out of memory on {device} with batch size {batch_size} "
+            f"(slices of {grid.net_h}x{grid.net_w}); try a smaller batch size{where}.")
 
 
 def predict_volume(
@@ -289,7 +331,9 @@ def predict_volume(
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     mixed_precision : bool
-        bfloat16 on CPUs with native bf16 and CUDA AMP on GPUs; float32 otherwise.
+        The device's reduced precision (:func:`~napari_softseg.engine.devices.autocast_dtype`:
+        bfloat16 on CUDA from compute capability 8.0 and on CPUs with native bf16, float16
+        on older CUDA GPUs and MPS), else float32. False: float32 (no TF32 on CUDA).
     mc_samples : int
         Monte-Carlo dropout draws (0: dropout off).
     tta : int
@@ -323,25 +367,46 @@ def predict_volume(
         raise UserError("batch_size must be at least 1 and mc_samples, tta at least 0.")
     dev = resolve_device(device)
     dtype = (autocast_dtype(dev) if mixed_precision else None) or torch.float32
-    net = InferenceUNet(model, dtype=dtype, device=dev, mc_dropout=mc_samples > 0)
-    grid = _SliceGrid(array, slice_axis, config, spacing, net.multiple)
-
+    grid = _SliceGrid(array, slice_axis, config, spacing, model.multiple)
     views = TTA_FLIPS[: min(max(tta, 1), len(TTA_FLIPS))]
     draws = max(mc_samples, 1)
     n_samples = draws * len(views)
-    uncertainty = n_samples > 1
     out_shape = array.shape[:3] + ((model.n_structures,) if model.n_structures > 1 else ())
     soft = np.zeros(out_shape, dtype=np.float32)
-    samples = np.zeros((n_samples,) + out_shape, dtype=np.float32) if uncertainty and keep_samples else None
+    samples = np.zeros((n_samples,) + out_shape, dtype=np.float32) if n_samples > 1 and keep_samples else None
+    run = dict(grid=grid, views=views, draws=draws, batch_size=batch_size, progress=progress, cancel=cancel)
+    failed, nets = False, None
+    exact = strict_float32(dev) if dtype == torch.float32 else contextlib.nullcontext()
+    try:
+        with exact:
+            nets = _Networks(model, dtype, dev, mc_samples > 0)
+            _predict_slices(nets, soft, samples, slice_axis, **run)
+    except Exception as err:  # noqa: BLE001 - only running out of memory is handled
+        if not is_out_of_memory(err):
+            raise
+        failed = True
+    if failed:  # outside the handler: its traceback no longer holds the batch
+        del nets
+        release_memory(dev)
+        raise UserError(_out_of_memory_message(dev, batch_size, grid))
+    if not (n_samples > 1 or return_prediction):
+        return soft
+    return Prediction(soft=soft, entropy=prediction_entropy(soft, multiclass=model.multiclass), samples=samples)
+
+
+def _predict_slices(nets: _Networks, soft: np.ndarray, samples, slice_axis: int, *, grid: _SliceGrid, views,
+                    draws: int, batch_size: int, progress, cancel) -> None:
+    """Fill ``soft`` (the mean over samples) and ``samples`` (each draw/view, or None)."""
+    n_samples = draws * len(views)
     soft_view = np.moveaxis(soft, slice_axis, 0)
     sample_views = [] if samples is None else [np.moveaxis(s, slice_axis, 0) for s in samples]
     total, done = grid.n_slices * n_samples, 0
     with torch.inference_mode():
         for start in range(0, grid.n_slices, batch_size):
             stop = min(start + batch_size, grid.n_slices)
-            x = grid.inputs(start, stop).to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = to_device(grid.inputs(start, stop), nets.device).contiguous(memory_format=torch.channels_last)
             acc = None
-            for k, prob in enumerate(_samples(net, x, grid, views, draws, model.multiclass, cancel)):
+            for k, prob in enumerate(_samples(nets, x, grid, views, draws, nets.model.multiclass, cancel)):
                 if sample_views:
                     sample_views[k][start:stop] = prob
                 acc = prob if acc is None else acc + prob
@@ -349,6 +414,3 @@ def predict_volume(
                 if progress is not None:
                     progress(done, total)
             soft_view[start:stop] = acc / n_samples if n_samples > 1 else acc
-    if not (uncertainty or return_prediction):
-        return soft
-    return Prediction(soft=soft, entropy=prediction_entropy(soft, multiclass=model.multiclass), samples=samples)

@@ -8,8 +8,8 @@ linearly (bilinear in 2-D) so partial volume survives; in "hard" mode they are b
 
 Implementation: one ``(N, 2, 3)`` matrix per sample, :func:`torch.nn.functional.affine_grid`
 and :func:`~torch.nn.functional.grid_sample` on the whole batch at once, on whatever device
-the batch lives (the trainer keeps its data there), so augmentation costs a few percent of
-a training step. The matrix is built in pixel units and converted to the normalised
+the batch lives (the training device: each batch is moved there first), so augmentation
+costs a few percent of a training step. The matrix is built in pixel units and converted to the normalised
 coordinates of ``affine_grid`` so that rotations stay rigid on non-square slices:
 
 .. math::
@@ -21,6 +21,12 @@ where :math:`\\theta` maps *output* to *input* positions (hence the inverse scal
 ``s > 1`` enlarges the content) and :math:`t_x, t_y \\in [-0.03, 0.03]` are fractions of the
 width and height. Outside the slice the edge value is repeated (``padding_mode="border"``),
 for images and labels alike, so a structure cut by the crop is not cut a second time.
+
+Apple MPS lacks ``padding_mode="border"`` and bicubic sampling before torch 2.11
+(:func:`native_grid_sample`). There, bilinear border sampling is computed exactly as
+bilinear zero-padded sampling of the grid clamped to the outermost pixel centres (border
+padding clamps the sample position, so both give the same weights), on the device; bicubic
+(whose 4x4 taps are clamped one by one) falls back to the CPU for the warp only.
 """
 
 from __future__ import annotations
@@ -33,10 +39,39 @@ from torch.nn import functional as F
 
 from napari_softseg.engine.preprocess import binarise as hard_labels
 
-__all__ = ["RandomAffine", "AffineParams", "IMAGE_MODES"]
+__all__ = ["RandomAffine", "AffineParams", "IMAGE_MODES", "native_grid_sample", "border_grid_sample"]
 
 #: interpolation of the image (labels are always bilinear)
 IMAGE_MODES = ("bilinear", "bicubic")
+#: first torch release whose MPS backend samples with border padding and bicubic
+MPS_GRID_SAMPLE_TORCH = (2, 11)
+
+
+def _torch_release() -> tuple[int, int]:
+    major, minor = (torch.__version__.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def native_grid_sample(device_type: str, mode: str, release: tuple[int, int] | None = None) -> bool:
+    """Whether ``grid_sample(mode=mode, padding_mode="border")`` runs natively on devices of
+    ``device_type`` with torch ``release`` (default: the installed one)."""
+    if device_type != "mps":
+        return True
+    return (release or _torch_release()) >= MPS_GRID_SAMPLE_TORCH
+
+
+def border_grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``F.grid_sample(x, grid, mode, padding_mode="border", align_corners=False)`` that also
+    runs where border padding or bicubic are missing (see the module docstring)."""
+    if native_grid_sample(x.device.type, mode):
+        return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+    if mode == "bilinear":
+        h, w = x.shape[-2:]
+        limit = torch.tensor([1.0 - 1.0 / w, 1.0 - 1.0 / h], dtype=grid.dtype, device=grid.device)
+        clamped = torch.maximum(torch.minimum(grid, limit), -limit)
+        return F.grid_sample(x, clamped, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x.cpu(), grid.cpu(), mode=mode, padding_mode="border", align_corners=False)
+    return out.to(x.device)
 
 
 @dataclass(frozen=True)
@@ -117,15 +152,13 @@ class RandomAffine:
         theta = self.theta(params, h, w).to(images.device)
         grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
         if labels is None:
-            out = F.grid_sample(images.float(), grid, mode=self.image_mode, padding_mode="border", align_corners=False)
-            return out, None
+            return border_grid_sample(images.float(), grid, self.image_mode), None
         if self.image_mode == "bilinear":
-            both = torch.cat([images.float(), labels.float()], dim=1)
-            both = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            both = border_grid_sample(torch.cat([images.float(), labels.float()], dim=1), grid)
             out_img, out_lab = both[:, :c], both[:, c:]
         else:
-            out_img = F.grid_sample(images.float(), grid, mode=self.image_mode, padding_mode="border", align_corners=False)
-            out_lab = F.grid_sample(labels.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+            out_img = border_grid_sample(images.float(), grid, self.image_mode)
+            out_lab = border_grid_sample(labels.float(), grid)
         out_lab = out_lab.clamp_(0.0, 1.0)
         if hard:
             out_lab = (binarise or hard_labels)(out_lab)

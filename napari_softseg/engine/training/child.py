@@ -19,6 +19,12 @@ A reader thread in the child sets the job's cancel flag, which the trainer polls
 step. Stray prints of the child go to stderr (file descriptor 1 is redirected), so they can
 never corrupt the protocol. The child exits when its stdin closes (the viewer quit).
 Start it with ``python -m napari_softseg.engine.training.child``.
+
+Between jobs the child hands its cached GPU memory back to the driver, so an idle child
+holds no more VRAM than its CUDA context. After a sticky device error (an illegal memory
+access, a device-side assert: the process's CUDA context is unusable from then on) it
+reports the failure and exits with :data:`EXIT_DEVICE_ERROR`; the next job starts a fresh
+child (:func:`acquire_process`), so training works again without restarting napari.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import threading
 
 _HEADER = struct.Struct("<Q")
 _OOM = "Training ran out of memory; try a smaller batch size or crop size."
+#: exit status of a child whose device is unusable after a sticky error
+EXIT_DEVICE_ERROR = 3
 
 
 def write_message(stream, obj) -> None:
@@ -61,7 +69,7 @@ def read_message(stream):
     return pickle.loads(_read_exactly(stream, n))
 
 
-def run_job(job: dict, cancel, plot_size=None):
+def run_job(job: dict, cancel, plot_size=None, outcome: dict | None = None):
     """Build the training data from the job's copies and relay the trainer's events.
 
     ``job``: ``snapshots``, ``folders``, ``label_source``, ``config``, ``init``,
@@ -70,8 +78,9 @@ def run_job(job: dict, cancel, plot_size=None):
     once the run ends (to undo its changes), whose result is stored in the final event's
     ``summary["probes"]``. Anything that goes wrong becomes a final ``"failed"`` event with
     one sentence. ``plot_size()`` returns the plot's current ``(w, h, ratio)``, or None for
-    no plot.
+    no plot. ``outcome["device_error"]`` is set True after a sticky device error.
     """
+    from napari_softseg.engine.devices import is_fatal_device_error, is_out_of_memory
     from napari_softseg.errors import UserError
     from napari_softseg.engine.training.config import TrainEvent
     from napari_softseg.engine.training.train import train
@@ -109,8 +118,12 @@ def run_job(job: dict, cancel, plot_size=None):
         yield final(TrainEvent("done", status="failed", message=_OOM))
     except Exception as err:  # noqa: BLE001 - report, never crash the dock
         logging.getLogger(__name__).exception("training failed")
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        message = _OOM if "out of memory" in text.lower() else f"Training failed: {text[:200].rstrip('.')}."
+        text = str(err).strip().splitlines()[0][:200].rstrip(".") if str(err).strip() else type(err).__name__
+        message = _OOM if is_out_of_memory(err) else f"Training failed: {text}."
+        if is_fatal_device_error(err):
+            message += " The GPU stopped working in the training process, which restarts for the next run."
+            if outcome is not None:
+                outcome["device_error"] = True
         yield final(TrainEvent("done", status="failed", message=message))
 
 
@@ -194,11 +207,23 @@ def main() -> int:
     inbox.start()
     _warm_up()
     write_message(out, ("ready",))
+    return serve(inbox, out)
+
+
+def serve(inbox: "_Inbox", out) -> int:
+    """Run the inbox's jobs until ``quit`` (0) or a sticky device error (:data:`EXIT_DEVICE_ERROR`),
+    handing cached device memory back after each job."""
+    from napari_softseg.engine.devices import release_memory
+
     while (job := inbox.next_job()) is not None:
         job_id = job.get("id")
         inbox.sizes.setdefault(job_id, job.get("plot_size"))
-        for event in run_job(job, lambda: inbox.is_cancelled(job_id), lambda: inbox.sizes.get(job_id)):
+        outcome: dict = {}
+        for event in run_job(job, lambda: inbox.is_cancelled(job_id), lambda: inbox.sizes.get(job_id), outcome):
             write_message(out, event)
+        if outcome.get("device_error"):
+            return EXIT_DEVICE_ERROR
+        release_memory()
     return 0
 
 

@@ -1,24 +1,30 @@
-"""Data-parallel training under ``torchrun`` (DistributedDataParallel).
+"""Data-parallel training under ``torchrun``: one shard of the data per process, gradients averaged.
 
 ``torchrun --nproc_per_node=N -m napari_softseg train ...`` starts N copies of the command
 with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set. :func:`init_from_env` joins them in one
-process group (``gloo`` on the CPU, ``nccl`` on CUDA GPUs); each process then trains on its
-own shard of every epoch's shuffled samples and DDP averages the gradients, so the
-processes keep identical weights. Only rank 0 prints and writes files.
+process group (``gloo`` on the CPU, ``nccl`` on CUDA GPUs, bound to GPU ``LOCAL_RANK``);
+rank 0's weights are copied to every process (:func:`broadcast`), each process then trains
+on its own shard of every epoch's shuffled samples and :func:`average_gradients` averages
+the gradients before each optimiser step, so the processes keep identical weights. Only
+rank 0 prints and writes files.
 
 Everything that decides the course of training (losses, validation sums, the cancel and
-NaN flags) is summed over the processes with :func:`all_reduce_sum`, so every process takes
-the same decisions (early stopping, best epoch, threshold).
+NaN flags, and whether a process failed) is summed over the processes with
+:func:`all_reduce_sum`, so every process takes the same decisions (early stopping, best
+epoch, threshold, stopping after one process ran out of memory) and all of them issue the
+same collectives in the same order: a process that fails never leaves the others waiting.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DistContext", "init_from_env", "current", "all_reduce_sum", "shard", "shutdown"]
+__all__ = ["DistContext", "init_from_env", "current", "all_reduce_sum", "broadcast", "average_gradients",
+           "gather_objects", "shard", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,9 @@ def init_from_env(device: torch.device) -> DistContext:
     """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (idempotent).
 
     Returns the context; a single process returns ``DistContext()`` without initialising
-    anything. On CUDA each process uses GPU ``LOCAL_RANK``.
+    anything. On CUDA each process uses GPU ``LOCAL_RANK``, also given to the process group
+    as ``device_id`` where torch accepts it (NCCL then binds its communicator to that GPU
+    at once instead of guessing it at the first collective).
     """
     import torch.distributed as dist
 
@@ -58,9 +66,13 @@ def init_from_env(device: torch.device) -> DistContext:
         return DistContext()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        options = {}
         if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+            gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(gpu)
+            if "device_id" in inspect.signature(dist.init_process_group).parameters:
+                options["device_id"] = gpu
+        dist.init_process_group(backend=backend, **options)
     return current()
 
 
@@ -91,6 +103,33 @@ def all_reduce_sum(ctx: DistContext, *tensors: torch.Tensor) -> None:
             t.copy_(tmp.to(t.device))
         else:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def broadcast(ctx: DistContext, tensors, src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op for one process)."""
+    if not ctx.enabled:
+        return
+    import torch.distributed as dist
+
+    for t in tensors:
+        dist.broadcast(t.data, src=src)
+
+
+def average_gradients(ctx: DistContext, parameters) -> None:
+    """Replace every parameter's gradient by its mean over the processes, in one collective
+    (no-op for one process)."""
+    if not ctx.enabled:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    all_reduce_sum(ctx, flat)
+    flat /= ctx.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view(g.shape))
+        offset += g.numel()
 
 
 def gather_objects(ctx: DistContext, obj) -> list:

@@ -31,6 +31,10 @@ THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)
 class DiceAccumulator:
     """Per-volume, per-threshold, per-class sums ``|P ∩ T|``, ``|P|`` and ``|T|``.
 
+    Each batch is counted on its own device in float32 (per slice, exact up to 2**24
+    voxels; MPS has no float64) and added on the host in float64, so whole volumes of any
+    size are counted exactly and no float64 tensor ever lives on the device.
+
     Parameters
     ----------
     n_volumes, n_classes : int
@@ -42,9 +46,9 @@ class DiceAccumulator:
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self._t = torch.as_tensor(self.thresholds, dtype=torch.float32, device=device)
         shape = (n_volumes, self.thresholds.size, n_classes)
-        self.inter = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.pred = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.truth = torch.zeros((n_volumes, 1, n_classes), dtype=torch.float64, device=device)
+        self.inter = torch.zeros(shape, dtype=torch.float64)
+        self.pred = torch.zeros(shape, dtype=torch.float64)
+        self.truth = torch.zeros((n_volumes, 1, n_classes), dtype=torch.float64)
 
     def update(self, prediction: torch.Tensor, truth: torch.Tensor, volume: torch.Tensor) -> None:
         """Add a batch: ``prediction`` and ``truth`` ``(N, K, H, W)``, ``volume`` ``(N,)``."""
@@ -53,12 +57,12 @@ class DiceAccumulator:
         count, inter = [], []
         for threshold in self._t:
             mask = binarize(p, threshold)
-            count.append(mask.sum(-1))
-            inter.append((mask & t).sum(-1))
-        vol = volume.to(self.inter.device)
-        self.inter.index_add_(0, vol, torch.stack(inter, dim=1).double())  # (N, T, K)
-        self.pred.index_add_(0, vol, torch.stack(count, dim=1).double())
-        self.truth.index_add_(0, vol, t.sum(-1)[:, None].double())
+            count.append(mask.sum(-1, dtype=torch.float32))
+            inter.append((mask & t).sum(-1, dtype=torch.float32))
+        vol = volume.to("cpu")
+        self.inter.index_add_(0, vol, torch.stack(inter, dim=1).cpu().double())  # (N, T, K)
+        self.pred.index_add_(0, vol, torch.stack(count, dim=1).cpu().double())
+        self.truth.index_add_(0, vol, t.sum(-1, dtype=torch.float32)[:, None].cpu().double())
 
     def tensors(self) -> list[torch.Tensor]:
         """The sums, e.g. for ``torch.distributed.all_reduce``."""

@@ -16,16 +16,20 @@ Recipe (Gros, Lemay & Cohen-Adad, MedIA 2021, section 2.5, via ivadomed)
 * The weights with the best validation loss (training loss without a validation set) are
   kept and written once, with the threshold (:mod:`.threshold`) chosen on train +
   validation volumes.
-* Augmentation on the device (:mod:`.augment`), hard labels binarised after it.
-* Mixed precision: bfloat16 autocast on CPUs with native bf16 and on recent GPUs, float16
-  with a gradient scaler on older GPUs; channels-last memory format (see
+* Augmentation on the device (:mod:`.augment`), hard labels binarised after it; the
+  training set stays in host memory and only each batch is moved to the device.
+* Mixed precision, chosen from the training device
+  (:func:`napari_softseg.engine.devices.training_dtype`): bfloat16 autocast on CPUs with
+  native bf16 and on GPUs of compute capability 8.0 or more, float16 with a gradient scaler
+  on older GPUs, float32 on Apple MPS; channels-last memory format (see
   ``benchmarks/bench_train.py`` for the measured gain and the agreement with float32).
 
 Failures a user can cause stop the run with a final event whose ``status`` is
 ``"failed"`` and whose ``message`` is one sentence: NaN/Inf loss (the best weights so far are
-still written) and running out of memory (with a hint to lower the batch or crop size).
-Invalid settings or data raise :class:`~napari_softseg.errors.UserError` at the first
-``next()``.
+still written) and running out of memory anywhere (a training step, validation, the
+threshold search, the preview; with what to change, e.g. the batch or crop size), in every
+torchrun process alike. Invalid settings or data, and running out of memory before the first
+step, raise :class:`~napari_softseg.errors.UserError` at the first ``next()``.
 """
 
 from __future__ import annotations

@@ -4,11 +4,27 @@ One :class:`Trainer` prepares the data and the network once, then :meth:`Trainer
 yields an event after each unit of work: a training step, a validation batch, a threshold
 batch. All decisions are taken from sums reduced over torchrun processes, so the processes
 stay in lock-step.
+
+Devices. The prepared slices stay on the host; each batch is gathered and moved to the
+device on its own (:func:`~napari_softseg.engine.devices.gather_to_device`: pinned memory,
+non-blocking on CUDA), so the device holds the network, its optimiser and one batch. The
+precision follows the chosen device (:func:`~napari_softseg.engine.devices.training_dtype`);
+float16 comes with a gradient scaler. On an accelerator the host reads the losses back only
+every :data:`SYNC_EVERY` steps and at the end of each epoch, so it keeps queueing work.
+
+Failures. Every unit of work runs under :meth:`Trainer._guard`: running out of memory
+(moving a batch, a training step, validation at twice the batch, the threshold search, the
+preview) becomes one sentence naming the stage, the batch and crop sizes and what to change,
+after the memory is handed back. Under torchrun a failed process does not stop alone: its
+failure travels with the next all-reduce that every process makes anyway
+(:meth:`Trainer._agree`), every collective is preceded by one, and then every process stops
+with the same sentence, so none is left waiting in a collective.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import tempfile
 import time
@@ -20,7 +36,15 @@ from dataclasses import dataclass
 import torch
 
 from napari_softseg.engine.checkpoint import build_model, load_checkpoint, make_config, save_checkpoint
-from napari_softseg.engine.devices import autocast_dtype, resolve_device
+from napari_softseg.engine.devices import (
+    autocast,
+    gather_to_device,
+    is_out_of_memory,
+    release_memory,
+    resolve_device,
+    to_device,
+    training_dtype,
+)
 from napari_softseg.engine.model import UNet
 from napari_softseg.engine.preprocess import binarise, with_background
 from napari_softseg.engine.presets import Preset, get_preset
@@ -32,7 +56,13 @@ from napari_softseg.engine.training.threshold import DiceAccumulator, best_thres
 from napari_softseg.errors import UserError
 from napari_softseg.labels.masks import binarize
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "SYNC_EVERY", "STAGES"]
+
+#: training steps between two reads of the loss on an accelerator (every step on the CPU
+#: and under torchrun, where the processes agree on every step before averaging gradients)
+SYNC_EVERY = 8
+#: the units of work a failure is reported for
+STAGES = ("preparing", "training", "validation", "threshold search", "preview")
 
 
 class _Stop(Exception):
@@ -41,16 +71,27 @@ class _Stop(Exception):
         self.status, self.message = status, message
 
 
-def _oom_message(err: BaseException, batch: int, crop: tuple) -> str | None:
-    text = str(err).lower()
-    if isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ())) or "out of memory" in text or "can't allocate memory" in text:
-        return (f"Training ran out of memory with batch size {batch} and crop {crop[0]}x{crop[1]}; "
-                "try a smaller batch size or crop size.")
-    return None
+@dataclass(frozen=True)
+class _Failure:
+    """What went wrong in one unit of work of this process."""
+
+    stage: str
+    out_of_memory: bool
+    text: str = ""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200].rstrip(".") if text else type(err).__name__
+
+
+def _host_state(model: torch.nn.Module) -> dict:
+    """A copy of the model's weights on the host (the best weights never hold device memory)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 class Trainer:
-    """State of one training run (model, optimiser, data on the device, bookkeeping)."""
+    """State of one training run (model and optimiser on the device, data on the host, bookkeeping)."""
 
     def __init__(self, config: TrainConfig, data, *, init=None, checkpoint_path=None) -> None:
         self.config = cfg = config
@@ -73,8 +114,9 @@ class Trainer:
         )
         if d.train_idx.numel() == 0:
             raise UserError("No slice is left for training after the validation split; lower the validation fraction.")
-        self._place(model)
-        self._optimisation()
+        self._pending: _Failure | None = None
+        self._losses: list = []
+        self._prepare(model)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else Path(tempfile.mkdtemp(prefix="softseg-")) / "model.pt"
         bs = cfg.batch_size
         n_local = d.train_idx.numel() // self.ctx.world_size if self.ctx.enabled else d.train_idx.numel()
@@ -87,22 +129,29 @@ class Trainer:
                 raise UserError(f"Preview slice {tuple(cfg.preview_slice)} does not exist in the training data.")
         self.start_epoch = int(defaults.get("training", {}).get("epochs_total", 0) or 0)
 
+    def _prepare(self, model: UNet) -> None:
+        """Network and optimiser on the device; every process agrees that this worked, then
+        all start from rank 0's weights. Running out of memory raises :class:`UserError`."""
+        try:
+            _, failure = self._guard("preparing", self._place, model)
+            self._agree(failure)
+        except _Stop as stop:
+            raise UserError(stop.message) from None
+        dist_utils.broadcast(self.ctx, [*self.model.parameters(), *self.model.buffers()])
+
     def _place(self, model: UNet) -> None:
-        """Data and network on the device (channels-last, DDP under torchrun), autocast dtype."""
+        """Host data, network on the device (channels-last), precision, optimisation."""
         cfg, d, device = self.config, self.data, self.device
-        self.images = d.images.to(device)
-        self.labels = d.labels.to(device)
-        self.truth = d.truth.to(device)
-        self.volume = d.volume.to(device)
-        # MPS float16 training needs a gradient scaler that older torch builds lack: float32 there
-        self.amp_dtype = autocast_dtype(device) if cfg.mixed_precision and device.type != "mps" else None
+        # the training set stays on the host; each batch goes to the device on its own
+        if d.n_raters == 1:  # the truth is that one rater's map: keep one copy
+            d.truth = d.labels[0]
+        self.images, self.labels, self.truth, self.volume = d.images, d.labels, d.truth, d.volume
+        self.amp_dtype = training_dtype(device) if cfg.mixed_precision else None
+        self.sync_every = 1 if device.type == "cpu" or self.ctx.enabled else SYNC_EVERY
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(device).to(memory_format=self.memory_format)
-        self.net = self.model
-        if self.ctx.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = self.model  # gradients are averaged explicitly under torchrun (no DDP wrapper)
+        self._optimisation()
 
     def _optimisation(self) -> None:
         """Loss, optimiser, schedule, gradient scaler, augmentation and their random streams."""
@@ -110,55 +159,148 @@ class Trainer:
         torch.manual_seed(cfg.seed + 1 + self.ctx.rank)  # dropout differs per process
         loss_options = {"foreground_weight": cfg.foreground_weight} if preset.loss == "adaptive_wing" else {}
         self.loss_fn = preset.make_loss(reduction=cfg.loss_reduction, **loss_options)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        # fused Adam on CUDA: one kernel, and the gradient scaler's skip decision stays on the GPU
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, **fused)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        scaled = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type if scaled else "cpu", enabled=scaled)
         self.augment = RandomAffine(image_mode=cfg.image_interpolation) if cfg.augment else None
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1009 + 17 + self.ctx.rank)
         self.binarise = partial(binarise, multiclass=preset.multiclass)
         self.fg = slice(1, None) if preset.multiclass else slice(None)
 
+    # ------------------------------------------------------------------ failures
+
+    def _guard(self, stage: str, work, *args):
+        """``(work(*args), None)``, or ``(None, failure)`` when it failed under torchrun.
+
+        A single process stops at once when it runs out of memory (other errors propagate);
+        under torchrun every error becomes a failure that the next :meth:`_agree` shares. The
+        memory is handed back first (after the traceback, which holds the tensors, is gone).
+        """
+        try:
+            return work(*args), None
+        except _Stop:
+            raise
+        except Exception as err:  # noqa: BLE001 - turned into a failure below, or re-raised
+            oom = is_out_of_memory(err)
+            if not (oom or self.ctx.enabled):
+                raise
+            if not oom:
+                logging.getLogger(__name__).exception("training failed in process %d", self.ctx.rank)
+            failure = _Failure(stage, oom, _first_line(err))
+        self._free()
+        if not self.ctx.enabled:
+            raise _Stop("failed", self._failure_message(failure))
+        return None, failure
+
+    def _free(self) -> None:
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        self._losses = []
+        release_memory(self.device)
+
+    def _agree(self, failure: _Failure | None, *tensors: torch.Tensor) -> None:
+        """Sum ``tensors`` over the processes together with every process's failure (this
+        one's, or one left from a unit of work without a collective, e.g. the preview); if
+        any process failed, every process raises the same :class:`_Stop`."""
+        failure, self._pending = failure or self._pending, None
+        if not self.ctx.enabled:
+            if failure is not None:
+                raise _Stop("failed", self._failure_message(failure))
+            return
+        slots = torch.zeros(len(STAGES) + 1, dtype=torch.float64)  # out of memory per stage, other error
+        if failure is not None:
+            slots[STAGES.index(failure.stage) if failure.out_of_memory else -1] = 1.0
+        dist_utils.all_reduce_sum(self.ctx, *tensors, slots)
+        failed = torch.nonzero(slots).flatten().tolist()
+        if not failed:
+            return
+        if failed[0] < len(STAGES):
+            raise _Stop("failed", self._failure_message(_Failure(STAGES[failed[0]], True)))
+        if failure is not None and not failure.out_of_memory:
+            raise _Stop("failed", self._failure_message(failure))
+        raise _Stop("failed", "Training failed in another torchrun process; see its error output.")
+
+    def _failure_message(self, failure: _Failure) -> str:
+        """One sentence: where it failed and what to change."""
+        if not failure.out_of_memory:
+            return f"Training failed ({failure.stage}): {failure.text}."
+        bs, (h, w), dev = self.config.batch_size, self.data.crop_size, self.device
+        what = f"Training ran out of memory with batch size {bs} and crop {h}x{w} on {dev}"
+        smaller = "try a smaller batch size or crop size."
+        return {
+            "preparing": f"Training ran out of memory on {dev} while moving the network there; "
+                         "free memory on the device (other programs may hold it) or train on the CPU.",
+            "training": f"{what} in a training step; {smaller}",
+            "validation": f"{what} in validation, which uses batches of {2 * bs}; {smaller}",
+            "threshold search": f"{what} while choosing the threshold, which uses batches of {2 * bs}; {smaller}",
+            "preview": f"{what} while predicting the preview slice; turn the live preview off or {smaller}",
+        }[failure.stage]
+
     # ------------------------------------------------------------------ pieces of work
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _target(self, y: torch.Tensor) -> torch.Tensor:
         return with_background(y) if self.preset.multiclass else y
 
     def _batch(self, idx: torch.Tensor, raters: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        idx_dev = idx.to(self.device)
-        x = self.images.index_select(0, idx_dev)
-        r = torch.zeros_like(idx_dev) if raters is None else raters.to(self.device).index_select(0, idx_dev)
-        y = self.labels[r, idx_dev]
+        """Images and targets of samples ``idx`` on the device (``raters[i]``: the rater of
+        sample ``i``), augmented there."""
+        x = gather_to_device(self.images, idx, self.device)
+        rows = idx if raters is None else raters.index_select(0, idx) * self.data.n_samples + idx
+        y = gather_to_device(self.labels.flatten(0, 1), rows, self.device)  # (R, N, ...) seen as (R * N, ...)
         if self.augment is not None:
             x, y = self.augment(x, y, generator=self.aug_gen, hard=self.data.hard, binarise=self.binarise)
         return x.contiguous(memory_format=self.memory_format), self._target(y)
 
-    def train_step(self, idx: torch.Tensor, raters, cancel) -> float:
-        """One optimisation step; returns the batch loss (global mean under torchrun)."""
+    def train_step(self, idx: torch.Tensor, raters, cancel, sync: bool = True) -> float | None:
+        """One optimisation step. With ``sync`` (always on the CPU and under torchrun) returns
+        the mean batch loss of the steps since the last sync (global under torchrun), having
+        checked cancel, failures and NaN; without, returns None and leaves the losses on the
+        device."""
         self.net.train()
         local_cancel = is_cancelled(cancel)
         if local_cancel and not self.ctx.enabled:
             raise _Stop("cancelled", "Training was cancelled.")
+        _, failure = self._guard("training", self._forward_backward, idx, raters)
+        value = self._settle(local_cancel, failure) if sync or self.sync_every == 1 else None
+        dist_utils.average_gradients(self.ctx, self.model.parameters())
+        _, failure = self._guard("training", self._apply_gradients)
+        self._pending = self._pending or failure  # shared by the next agreement
+        return value
+
+    def _forward_backward(self, idx: torch.Tensor, raters) -> None:
         x, y = self._batch(idx, raters)
         with self._autocast():
             out = self.net(x)
         loss = self.loss_fn(out.float(), y)
-        flags = torch.tensor([float(loss.detach()) * x.shape[0], x.shape[0], float(local_cancel)], dtype=torch.float64)
-        dist_utils.all_reduce_sum(self.ctx, flags)
-        value = float(flags[0] / flags[1])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._losses.append((loss.detach(), idx.numel()))
+
+    def _apply_gradients(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def _settle(self, local_cancel: bool, failure: _Failure | None) -> float:
+        """Read the losses since the last sync (one wait for the device), agree with the other
+        processes, stop on cancel or a non-finite loss; return the mean loss."""
+        losses, self._losses = self._losses, []
+        values = torch.stack([v for v, _ in losses]).float().cpu().tolist() if losses else []
+        total = sum(v * n for v, (_, n) in zip(values, losses))
+        flags = torch.tensor([total, sum(n for _, n in losses), float(local_cancel)], dtype=torch.float64)
+        self._agree(failure, flags)
         if flags[2] > 0:
             raise _Stop("cancelled", "Training was cancelled.")
+        value = float(flags[0] / flags[1])
         if not math.isfinite(value):
             raise _Stop("failed", "The training loss became NaN or infinite; try a lower learning rate "
                         "(the best weights so far were kept).")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
         return value
 
     def _check_cancel(self, cancel) -> None:
@@ -171,47 +313,74 @@ class Trainer:
         with self._autocast():
             return self.model(x.contiguous(memory_format=self.memory_format)).float()
 
+    def _evaluation_start(self) -> None:
+        """Eval mode with rank 0's batch-norm statistics (those the checkpoint gets) in every
+        process, after an agreement (the broadcast is a collective)."""
+        self.model.eval()
+        if self.ctx.enabled:
+            self._agree(None)
+            dist_utils.broadcast(self.ctx, list(self.model.buffers()))
+
     def validate(self):
         """Yield after each validation batch; finally returns ``(loss, dice)`` (None if no set)."""
-        self.model.eval()
-        sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, inter, pred, truth
+        self._evaluation_start()
         bs = 2 * self.config.batch_size
+        rows, counts, failure = [], [], None
         for s in range(self.val_steps):
-            idx = self.val_local[s * bs : (s + 1) * bs].to(self.device)
-            out = self._predict(self.images.index_select(0, idx))
-            y = self._target(self.truth.index_select(0, idx))
-            loss = self.loss_fn(out, y)
-            p, t = binarize(out[:, self.fg]).double(), binarize(y[:, self.fg]).double()
-            sums += torch.stack([loss.detach().double().cpu() * idx.numel(), torch.tensor(float(idx.numel()), dtype=torch.float64),
-                                 (p * t).sum().cpu(), p.sum().cpu(), t.sum().cpu()])
+            if failure is None:  # after a failure the batches are only counted off
+                idx = self.val_local[s * bs : (s + 1) * bs]
+                _, failure = self._guard("validation", self._validation_batch, idx, rows)
+                counts.append(idx.numel())
             yield s + 1
-        dist_utils.all_reduce_sum(self.ctx, sums)
+        sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, inter, pred, truth
+        if rows and failure is None:  # one wait for the device per pass
+            for (loss, inter, pred, truth), n in zip(torch.stack(rows).cpu().tolist(), counts):
+                sums += torch.tensor([loss * n, float(n), inter, pred, truth], dtype=torch.float64)
+        self._agree(failure, sums)
         if sums[1] == 0:
             return None, None
         denom = float(sums[3] + sums[4])
         return float(sums[0] / sums[1]), (2.0 * float(sums[2]) / denom if denom > 0 else 1.0)
 
+    def _validation_batch(self, idx: torch.Tensor, rows: list) -> None:
+        """Append ``[loss, |P ∩ T|, |P|, |T|]`` of one batch (float32, on the device)."""
+        out = self._predict(gather_to_device(self.images, idx, self.device))
+        y = self._target(gather_to_device(self.truth, idx, self.device))
+        loss = self.loss_fn(out, y)
+        p, t = binarize(out[:, self.fg]), binarize(y[:, self.fg])
+        f32 = torch.float32
+        rows.append(torch.stack([loss.detach().float(), (p & t).sum(dtype=f32), p.sum(dtype=f32), t.sum(dtype=f32)]))
+
     def threshold_batches(self, acc: DiceAccumulator):
         """Accumulate per-volume Dice sums for all thresholds over every sample (sharded)."""
-        self.model.eval()
+        self._evaluation_start()
         everything = torch.arange(self.data.n_samples)[self.ctx.rank :: self.ctx.world_size]
         bs = 2 * self.config.batch_size
         n = -(-everything.numel() // bs)
+        failure = None
         for s in range(n):
-            idx = everything[s * bs : (s + 1) * bs].to(self.device)
-            out = self._predict(self.images.index_select(0, idx))
-            acc.update(out[:, self.fg], self.truth.index_select(0, idx), self.volume.index_select(0, idx))
+            if failure is None:
+                idx = everything[s * bs : (s + 1) * bs]
+                _, failure = self._guard("threshold search", self._threshold_batch, idx, acc)
             yield s + 1, n
-        dist_utils.all_reduce_sum(self.ctx, *acc.tensors())
+        self._agree(failure, *acc.tensors())
+
+    def _threshold_batch(self, idx: torch.Tensor, acc: DiceAccumulator) -> None:
+        out = self._predict(gather_to_device(self.images, idx, self.device))
+        acc.update(out[:, self.fg], gather_to_device(self.truth, idx, self.device), self.volume.index_select(0, idx))
 
     def preview(self, epoch: int):
         sel = self.config.preview_slice
         if sel is None or not self.ctx.is_main or epoch % self.config.preview_every:
             return None
-        subject, index = int(sel[0]), int(sel[1])
+        preview, failure = self._guard("preview", self._preview, int(sel[0]), int(sel[1]))
+        self._pending = self._pending or failure  # rank 0 alone: shared by the next agreement
+        return preview
+
+    def _preview(self, subject: int, index: int):
         x, (h1, w1) = self.data.preview_input(subject, index, self.model.multiple)
         self.model.eval()
-        out = self._predict(torch.from_numpy(x)[None].to(self.device))[0, self.fg, :h1, :w1]
+        out = self._predict(to_device(torch.from_numpy(x)[None], self.device))[0, self.fg, :h1, :w1]
         return self.data.preview_output(subject, out.cpu().numpy())
 
     # ------------------------------------------------------------------ the loop
@@ -306,22 +475,20 @@ class Trainer:
         return dist_utils.shard(order, self.ctx), raters
 
     def _train_epoch(self, epoch: int, mine, raters, cancel, clock: "_Clock", best: "_Best", common: dict):
-        """Yield an event per training step; return the epoch's mean training loss."""
+        """Yield an event per training step; return the epoch's mean training loss. A step's
+        event carries the running mean as of the last sync (exact at the epoch's end)."""
         bs = self.config.batch_size
-        total, count = 0.0, 0
+        total, count, waiting = 0.0, 0, 0
         lr = self.optimizer.param_groups[0]["lr"]
         for s in range(self.steps):
             idx = mine[s * bs : (s + 1) * bs]
-            try:
-                loss = self.train_step(idx, raters, cancel)
-            except RuntimeError as err:
-                oom = _oom_message(err, bs, self.data.crop_size)
-                if oom is None:
-                    raise
-                raise _Stop("failed", oom) from None
-            total, count = total + loss * idx.numel(), count + idx.numel()
+            sync = s + 1 == self.steps or (s + 1) % self.sync_every == 0
+            loss = self.train_step(idx, raters, cancel, sync=sync)
+            waiting += idx.numel()
+            if loss is not None:
+                total, count, waiting = total + loss * waiting, count + waiting, 0
             clock.tick()
-            yield TrainEvent("step", "train", epoch, step=s + 1, train_loss=total / count, lr=lr,
+            yield TrainEvent("step", "train", epoch, step=s + 1, train_loss=total / count if count else None, lr=lr,
                              best_val_loss=_finite(best.loss), best_epoch=best.epoch, eta_seconds=clock.eta(),
                              elapsed_seconds=clock.elapsed(), **common)
         return total / max(count, 1)
@@ -331,8 +498,13 @@ class Trainer:
         a completed run, choose the threshold on every sample, yielding an event per batch.
         Returns ``(threshold, its mean Dice or None, status, message)``."""
         cfg = self.config
+        if self.ctx.enabled:  # a failure not shared yet (the last preview) stops every process here
+            try:
+                self._agree(None)
+            except _Stop as stop:
+                status, message = stop.status, stop.message
         if best.state is None and status == "cancelled":
-            best.state = copy.deepcopy(self.model.state_dict())
+            best.state = _host_state(self.model)
         threshold, threshold_dice = float((self.init_config or {}).get("threshold", 0.5)), None
         if best.state is None:
             return threshold, threshold_dice, status, message
@@ -450,7 +622,7 @@ class _Best:
 
     def offer(self, loss: float, model: torch.nn.Module, epoch: int, eps: float) -> None:
         if not math.isfinite(self.loss) or loss < self.loss - eps * abs(self.loss):
-            self.state, self.loss, self.epoch, self.stale = copy.deepcopy(model.state_dict()), loss, epoch, 0
+            self.state, self.loss, self.epoch, self.stale = _host_state(model), loss, epoch, 0
         else:
             self.stale += 1
 

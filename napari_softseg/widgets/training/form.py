@@ -53,9 +53,9 @@ class HyperParameters(QWidget):
 
     def __init__(self, defaults, parent=None):
         super().__init__(parent)
-        from napari_softseg.engine.devices import autocast_dtype
+        from napari_softseg.engine.devices import training_dtype
 
-        self._autocast_dtype = autocast_dtype
+        self._training_dtype = training_dtype
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         self._build_preset(form)
@@ -133,7 +133,8 @@ class HyperParameters(QWidget):
         self.device_combo.setToolTip("Devices found on this computer; the first is the fastest.")
         self.mixed_precision = QCheckBox("Mixed precision")
         self.mixed_precision.setToolTip("bfloat16/float16 autocast where the device computes it natively "
-                                        "(recent GPUs, CPUs with AVX512-BF16/AMX); float32 elsewhere.")
+                                        "(NVIDIA GPUs, CPUs with AVX512-BF16/AMX); float32 elsewhere, "
+                                        "and always on Apple GPUs (MPS).")
         form.addRow("Device", widget_row(self.device_combo, self.mixed_precision))
         self.device_combo.currentIndexChanged.connect(self._device_changed)
 
@@ -141,7 +142,8 @@ class HyperParameters(QWidget):
         return [self.device_combo.itemData(i) for i in range(self.device_combo.count())]
 
     def _device_changed(self, *_):
-        helps = self._autocast_dtype(self.device_combo.currentData() or "cpu") is not None
+        # what training will really use on that device: unticked and disabled where it is float32 (MPS)
+        helps = self._training_dtype(self.device_combo.currentData() or "cpu") is not None
         self.mixed_precision.setEnabled(helps)
         self.mixed_precision.setChecked(helps)
 
