@@ -21,7 +21,7 @@ orientation**.
   an exact voxel slice, painting hits exactly the voxels under the brush, and the slider
   position is the voxel index along the slider's axis (the acquired slice for a scan stored
   from inferior to superior, as every sample is). For a grid without obliquity ``T`` is the
-  identity and ``D = A``: nothing moves.
+  identity and ``D = A`` (to 1e-6 mm, :data:`GRID_QUANTUM`): nothing moves.
 * ``T`` is one rigid turn about the world origin (for a grid without shear), so every grid
   with the same obliquity, such as a scan and its masks or two acquisitions of one session,
   lands in the same display frame and overlays exactly. A grid with a different obliquity is
@@ -76,18 +76,30 @@ def to_display(affine) -> np.ndarray:
     return turn
 
 
+#: display placements are rounded to multiples of 2^-20 mm (1e-6 mm): then the world
+#: position of every voxel centre is an exact binary fraction, and napari, which counts the
+#: slider's steps as ``floor((last - first) / step) + 1``, sees 11 slices in an 11-slice scan
+#: (with a spacing of 7.5000021 mm, ``(t + 10 s - t) / s`` is 9.999999999999998).
+GRID_QUANTUM = 2.0**-20
+
+
+def _quantised(x: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(x, dtype=float) / GRID_QUANTUM) * GRID_QUANTUM
+
+
 def display_affine(affine, reference=None) -> np.ndarray:
     """The layer affine napari gets for a grid: its nearest orthogonal placement (exact
-    voxel slices), or, with ``reference``, the grid mapped through the reference grid's turn
-    (exact overlay on the reference; oblique when the two grids' tilts differ)."""
+    voxel slices; diagonal, in multiples of :data:`GRID_QUANTUM`), or, with ``reference``, the
+    grid mapped through the reference grid's turn (exact overlay on the reference; oblique
+    when the two grids' tilts differ)."""
     affine = np.asarray(affine, dtype=float)
     if reference is not None:
         return to_display(reference) @ affine
-    out = to_display(affine) @ affine
+    out = np.eye(4)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     _, signs = assigned_axes(affine)
-    out[:3, :3] = np.diag(signs * spacing)  # exactly diagonal (no round-off off the diagonal)
-    out[3] = (0.0, 0.0, 0.0, 1.0)
+    out[:3, :3] = np.diag(_quantised(signs * spacing))  # exactly diagonal
+    out[:3, 3] = _quantised((to_display(affine) @ affine)[:3, 3])
     return out
 
 
@@ -126,7 +138,7 @@ def thick_axis(affine) -> int:
 
 def plane_view(affine, axis: int | None = None) -> tuple[tuple[int, int, int], tuple[str, str], str]:
     """How to show the plane perpendicular to data axis ``axis`` (default :func:`thick_axis`)
-    of a layer with display ``affine`` (or any affine: only axis assignments matter).
+    of a grid with the true ``affine`` (the file's: which data axis is which anatomical axis).
 
     Returns ``(dims order, camera orientation2d, plane name)``: the slider axis first, then the
     vertical and horizontal axes of the screen. Vertical is A-P in an axial plane and S-I

@@ -8,8 +8,9 @@ from napari_softseg.plugin import planes
 
 
 def show_slices_along(viewer, affine: np.ndarray, axis: int | None = None) -> int:
-    """Show the plane perpendicular to array ``axis`` of a layer with ``affine`` (its display
-    placement or its file's affine), drawn radiologically (see :func:`planes.plane_view`).
+    """Show the plane perpendicular to array ``axis`` of a layer whose file has ``affine``
+    (its true affine: the display placement of a grid stored with permuted axes no longer
+    says which axis is which), drawn radiologically (see :func:`planes.plane_view`).
 
     ``axis`` defaults to the scan's acquisition axis (:func:`planes.thick_axis`: the largest
     voxel size, else the axis nearest to S-I). Returns the world axis put on the slider (the
@@ -25,7 +26,8 @@ def show_acquisition_plane(viewer, layer, reset: bool = True) -> str:
     """Put ``layer``'s acquisition plane on screen: its thick axis on the slider, on the
     middle slice when ``reset`` (napari's view reset), anatomical directions as
     :func:`show_slices_along` draws them. Returns the plane's name ("axial", ...)."""
-    affine = layer.affine.affine_matrix
+    true = (getattr(layer, "metadata", None) or {}).get("affine")
+    affine = np.asarray(true, float) if true is not None else layer.affine.affine_matrix
     order, _, plane = planes.plane_view(affine)
     show_slices_along(viewer, affine, order[0])
     if reset:
