@@ -170,7 +170,7 @@ class SegmentWidget(DockBase):
         self._cancel.clear()
         self._pending_scan = scan
         worker = create_worker(segment, request, progress=self._relay.progress.emit, cancel=self._cancel.is_set,
-                               _start_thread=False)
+                               _start_thread=False, _ignore_errors=True)  # _on_error reports them
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -284,7 +284,8 @@ class SegmentWidget(DockBase):
 
         r = self.review
         worker = create_worker(analyse_lesions, r.soft, threshold=r.threshold, spacing=r.spacing, samples=r.samples,
-                               rule=r.rule, connectivity=r.connectivity, _start_thread=False)
+                               rule=r.rule, connectivity=r.connectivity, _start_thread=False,
+                               _ignore_errors=True)
         worker.returned.connect(self._on_analysed)
         worker.errored.connect(lambda err: notify_error(f"Lesion analysis failed: {err}"))
         worker.finished.connect(lambda: setattr(self, "_analysis_worker", None))
