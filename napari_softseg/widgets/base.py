@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtWidgets import QComboBox, QDockWidget, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_softseg.io.nifti import ScanGeometry
 from napari_softseg.plugin import roles
@@ -159,6 +160,20 @@ def follow_acquisition_plane(widget, viewer) -> None:
         show_acquisition_plane(viewer, scans[0])
 
 
+def escape_dock_title(widget) -> None:
+    """Double the ``&`` of the title of the dock that holds ``widget``: Qt takes a single ``&``
+    in a tab's text (tabbed docks) and in the Window menu's entry as a keyboard mnemonic, so
+    "Segment & review" read "Segment _review". napari's own title bar shows the name as it is."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    if parent is None:
+        return
+    title = parent.windowTitle()
+    if "&" in title and "&&" not in title:
+        parent.setWindowTitle(title.replace("&", "&&"))
+
+
 class DockBase(QWidget):
     """Common layout: a vertical stack of titled groups and a status line at the bottom.
     Every dock shows the acquisition plane of the scans opened (:func:`follow_acquisition_plane`)."""
@@ -171,6 +186,12 @@ class DockBase(QWidget):
         self._layout.setContentsMargins(6, 6, 6, 6)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+
+    def event(self, event) -> bool:  # noqa: D102 - Qt API
+        if event.type() == QEvent.Type.ParentChange:
+            escape_dock_title(self)
+            QTimer.singleShot(0, lambda: escape_dock_title(self))
+        return super().event(event)
 
     def group(self, title: str) -> QVBoxLayout:
         box = QGroupBox(title)

@@ -34,6 +34,12 @@ from napari_softseg.labels.masks import binarize
 
 __all__ = ["Trainer"]
 
+#: slices per forward pass of validation and the threshold search on a CPU: a cancel is seen
+#: between two of them (a 16-slice batch of 144x184 took 5 s on a busy 2-core CPU, so Cancel
+#: waited up to 5 s; one slice takes a fraction of a second, and 16 single-slice passes cost
+#: no more than one 16-slice pass on a CPU)
+EVAL_CHUNK_CPU = 1
+
 
 class _Stop(Exception):
     def __init__(self, status: str, message: str) -> None:
@@ -171,14 +177,25 @@ class Trainer:
         with self._autocast():
             return self.model(x.contiguous(memory_format=self.memory_format)).float()
 
-    def validate(self):
+    def _predict_slices(self, idx: torch.Tensor, cancel=None) -> torch.Tensor:
+        """The network's output for the samples ``idx``, computed :data:`EVAL_CHUNK_CPU` slices at
+        a time on a CPU with a cancel check before each (a 16-slice batch takes seconds there;
+        evaluation mode makes every slice's output independent of its batch)."""
+        chunk = EVAL_CHUNK_CPU if self.device.type == "cpu" else idx.numel()
+        outs = []
+        for part in idx.split(max(1, chunk)):
+            self._check_cancel(cancel)
+            outs.append(self._predict(self.images.index_select(0, part)))
+        return torch.cat(outs)
+
+    def validate(self, cancel=None):
         """Yield after each validation batch; finally returns ``(loss, dice)`` (None if no set)."""
         self.model.eval()
         sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, inter, pred, truth
         bs = 2 * self.config.batch_size
         for s in range(self.val_steps):
             idx = self.val_local[s * bs : (s + 1) * bs].to(self.device)
-            out = self._predict(self.images.index_select(0, idx))
+            out = self._predict_slices(idx, cancel)
             y = self._target(self.truth.index_select(0, idx))
             loss = self.loss_fn(out, y)
             p, t = binarize(out[:, self.fg]).double(), binarize(y[:, self.fg]).double()
@@ -191,7 +208,7 @@ class Trainer:
         denom = float(sums[3] + sums[4])
         return float(sums[0] / sums[1]), (2.0 * float(sums[2]) / denom if denom > 0 else 1.0)
 
-    def threshold_batches(self, acc: DiceAccumulator):
+    def threshold_batches(self, acc: DiceAccumulator, cancel=None):
         """Accumulate per-volume Dice sums for all thresholds over every sample (sharded)."""
         self.model.eval()
         everything = torch.arange(self.data.n_samples)[self.ctx.rank :: self.ctx.world_size]
@@ -199,7 +216,7 @@ class Trainer:
         n = -(-everything.numel() // bs)
         for s in range(n):
             idx = everything[s * bs : (s + 1) * bs].to(self.device)
-            out = self._predict(self.images.index_select(0, idx))
+            out = self._predict_slices(idx, cancel)
             acc.update(out[:, self.fg], self.truth.index_select(0, idx), self.volume.index_select(0, idx))
             yield s + 1, n
         dist_utils.all_reduce_sum(self.ctx, *acc.tensors())
@@ -279,7 +296,7 @@ class Trainer:
 
     def _validation(self, epoch: int, cancel, clock: "_Clock", common: dict, **extra):
         """Run one validation pass, yielding an event per batch; return ``(loss, dice)``."""
-        gen = self.validate()
+        gen = self.validate(cancel)
         while True:
             self._check_cancel(cancel)
             try:
@@ -339,7 +356,7 @@ class Trainer:
             return threshold, threshold_dice, status, message
         acc = DiceAccumulator(self.data.n_volumes, len(self.data.classes), device=self.device)
         try:
-            for s, n in self.threshold_batches(acc):
+            for s, n in self.threshold_batches(acc, cancel):
                 yield TrainEvent("step", "threshold", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
                                  elapsed_seconds=clock.elapsed())
                 self._check_cancel(cancel)
