@@ -50,6 +50,16 @@ def true_affine(layer) -> np.ndarray:
     return layer_geometry(layer).affine
 
 
+def same_grid(a, b, atol: float = 1e-3) -> bool:
+    """Whether layers ``a`` and ``b`` hold the same voxel grid: same shape, and placed at the
+    same place in the viewer or read from files with the same affine (a layer added from a
+    script on a scan's display placement, or with the scan file's affine, is on its grid)."""
+    if tuple(np.shape(a.data)[:3]) != tuple(np.shape(b.data)[:3]):
+        return False
+    return bool(np.allclose(data_to_world(a), data_to_world(b), atol=atol)
+                or np.allclose(true_affine(a), true_affine(b), atol=atol))
+
+
 def frame_kwargs(layer) -> dict:
     """``affine``, ``axis_labels`` and ``units`` that put a new layer exactly on ``layer``'s
     grid and frame (for the layers the docks add on a scan's grid)."""

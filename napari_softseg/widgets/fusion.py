@@ -29,7 +29,7 @@ from napari_softseg.labels.levels import levels_to_soft
 from napari_softseg.plugin import roles
 from napari_softseg.plugin.notify import notify_error
 from napari_softseg.plugin.planes import layer_frame
-from napari_softseg.widgets.base import DockBase, frame_kwargs, layer_geometry, true_affine, widget_row
+from napari_softseg.widgets.base import DockBase, frame_kwargs, layer_geometry, same_grid, true_affine, widget_row
 
 #: World-coordinate tolerance (mm) when checking that two grids coincide.
 GRID_ATOL = 1e-3
@@ -65,13 +65,14 @@ class RaterInput:
         return np.clip(data.astype(np.float32), 0.0, 1.0)
 
 
-def input_from_layer(layer) -> RaterInput | None:
-    """How a layer can be fused, or None when it cannot (3-D only)."""
+def input_from_layer(layer, reference=None) -> RaterInput | None:
+    """How a layer can be fused, or None when it cannot (3-D only). Its grid is its file's
+    affine; a layer on the ``reference`` layer's grid (:func:`same_grid`) gets the reference's."""
     from napari.layers import Labels
 
     if layer.ndim != 3:
         return None
-    affine = true_affine(layer)
+    affine = true_affine(reference if reference is not None and same_grid(layer, reference) else layer)
     if isinstance(layer, Labels):
         kind = "levels" if roles.is_rater(layer) else "mask"
     elif roles.is_soft_map(layer):
@@ -244,6 +245,8 @@ class FusionWidget(DockBase):
         chosen = []
         layers = {lay.name: lay for lay in self.viewer.layers}
         files = {str(f.path): f for f in self._files}
+        ref_name = self.reference.currentData()
+        ref_layer = layers.get(ref_name) if ref_name else None
         for i in range(self.list.count()):
             item = self.list.item(i)
             if item.checkState() != Qt.CheckState.Checked:
@@ -252,12 +255,12 @@ class FusionWidget(DockBase):
             if kind == "file":
                 chosen.append(files[key])
             elif key in layers:
-                inp = input_from_layer(layers[key])
+                inp = input_from_layer(layers[key], ref_layer)
                 inp.data = np.array(inp.data, copy=True)  # painting may go on during the fusion
+                ref_layer = ref_layer if ref_layer is not None else layers[key]  # "(first rater)"
                 chosen.append(inp)
         if len(chosen) < 2:
             raise UserError("Tick at least two raters to fuse.")
-        ref_name = self.reference.currentData()
         geo = None
         if ref_name and ref_name in layers:
             ref = layers[ref_name]

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import html
 
-import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_softseg.plugin.contrasts import contrast_of, match_inputs, mismatch
 from napari_softseg.plugin.roles import is_scan
 from napari_softseg.review.segment import contrast_message
-from napari_softseg.widgets.base import LayerCombo, alive, true_affine
+from napari_softseg.widgets.base import LayerCombo, alive, same_grid
 from napari_softseg.widgets.napari_private import unwrap
 
 
@@ -133,7 +132,7 @@ class ContrastInputs(QWidget):
             return f"Each input needs its own layer, but '{twice}' feeds two of them; choose another."
         ref = layers[0]
         for lay in layers[1:]:
-            if np.shape(lay.data) != np.shape(ref.data) or not np.allclose(true_affine(lay), true_affine(ref), atol=1e-3):
+            if not same_grid(lay, ref):
                 return f"'{lay.name}' does not lie on the voxel grid of '{ref.name}'; the contrasts must share one grid."
         return ""
 

@@ -13,7 +13,7 @@ from napari_softseg.engine.training.sources import ScanSnapshot
 from napari_softseg.errors import UserError
 from napari_softseg.io import geometry
 from napari_softseg.plugin import roles
-from napari_softseg.widgets.base import alive, data_to_world, frame_kwargs, true_affine
+from napari_softseg.widgets.base import alive, data_to_world, frame_kwargs, same_grid
 from napari_softseg.widgets.napari_private import shown_slice_point
 
 
@@ -64,9 +64,7 @@ def layer_spacing(layer) -> tuple[float, float, float]:
 
 
 def on_same_grid(a, b, atol: float = 1e-3) -> bool:
-    return tuple(np.shape(a.data)[:3]) == tuple(np.shape(b.data)[:3]) and np.allclose(
-        true_affine(a), true_affine(b), atol=atol
-    )
+    return same_grid(a, b, atol)
 
 
 def snapshot_scan(entry: ScanEntry, label_layers: Sequence) -> ScanSnapshot:
@@ -85,7 +83,7 @@ def snapshot_scan(entry: ScanEntry, label_layers: Sequence) -> ScanSnapshot:
         lshape = tuple(np.shape(lab.data))
         if lshape[:3] != shape:
             raise UserError(f"Label layer '{lab.name}' has shape {lshape[:3]} but scan '{entry.name}' has {shape}; choose a label drawn on that scan.")
-        if not np.allclose(true_affine(lab), true_affine(ref), atol=1e-3):
+        if not same_grid(lab, ref):
             raise UserError(f"Label layer '{lab.name}' has the shape of scan '{entry.name}' but lies elsewhere in world space (different position, orientation or voxel size).")
         data = np.array(lab.data, copy=True)
         if not np.any(data):
