@@ -94,12 +94,13 @@ def _painting(viewer, n_strokes: int, tmp: Path) -> dict:
     import shutil
 
     from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.io.samples import sample_path
     from napari_softseg.widgets.annotation.dock import SoftAnnotationWidget
     from napari_softseg.widgets.demo import StallMeter
 
     from _strokes import play, sweep_strokes
 
-    src = ROOT / "sample_data" / "brain_t1" / "bet.nii.gz"
+    src = sample_path("brain_t1", "bet.nii.gz")
     tmp.mkdir(parents=True, exist_ok=True)
     path = Path(shutil.copy(src, tmp / src.name))
     vol = read_nifti(path)

@@ -49,7 +49,7 @@ def test_staple_on_two_real_raters_in_a_worker(make_napari_viewer, qtbot):
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     names = [lay.name for lay in viewer.layers]
-    assert names[2:] == ["raters fused (staple)", "raters consensus", "raters disagreement"]
+    assert names[2:] == ["raters fused (staple)", "raters consensus (staple)", "raters disagreement (staple)"]
     fused, consensus, dis = (viewer.layers[n] for n in names[2:])
     affine = read_nifti(paths[0]).affine
     for lay in (fused, consensus, dis):
@@ -98,16 +98,22 @@ def test_phantom_raters_with_the_scan_as_reference(make_napari_viewer, phantom_p
     assert np.argmax(core.sensitivity) == 1 and np.argmin(core.sensitivity) == 0
     fused = viewer.layers["flair fused (staple)"]
     np.testing.assert_allclose(fused.affine.affine_matrix, scan.affine.affine_matrix)
-    np.testing.assert_array_equal(viewer.layers["flair consensus"].data, core.hard)
+    np.testing.assert_array_equal(viewer.layers["flair consensus (staple)"].data, core.hard)
     all_agree = np.all([r == raters[0] for r in raters[1:]], axis=0)
     assert np.all(dis[all_agree] == 0) and np.all(dis[~all_agree] > 0)
     np.testing.assert_allclose(dis, disagreement_map(raters), rtol=1e-6)
 
-    # running again replaces the result layers instead of piling them up
+    # another method adds its own three layers next to the first ones (method in every name);
+    # running the same method again replaces them instead of piling them up
     dock.method.setCurrentIndex(dock.method.findData("average"))
     n = len(viewer.layers)
     dock.run_now()
-    assert len(viewer.layers) == n + 1  # the new "fused (average)" only
+    assert len(viewer.layers) == n + 3
+    assert {"flair fused (average)", "flair consensus (average)", "flair disagreement (average)"} <= {
+        lay.name for lay in viewer.layers}
+    np.testing.assert_array_equal(viewer.layers["flair consensus (staple)"].data, core.hard)  # kept
+    dock.run_now()
+    assert len(viewer.layers) == n + 3
     np.testing.assert_allclose(viewer.layers["flair fused (average)"].data, np.mean(raters, axis=0), atol=1e-6)
     assert all(row[1] == "-" for row in table(dock))  # no sensitivity without STAPLE
 

@@ -30,8 +30,13 @@ def test_las_scan_and_mask_and_lps_scan_land_by_their_affines(make_napari_viewer
     lps_affine = read_nifti(lps_path).affine
     assert las_affine[0, 0] < 0 and las_affine[1, 1] > 0  # L: x decreases with i
     assert lps_affine[0, 0] < 0 and lps_affine[1, 1] < 0  # LP: x and y decrease
+    # the cord is 4.3 degrees oblique: shown on its voxel grid turned rigidly to the nearest
+    # orthogonal orientation (plugin/planes.py), i.e. a diagonal placement and one rotation
+    np.testing.assert_allclose(scan.affine.affine_matrix[:3, :3], np.diag([-0.5, 0.5, 7.5]), atol=1e-5)
+    turn = scan.affine.affine_matrix @ np.linalg.inv(las_affine)
+    np.testing.assert_allclose(turn[:3, :3] @ turn[:3, :3].T, np.eye(3), atol=1e-6)
     for voxel in [(0, 0, 0), (160, 100, 5), (319, 319, 10)]:
-        np.testing.assert_allclose(scan.data_to_world(voxel), _world(las_affine, voxel), atol=1e-4)
+        np.testing.assert_allclose(scan.data_to_world(voxel), (turn @ np.r_[_world(las_affine, voxel), 1])[:3], atol=1e-4)
         np.testing.assert_allclose(mask.data_to_world(voxel), scan.data_to_world(voxel), atol=1e-4)
     for voxel in [(0, 0, 0), (120, 100, 77)]:
         np.testing.assert_allclose(lps.data_to_world(voxel), _world(lps_affine, voxel), atol=1e-4)

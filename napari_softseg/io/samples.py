@@ -1,7 +1,9 @@
 """Where the shipped sample scans live (no Qt).
 
-The files sit in the repository's top-level ``sample_data/`` folder (with their licences
-in ``sample_data/LICENSES.md``); a wheel installs them as ``napari_softseg/sample_data``.
+The files sit in the package, ``napari_softseg/sample_data/`` (with their licences in
+``sample_data/LICENSES.md`` and a licence file in every folder), so a wheel or a package
+index installs them with the code: File > Open Sample, the lesion phantom (built from
+``brain_t1``) and the demo work wherever the package is installed.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def sample_dir() -> Path:
-    for candidate in (_PACKAGE / "sample_data", _PACKAGE.parent / "sample_data"):
-        if (candidate / "LICENSES.md").exists():
-            return candidate
+    candidate = _PACKAGE / "sample_data"
+    if (candidate / "LICENSES.md").exists():
+        return candidate
     raise UserError("The sample data folder is missing from this installation of napari_softseg.")
 
 

@@ -1,9 +1,10 @@
 """Turning NIfTI volumes into napari layer-data tuples (no Qt).
 
 Used by the reader, the sample data and the docks so that every layer that comes from
-a NIfTI file looks and behaves the same: the file's affine as the layer affine, the
-header in ``metadata`` for exact write-back, soft maps shown with a transparent-to-opaque
-perceptual colormap and contrast 0-1, label maps as Labels.
+a NIfTI file looks and behaves the same: placed by its nearest orthogonal orientation with
+anatomical axis labels and millimetres (:mod:`napari_softseg.plugin.planes`), the file's true
+affine and header in ``metadata`` for exact write-back, soft maps shown with a
+transparent-to-opaque perceptual colormap and contrast 0-1, label maps as Labels.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from napari_softseg.io.nifti import NiftiVolume
 from napari_softseg.plugin import roles
+from napari_softseg.plugin.planes import layer_frame
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
@@ -41,6 +43,27 @@ def soft_colormap():
     return Colormap(colors=_SOFT_RAMP[:, 1:], controls=_SOFT_RAMP[:, 0], name=SOFT_COLORMAP_NAME)
 
 
+#: The training preview: the network's live guess, drawn in greens so that it is never mistaken
+#: for the soft label it learns from (the purple-to-yellow :data:`SOFT_COLORMAP_NAME`).
+PREVIEW_COLORMAP_NAME = "softseg-preview"
+_PREVIEW_RAMP = np.array(
+    [  # value, r, g, b, alpha
+        [0.00, 0.00, 0.00, 0.00, 0.00],
+        [0.05, 0.00, 0.30, 0.15, 0.25],
+        [0.50, 0.10, 0.70, 0.30, 0.65],
+        [1.00, 0.65, 1.00, 0.45, 0.95],
+    ],
+    dtype=float,
+)
+
+
+def preview_colormap():
+    """The napari Colormap of the training preview (probabilities in [0, 1])."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=_PREVIEW_RAMP[:, 1:], controls=_PREVIEW_RAMP[:, 0], name=PREVIEW_COLORMAP_NAME)
+
+
 def robust_contrast(data: np.ndarray) -> tuple[float, float]:
     """Contrast limits from the 0.5 and 99.5 percentiles of the non-zero voxels."""
     values = data[data != 0] if np.any(data != 0) else data.ravel()
@@ -54,12 +77,39 @@ def robust_contrast(data: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def description(vol: NiftiVolume) -> str:
+    """What the file says about its acquisition: the header's ``descrip`` and, from a BIDS
+    sidecar ``.json`` next to it, ``SeriesDescription`` and ``ProtocolName`` (used to tell
+    its contrast, :mod:`napari_softseg.plugin.contrasts`)."""
+    import json
+
+    from napari_softseg.io.nifti import nifti_stem
+
+    parts = []
+    try:
+        descrip = vol.header["descrip"]
+        text = (descrip.item() if hasattr(descrip, "item") else descrip)
+        parts.append(text.decode("latin-1") if isinstance(text, bytes) else str(text))
+    except (KeyError, TypeError, ValueError):
+        pass
+    if vol.path is not None:
+        sidecar = vol.path.with_name(nifti_stem(vol.path) + ".json")
+        try:
+            doc = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        except (OSError, ValueError):
+            doc = {}
+        if isinstance(doc, dict):
+            parts += [str(doc[k]) for k in ("SeriesDescription", "ProtocolName") if doc.get(k)]
+    return " ".join(p.strip().strip("\x00") for p in parts if p.strip().strip("\x00"))
+
+
 def _base_kwargs(vol: NiftiVolume, name: str, role: str, extra_meta: dict | None = None) -> dict[str, Any]:
     meta = vol.geometry_metadata()
     meta[roles.ROLE_KEY] = role
+    meta["description"] = description(vol)
     if extra_meta:
         meta.update(extra_meta)
-    return {"name": name, "affine": np.asarray(vol.affine, dtype=float), "metadata": meta}
+    return {"name": name, **layer_frame(vol.affine), "metadata": meta}
 
 
 def scan_layer(vol: NiftiVolume, data: np.ndarray | None = None, name: str | None = None,
@@ -107,7 +157,9 @@ def channel_layers(volumes: Sequence[NiftiVolume], names: Sequence[str] | None =
 
     ``volumes`` is either one 4-D volume (X, Y, Z, C) or several 3-D volumes on one grid.
     Each layer's metadata gets ``softseg_scan = {"group", "channel", "contrasts"}`` so the
-    docks can find the contrasts that belong together.
+    docks can find the contrasts that belong together. Only the first contrast is visible:
+    the others, all opaque greyscale on one grid, would hide it (tick another in the layer
+    list, or choose it in the Segment dock, to look at it).
     """
     if len(volumes) == 1 and volumes[0].data.ndim == 4:
         vol = volumes[0]
@@ -121,5 +173,7 @@ def channel_layers(volumes: Sequence[NiftiVolume], names: Sequence[str] | None =
     out = []
     for c, (arr, base, nm) in enumerate(zip(arrays, bases, names)):
         meta = {"softseg_scan": {"group": group, "channel": c, "contrasts": names}}
-        out.append(scan_layer(base, data=arr, name=nm, extra_meta=meta))
+        layer = scan_layer(base, data=arr, name=nm, extra_meta=meta)
+        layer[1]["visible"] = c == 0
+        out.append(layer)
     return out

@@ -4,28 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_softseg.io import geometry
+from napari_softseg.plugin import planes
 
 
 def show_slices_along(viewer, affine: np.ndarray, axis: int | None = None) -> int:
-    """Show the plane perpendicular to the world axis closest to array ``axis``.
+    """Show the plane perpendicular to array ``axis`` of a layer whose file has ``affine``
+    (its true affine: the display placement of a grid stored with permuted axes no longer
+    says which axis is which), drawn radiologically (see :func:`planes.plane_view`).
 
-    ``axis`` defaults to the axis with the largest voxel size (the slice axis of a
-    thick-slice scan), else the last one. For a RAS/LAS/LPS scan sliced along its third
-    axis this is the axial plane, drawn with anterior/posterior vertical and the first
-    array axis horizontal, superior-looking-down ("up" = increasing second world axis).
-    Returns the world axis used as slider.
-    """
-    affine = np.asarray(affine, dtype=float)
-    spacing = np.asarray(geometry.spacing(affine))
-    if axis is None:
-        axis = int(np.argmax(spacing)) if spacing.max() > 1.01 * spacing.min() else 2
-    world = int(np.argmax(np.abs(affine[:3, axis])))
-    others = [a for a in range(3) if a != world]
+    ``axis`` defaults to the scan's acquisition axis (:func:`planes.thick_axis`: the largest
+    voxel size, else the axis nearest to S-I). Returns the world axis put on the slider (the
+    display world axis of a layer is its data axis of the same index)."""
+    order, orientation, _ = planes.plane_view(affine, axis)
     if viewer.dims.ndim == 3:
-        viewer.dims.order = (world, others[1], others[0])
-        getattr(viewer, "scene", viewer).camera.orientation2d = ("up", "right")
-    return world
+        viewer.dims.order = order
+        getattr(viewer, "scene", viewer).camera.orientation2d = orientation
+    return int(order[0])
+
+
+def show_acquisition_plane(viewer, layer, reset: bool = True) -> str:
+    """Put ``layer``'s acquisition plane on screen: its thick axis on the slider, on the
+    middle slice when ``reset`` (napari's view reset), anatomical directions as
+    :func:`show_slices_along` draws them. Returns the plane's name ("axial", ...)."""
+    true = (getattr(layer, "metadata", None) or {}).get("affine")
+    affine = np.asarray(true, float) if true is not None else layer.affine.affine_matrix
+    order, _, plane = planes.plane_view(affine)
+    show_slices_along(viewer, affine, order[0])
+    if reset:
+        viewer.reset_view()
+    return plane
 
 
 def centre_on(viewer, world_point) -> None:

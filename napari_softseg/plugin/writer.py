@@ -1,8 +1,10 @@
 """npe2 writers: Image layers (soft maps as float32) and Labels layers (integers) as NIfTI.
 
-The layer's ``metadata["nifti_header"]`` (kept by the reader) supplies the header, so
-qform/sform, their codes and units are written back unchanged; otherwise the layer's
-affine is used. Writes are atomic (see :func:`napari_softseg.io.nifti.write_nifti`).
+The layer's ``metadata["nifti_header"]`` and ``metadata["affine"]`` (kept by the reader)
+supply the header and the true affine, so qform/sform, their codes and units are written back
+unchanged (the layer's own affine is only the display placement of an oblique grid, see
+:mod:`napari_softseg.plugin.planes`); a layer without them, or moved since, is written with
+its layer affine. Writes are atomic (see :func:`napari_softseg.io.nifti.write_nifti`).
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ from napari_softseg.errors import UserError
 from napari_softseg.io.nifti import NiftiVolume, classify, write_nifti
 from napari_softseg.plugin import roles
 from napari_softseg.plugin.notify import notify_error
+from napari_softseg.plugin.planes import on_grid
 
 
 def _like(data: np.ndarray, meta: dict[str, Any]):
+    """The source file's geometry when the layer still sits where the reader put it (its
+    affine is the file's display placement, or the file's affine itself), else None and the
+    layer's own affine."""
     md = meta.get("metadata") or {}
     header = md.get("nifti_header")
     affine = np.asarray(meta.get("affine", np.eye(4)), dtype=float)
     if affine.shape != (4, 4):
         affine = np.eye(4)
     if header is not None and tuple(md.get("shape", ())) == tuple(np.shape(data)[:3]):
-        if np.allclose(np.asarray(md.get("affine", affine), float), affine, atol=1e-6):
+        true = np.asarray(md.get("affine", affine), float)
+        if on_grid(affine, true):
             dummy = np.broadcast_to(np.zeros((), np.uint8), tuple(np.shape(data)[:3]))
-            return NiftiVolume(data=dummy, affine=affine, header=header.copy(), path=None), None
+            return NiftiVolume(data=dummy, affine=true, header=header.copy(), path=None), None
     return None, affine
 
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtWidgets import QComboBox, QDockWidget, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_softseg.io.nifti import ScanGeometry
+from napari_softseg.plugin import roles
+from napari_softseg.plugin.planes import on_grid
+from napari_softseg.plugin.viewer import show_acquisition_plane
 from napari_softseg.widgets.napari_private import unwrap
 
 
@@ -27,16 +31,40 @@ def _scale_translate(layer) -> np.ndarray:
 
 
 def layer_geometry(layer) -> ScanGeometry:
-    """Geometry of a scan (or rater) layer: from the reader's metadata when present and
-    consistent with the layer, else from the layer's own transform (no header, no path)."""
+    """True geometry of a scan (or rater) layer: from the reader's metadata when present and
+    the layer still sits on that grid (its display placement, see
+    :mod:`napari_softseg.plugin.planes`), else from the layer's own transform (no header, no path)."""
     md = getattr(layer, "metadata", None) or {}
     shape = tuple(int(s) for s in np.shape(layer.data)[:3])
     matrix = data_to_world(layer)
     if md.get("affine") is not None and tuple(md.get("shape", ())) == shape:
         geo = ScanGeometry.from_metadata(md)
-        if np.allclose(geo.affine, matrix, atol=1e-4):
+        if on_grid(matrix, geo.affine, atol=1e-4):
             return geo
     return ScanGeometry(path=None, shape=shape, affine=matrix, header=None)  # type: ignore[arg-type]
+
+
+def true_affine(layer) -> np.ndarray:
+    """The voxel-to-world (mm) matrix of the file behind ``layer`` (:func:`layer_geometry`);
+    compare grids with this, never with the display placement."""
+    return layer_geometry(layer).affine
+
+
+def same_grid(a, b, atol: float = 1e-3) -> bool:
+    """Whether layers ``a`` and ``b`` hold the same voxel grid: same shape, and placed at the
+    same place in the viewer or read from files with the same affine (a layer added from a
+    script on a scan's display placement, or with the scan file's affine, is on its grid)."""
+    if tuple(np.shape(a.data)[:3]) != tuple(np.shape(b.data)[:3]):
+        return False
+    return bool(np.allclose(data_to_world(a), data_to_world(b), atol=atol)
+                or np.allclose(true_affine(a), true_affine(b), atol=atol))
+
+
+def frame_kwargs(layer) -> dict:
+    """``affine``, ``axis_labels`` and ``units`` that put a new layer exactly on ``layer``'s
+    grid and frame (for the layers the docks add on a scan's grid)."""
+    return {"affine": data_to_world(layer), "axis_labels": tuple(layer.axis_labels),
+            "units": tuple(str(u) for u in layer.units)}
 
 
 def alive(viewer, layer) -> bool:
@@ -119,16 +147,61 @@ def _disconnect(emitter, callback) -> None:
         pass
 
 
+def _opened_scan(layer) -> bool:
+    """A 3-D scan opened by this package's reader or sample data (it carries its role)."""
+    return roles.role(layer) == roles.SCAN and getattr(layer, "ndim", 0) == 3
+
+
+def follow_acquisition_plane(widget, viewer) -> None:
+    """Show a scan's acquisition plane (:func:`~napari_softseg.plugin.viewer.show_acquisition_plane`)
+    when it is the first scan opened in the viewer, and at once when ``widget`` (a dock) opens on
+    a viewer still in napari's default axis order. The reader cannot change the viewer; the
+    docks do it for the scans that arrive while one of them is open. Stops with ``widget``."""
+
+    def on_inserted(event) -> None:
+        layer = event.value
+        if _opened_scan(layer) and sum(_opened_scan(lay) for lay in viewer.layers) == 1:
+            show_acquisition_plane(viewer, layer)
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    widget.destroyed.connect(lambda *_: _disconnect(viewer.layers.events.inserted, on_inserted))
+    scans = [lay for lay in viewer.layers if _opened_scan(lay)]
+    if scans and tuple(viewer.dims.order) == tuple(range(viewer.dims.ndim)):
+        show_acquisition_plane(viewer, scans[0])
+
+
+def escape_dock_title(widget) -> None:
+    """Double the ``&`` of the title of the dock that holds ``widget``: Qt takes a single ``&``
+    in a tab's text (tabbed docks) and in the Window menu's entry as a keyboard mnemonic, so
+    "Segment & review" read "Segment _review". napari's own title bar shows the name as it is."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    if parent is None:
+        return
+    title = parent.windowTitle()
+    if "&" in title and "&&" not in title:
+        parent.setWindowTitle(title.replace("&", "&&"))
+
+
 class DockBase(QWidget):
-    """Common layout: a vertical stack of titled groups and a status line at the bottom."""
+    """Common layout: a vertical stack of titled groups and a status line at the bottom.
+    Every dock shows the acquisition plane of the scans opened (:func:`follow_acquisition_plane`)."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        follow_acquisition_plane(self, napari_viewer)
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(6, 6, 6, 6)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+
+    def event(self, event) -> bool:  # noqa: D102 - Qt API
+        if event.type() == QEvent.Type.ParentChange:
+            escape_dock_title(self)
+            QTimer.singleShot(0, lambda: escape_dock_title(self))
+        return super().event(event)
 
     def group(self, title: str) -> QVBoxLayout:
         box = QGroupBox(title)

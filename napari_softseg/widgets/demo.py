@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_softseg.plugin.viewer import centre_on, show_slices_along
+from napari_softseg.plugin.viewer import centre_on, show_acquisition_plane
 
 DEMO_MODEL = "ms-lesion"
 
@@ -86,12 +86,8 @@ def segment_and_wait(widget, timeout: float = 120.0) -> dict:
 
 
 def run_demo(out: Path, headless: bool) -> int:
-    import warnings
-
     import napari
 
-    # the brain scan's affine is slightly oblique; napari says so for every slice
-    warnings.filterwarnings("ignore", message="Non-orthogonal slicing")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     viewer = napari.Viewer(title="napari-softseg demo", show=True)
@@ -104,9 +100,8 @@ def run_demo(out: Path, headless: bool) -> int:
         seg_dock.raise_()  # the tab in front
 
     scan = viewer.layers["phantom_flair"]
-    show_slices_along(viewer, scan.affine.affine_matrix)
+    show_acquisition_plane(viewer, scan)  # axial, radiological (the docks did it too)
     viewer.layers["truth_fraction"].visible = False  # the prediction is the overlay to look at
-    viewer.reset_view()
     _process_events(0.5)
 
     written: dict[str, str] = {}

@@ -28,7 +28,8 @@ from napari_softseg.io.nifti import ScanGeometry
 from napari_softseg.labels.levels import levels_to_soft
 from napari_softseg.plugin import roles
 from napari_softseg.plugin.notify import notify_error
-from napari_softseg.widgets.base import DockBase, data_to_world, layer_geometry, widget_row
+from napari_softseg.plugin.planes import layer_frame
+from napari_softseg.widgets.base import DockBase, frame_kwargs, layer_geometry, same_grid, true_affine, widget_row
 
 #: World-coordinate tolerance (mm) when checking that two grids coincide.
 GRID_ATOL = 1e-3
@@ -64,13 +65,14 @@ class RaterInput:
         return np.clip(data.astype(np.float32), 0.0, 1.0)
 
 
-def input_from_layer(layer) -> RaterInput | None:
-    """How a layer can be fused, or None when it cannot (3-D only)."""
+def input_from_layer(layer, reference=None) -> RaterInput | None:
+    """How a layer can be fused, or None when it cannot (3-D only). Its grid is its file's
+    affine; a layer on the ``reference`` layer's grid (:func:`same_grid`) gets the reference's."""
     from napari.layers import Labels
 
     if layer.ndim != 3:
         return None
-    affine = data_to_world(layer)
+    affine = true_affine(reference if reference is not None and same_grid(layer, reference) else layer)
     if isinstance(layer, Labels):
         kind = "levels" if roles.is_rater(layer) else "mask"
     elif roles.is_soft_map(layer):
@@ -142,6 +144,7 @@ class FusionWidget(DockBase):
         super().__init__(napari_viewer, parent)
         self.worker = None
         self.last = None  # (FusionResult, disagreement, rows) of the last run
+        self.frame: dict = {}  # display placement of the reference grid (affine, axis labels, units)
         self._files: list[RaterInput] = []
         self._seen: set[str] = set()
         g = self.group("Raters of one scan")
@@ -237,10 +240,13 @@ class FusionWidget(DockBase):
         self.refresh()
 
     def inputs(self) -> tuple[list[RaterInput], str, tuple, np.ndarray, ScanGeometry | None]:
-        """The ticked raters (arrays copied) and the reference grid; raises UserError."""
+        """The ticked raters (arrays copied) and the reference grid (its true affine); raises
+        UserError. The reference's display placement is kept in ``self.frame``."""
         chosen = []
         layers = {lay.name: lay for lay in self.viewer.layers}
         files = {str(f.path): f for f in self._files}
+        ref_name = self.reference.currentData()
+        ref_layer = layers.get(ref_name) if ref_name else None
         for i in range(self.list.count()):
             item = self.list.item(i)
             if item.checkState() != Qt.CheckState.Checked:
@@ -249,22 +255,25 @@ class FusionWidget(DockBase):
             if kind == "file":
                 chosen.append(files[key])
             elif key in layers:
-                inp = input_from_layer(layers[key])
+                inp = input_from_layer(layers[key], ref_layer)
                 inp.data = np.array(inp.data, copy=True)  # painting may go on during the fusion
+                ref_layer = ref_layer if ref_layer is not None else layers[key]  # "(first rater)"
                 chosen.append(inp)
         if len(chosen) < 2:
             raise UserError("Tick at least two raters to fuse.")
-        ref_name = self.reference.currentData()
         geo = None
         if ref_name and ref_name in layers:
             ref = layers[ref_name]
             geo = layer_geometry(ref)
-            shape, affine, label = tuple(ref.data.shape), data_to_world(ref), f"the scan {ref_name!r}"
+            shape, affine, label = tuple(ref.data.shape), geo.affine, f"the scan {ref_name!r}"
+            self.frame = frame_kwargs(ref)
         else:
             first = chosen[0]
             shape, affine, label = tuple(first.shape), np.asarray(first.affine), f"rater {first.name!r}"
+            self.frame = layer_frame(affine)
             if first.kind != "file" and first.name in layers:
                 geo = layer_geometry(layers[first.name])
+                self.frame = frame_kwargs(layers[first.name])
         check_grid(chosen, label, shape, affine)
         return chosen, label, shape, affine, geo
 
@@ -301,7 +310,7 @@ class FusionWidget(DockBase):
         chosen, _, _, affine, geo = self.inputs()
         method = self.method.currentData()
         spacing = geometry.spacing(affine)
-        self._pending = (chosen, affine, geo, method, self._prefix())
+        self._pending = (chosen, affine, geo, method, self._prefix(), dict(self.frame))
         return chosen, method, spacing
 
     def _finished(self, outcome):
@@ -310,9 +319,9 @@ class FusionWidget(DockBase):
             self.say(outcome[1])
             return None
         _, result, dis, rows = outcome
-        chosen, affine, geo, method, prefix = self._pending
+        chosen, affine, geo, method, prefix, frame = self._pending
         self.last = (result, dis, rows)
-        self._show_layers(result, dis, affine, geo, method, len(chosen), prefix)
+        self._show_layers(result, dis, affine, geo, method, len(chosen), prefix, frame)
         self._show_table(rows)
         it = f", {result.iterations} EM iterations" if result.iterations is not None else ""
         self.say(f"Fused {len(chosen)} raters with {METHODS[method].label}{it}.")
@@ -321,7 +330,9 @@ class FusionWidget(DockBase):
     def _prefix(self) -> str:
         return self.reference.currentData() or "raters"
 
-    def _show_layers(self, result, dis, affine, geo, method, n, prefix) -> None:
+    def _show_layers(self, result, dis, affine, geo, method, n, prefix, frame) -> None:
+        """Add (or update) the fused map, the consensus and the disagreement, named after the
+        method so that fusing with another method adds layers next to the first ones."""
         from napari_softseg.plugin.layers import soft_colormap
 
         meta = {}
@@ -331,8 +342,9 @@ class FusionWidget(DockBase):
         specs = [
             (f"{prefix} fused ({method})", result.soft.astype(np.float32), "image", roles.FUSED,
              dict(colormap=soft_colormap(), contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8)),
-            (f"{prefix} consensus", result.hard.astype(np.uint8), "labels", roles.CONSENSUS, dict(opacity=0.5)),
-            (f"{prefix} disagreement", dis.astype(np.float32), "image", roles.DISAGREEMENT,
+            (f"{prefix} consensus ({method})", result.hard.astype(np.uint8), "labels", roles.CONSENSUS,
+             dict(opacity=0.5)),
+            (f"{prefix} disagreement ({method})", dis.astype(np.float32), "image", roles.DISAGREEMENT,
              dict(colormap=disagreement_colormap(), contrast_limits=(0.0, 1.0),
                   blending="translucent", opacity=0.9)),
         ]
@@ -341,13 +353,13 @@ class FusionWidget(DockBase):
             old = [lay for lay in self.viewer.layers if lay.name == name and roles.role(lay) == role]
             if old and old[0].data.shape == data.shape:
                 old[0].data = data
-                old[0].affine = affine
+                old[0].affine = frame["affine"]
                 old[0].metadata = md
                 if role == roles.FUSED:
                     old[0].contrast_limits = (0.0, 1.0)
                 continue
             add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
-            add(data, name=name, affine=affine, metadata=md, **kwargs)
+            add(data, name=name, metadata=md, **frame, **kwargs)
 
     def _show_table(self, rows) -> None:
         self.table.setRowCount(len(rows))

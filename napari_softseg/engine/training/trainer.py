@@ -64,6 +64,12 @@ SYNC_EVERY = 8
 #: the units of work a failure is reported for
 STAGES = ("preparing", "training", "validation", "threshold search", "preview")
 
+#: slices per forward pass of validation and the threshold search on a CPU: a cancel is seen
+#: between two of them (a 16-slice batch of 144x184 took 5 s on a busy 2-core CPU, so Cancel
+#: waited up to 5 s; one slice takes a fraction of a second, and 16 single-slice passes cost
+#: no more than one 16-slice pass on a CPU)
+EVAL_CHUNK_CPU = 1
+
 
 class _Stop(Exception):
     def __init__(self, status: str, message: str) -> None:
@@ -321,7 +327,18 @@ class Trainer:
             self._agree(None)
             dist_utils.broadcast(self.ctx, list(self.model.buffers()))
 
-    def validate(self):
+    def _predict_slices(self, idx: torch.Tensor, cancel=None) -> torch.Tensor:
+        """The network's output for the samples ``idx``, computed :data:`EVAL_CHUNK_CPU` slices at
+        a time on a CPU with a cancel check before each (a 16-slice batch takes seconds there;
+        evaluation mode makes every slice's output independent of its batch)."""
+        chunk = EVAL_CHUNK_CPU if self.device.type == "cpu" else idx.numel()
+        outs = []
+        for part in idx.split(max(1, chunk)):
+            self._check_cancel(cancel)
+            outs.append(self._predict(gather_to_device(self.images, part, self.device)))
+        return torch.cat(outs)
+
+    def validate(self, cancel=None):
         """Yield after each validation batch; finally returns ``(loss, dice)`` (None if no set)."""
         self._evaluation_start()
         bs = 2 * self.config.batch_size
@@ -329,7 +346,7 @@ class Trainer:
         for s in range(self.val_steps):
             if failure is None:  # after a failure the batches are only counted off
                 idx = self.val_local[s * bs : (s + 1) * bs]
-                _, failure = self._guard("validation", self._validation_batch, idx, rows)
+                _, failure = self._guard("validation", self._validation_batch, idx, rows, cancel)
                 counts.append(idx.numel())
             yield s + 1
         sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, inter, pred, truth
@@ -342,16 +359,16 @@ class Trainer:
         denom = float(sums[3] + sums[4])
         return float(sums[0] / sums[1]), (2.0 * float(sums[2]) / denom if denom > 0 else 1.0)
 
-    def _validation_batch(self, idx: torch.Tensor, rows: list) -> None:
+    def _validation_batch(self, idx: torch.Tensor, rows: list, cancel=None) -> None:
         """Append ``[loss, |P ∩ T|, |P|, |T|]`` of one batch (float32, on the device)."""
-        out = self._predict(gather_to_device(self.images, idx, self.device))
+        out = self._predict_slices(idx, cancel)
         y = self._target(gather_to_device(self.truth, idx, self.device))
         loss = self.loss_fn(out, y)
         p, t = binarize(out[:, self.fg]), binarize(y[:, self.fg])
         f32 = torch.float32
         rows.append(torch.stack([loss.detach().float(), (p & t).sum(dtype=f32), p.sum(dtype=f32), t.sum(dtype=f32)]))
 
-    def threshold_batches(self, acc: DiceAccumulator):
+    def threshold_batches(self, acc: DiceAccumulator, cancel=None):
         """Accumulate per-volume Dice sums for all thresholds over every sample (sharded)."""
         self._evaluation_start()
         everything = torch.arange(self.data.n_samples)[self.ctx.rank :: self.ctx.world_size]
@@ -361,12 +378,12 @@ class Trainer:
         for s in range(n):
             if failure is None:
                 idx = everything[s * bs : (s + 1) * bs]
-                _, failure = self._guard("threshold search", self._threshold_batch, idx, acc)
+                _, failure = self._guard("threshold search", self._threshold_batch, idx, acc, cancel)
             yield s + 1, n
         self._agree(failure, *acc.tensors())
 
-    def _threshold_batch(self, idx: torch.Tensor, acc: DiceAccumulator) -> None:
-        out = self._predict(gather_to_device(self.images, idx, self.device))
+    def _threshold_batch(self, idx: torch.Tensor, acc: DiceAccumulator, cancel=None) -> None:
+        out = self._predict_slices(idx, cancel)
         acc.update(out[:, self.fg], gather_to_device(self.truth, idx, self.device), self.volume.index_select(0, idx))
 
     def preview(self, epoch: int):
@@ -450,7 +467,7 @@ class Trainer:
 
     def _validation(self, epoch: int, cancel, clock: "_Clock", common: dict, **extra):
         """Run one validation pass, yielding an event per batch; return ``(loss, dice)``."""
-        gen = self.validate()
+        gen = self.validate(cancel)
         while True:
             self._check_cancel(cancel)
             try:
@@ -513,7 +530,7 @@ class Trainer:
             return threshold, threshold_dice, status, message
         acc = DiceAccumulator(self.data.n_volumes, len(self.data.classes), device=self.device)
         try:
-            for s, n in self.threshold_batches(acc):
+            for s, n in self.threshold_batches(acc, cancel):
                 yield TrainEvent("step", "threshold", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
                                  elapsed_seconds=clock.elapsed())
                 self._check_cancel(cancel)

@@ -20,7 +20,7 @@ from napari_softseg.labels.levels import N_LEVELS, level_colors
 from napari_softseg.labels.soft_edge import brush_coverage, soft_edge_values, sweep_path
 from napari_softseg.plugin import roles
 from napari_softseg.widgets import napari_private
-from napari_softseg.widgets.base import data_to_world, layer_geometry
+from napari_softseg.widgets.base import frame_kwargs, layer_geometry
 
 #: Alt+1 ... Alt+9 select levels 1-9 and Alt+0 level 10 (plain digits switch napari's
 #: Labels modes; Shift+digit is consumed by the keyboard layout). napari's own "-" / "="
@@ -54,7 +54,7 @@ def add_rater_layer(viewer, name: str, scan_layer, data: np.ndarray | None = Non
     layer = viewer.add_labels(
         levels,
         name=name,
-        affine=data_to_world(scan_layer),
+        **frame_kwargs(scan_layer),
         metadata=rater_metadata(geo, scan_layer.name),
         opacity=0.8,
     )

@@ -29,13 +29,13 @@ from qtpy.QtWidgets import QFileDialog, QLabel
 
 from napari_softseg.errors import UserError
 from napari_softseg.io import geometry
-from napari_softseg.plugin.notify import notify_error, notify_info, user_errors
-from napari_softseg.plugin.roles import is_scan
+from napari_softseg.plugin.notify import notify_error, notify_info, notify_warning, user_errors
 from napari_softseg.review.lesions import analyse_lesions
-from napari_softseg.review.segment import SegmentRequest, contrast_layers, input_problem, segment, stack_contrasts
-from napari_softseg.widgets.base import DockBase, LayerCombo, alive, layer_geometry
+from napari_softseg.review.segment import SegmentRequest, segment, stack_contrasts
+from napari_softseg.widgets.base import DockBase, alive, layer_geometry
 from napari_softseg.widgets.napari_private import unwrap
 from napari_softseg.widgets.segment.controls import RunControls, SaveControls, ThresholdControl, fixed_lines
+from napari_softseg.widgets.segment.inputs import ContrastInputs
 from napari_softseg.widgets.segment.layers import (
     describe_model, result_layer_steps, world_point, write_mask, write_predictions, write_review,
 )
@@ -85,15 +85,15 @@ class SegmentWidget(DockBase):
 
     def _build_groups(self) -> None:
         self.models = ModelPicker()
-        self.scan_combo = LayerCombo(self.viewer, is_scan, empty_text="(open a scan)")
-        self.scan_combo.setToolTip("The image to segment (each contrast of a multi-contrast scan is one layer).")
+        self.inputs = ContrastInputs(self.viewer)
+        self.scan_combo = self.inputs.combos[0]  # the first input: its grid is the prediction's
         self.scan_info = QLabel()
         self.run_controls = RunControls()
         self.threshold = ThresholdControl()
         self.panel = ReviewPanel()
         self.save_controls = SaveControls()
         self.save_button, self.export_button = self.save_controls.save_button, self.save_controls.export_button
-        for title, widgets in (("Model", [self.models]), ("Scan", [self.scan_combo, self.scan_info]),
+        for title, widgets in (("Model", [self.models]), ("Scan and contrasts", [self.inputs, self.scan_info]),
                                ("Segment", [self.run_controls]), ("Threshold", [self.threshold]),
                                ("Review lesions", [self.panel]), ("Save", [self.save_controls])):
             lay = self.group(title)
@@ -106,8 +106,9 @@ class SegmentWidget(DockBase):
         self._layout.setStretchFactor(self.panel.parentWidget(), 1)
 
     def _connect(self) -> None:
-        self.models.changed.connect(lambda *_: self._check_inputs())
-        self.scan_combo.currentIndexChanged.connect(lambda *_: self._check_inputs())
+        self.models.changed.connect(lambda *_: self.inputs.set_model(self.models.config()))
+        self.inputs.changed.connect(self._check_inputs)
+        self.inputs.set_model(self.models.config())
         self.run_controls.segment_button.clicked.connect(self.segment)
         self.run_controls.cancel_button.clicked.connect(self.cancel)
         self.threshold.changed.connect(self.set_threshold)
@@ -134,7 +135,8 @@ class SegmentWidget(DockBase):
     def _check_inputs(self) -> str:
         """Show (and return) why Segment cannot run now; '' when it can."""
         scan = self.scan_combo.current()
-        problem = input_problem(self.viewer, scan, self.models.config(), self.models.error())
+        problem = self.models.error() or ("Choose a model." if self.models.config() is None else "") \
+            or self.inputs.problem()
         if problem:
             self.scan_info.setText(f"<span style='color:#e05050'>{problem}</span>")
         elif scan is not None:
@@ -155,9 +157,10 @@ class SegmentWidget(DockBase):
             return self._worker
         from napari.qt.threading import create_worker
 
-        scan = self.scan_combo.current()
-        n_model = int(self.models.config().get("n_channels", 1))
-        layers = contrast_layers(self.viewer, scan) if n_model > 1 else [scan]
+        layers = self.inputs.layers()
+        scan = layers[0]
+        for warning in self.inputs.warnings()[:1]:
+            notify_warning(warning)
         geo = layer_geometry(scan)
         request = SegmentRequest(
             model_path=self.models.path(), image=stack_contrasts(layers),
@@ -167,7 +170,7 @@ class SegmentWidget(DockBase):
         self._cancel.clear()
         self._pending_scan = scan
         worker = create_worker(segment, request, progress=self._relay.progress.emit, cancel=self._cancel.is_set,
-                               _start_thread=False)
+                               _start_thread=False, _ignore_errors=True)  # _on_error reports them
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -281,7 +284,8 @@ class SegmentWidget(DockBase):
 
         r = self.review
         worker = create_worker(analyse_lesions, r.soft, threshold=r.threshold, spacing=r.spacing, samples=r.samples,
-                               rule=r.rule, connectivity=r.connectivity, _start_thread=False)
+                               rule=r.rule, connectivity=r.connectivity, _start_thread=False,
+                               _ignore_errors=True)
         worker.returned.connect(self._on_analysed)
         worker.errored.connect(lambda err: notify_error(f"Lesion analysis failed: {err}"))
         worker.finished.connect(lambda: setattr(self, "_analysis_worker", None))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_softseg.plugin import roles
-from napari_softseg.widgets.base import alive, data_to_world, layer_geometry
+from napari_softseg.widgets.base import alive, data_to_world, frame_kwargs, layer_geometry
 
 #: colours of the mask outline and of the selected lesion's outline (both in the mask layer)
 MASK_COLOUR, HIGHLIGHT_COLOUR = (0.25, 0.85, 1.0, 1.0), (0.3, 1.0, 0.3, 1.0)
@@ -29,8 +29,8 @@ def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, l
     * ``mask``: Labels, 1 = the final mask (outlined), :data:`SELECTED` = the selected lesion;
     * ``entropy``: voxel-wise entropy (hidden at first).
 
-    Every layer gets the scan's full data-to-world transform as its affine and the scan's
-    NIfTI geometry in ``metadata`` (plus ``softseg_role`` and ``softseg_model``).
+    Every layer gets the scan's full data-to-world transform as its affine (and its axis
+    labels and units) and the scan's NIfTI geometry in ``metadata`` (plus ``softseg_role`` and ``softseg_model``).
     """
     from napari.utils.colormaps import DirectLabelColormap
 
@@ -41,10 +41,10 @@ def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, l
     geo = layer_geometry(scan)
     md.setdefault("affine", geo.affine.tolist())
     md.setdefault("shape", list(geo.shape))
-    affine = data_to_world(scan)
+    frame = frame_kwargs(scan)
 
     def kwargs(role: str, **extra) -> dict:
-        return {"affine": affine, "metadata": {**md, roles.ROLE_KEY: role, "softseg_model": model}, **extra}
+        return {**frame, "metadata": {**md, roles.ROLE_KEY: role, "softseg_model": model}, **extra}
 
     def soft() -> None:
         _put(viewer, layers, "soft", f"{base} soft", review.soft, "image", kwargs(

@@ -14,6 +14,11 @@ Design (the viewer must never freeze):
   OpenGL). The plot is rendered off the GUI thread (:mod:`.loss_plot`).
 * **Cancel** asks the process to stop: the trainer polls the flag before every step, so the
   run ends within one step and still writes its best checkpoint.
+* **How long**: before a run the dock measures the settings on the chosen data and device (a
+  probe of a few steps in the training process, :mod:`.estimate`), says how long the run will
+  take and, while the user has not chosen the epochs, proposes the number that fits the time
+  budget. It probes on its own a moment after the settings change, and on Train when no
+  estimate matches the settings yet (the run then starts with the proposed epochs).
 
 The best checkpoint is written automatically to
 ``<data folder>/models/<YYYYmmdd-HHMMSS>_<preset>.pt`` (``$NAPARI_SOFTSEG_DATA/models``
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox
 
 from napari_softseg.engine.training.child import acquire_process, prestart
 from napari_softseg.engine.training.plot import PlotImage
@@ -43,12 +48,15 @@ from napari_softseg.plugin.notify import notify_error, notify_info, notify_warni
 from napari_softseg.widgets.base import DockBase
 from napari_softseg.widgets.models import RECENT_MODELS
 from napari_softseg.widgets.training.data_panel import DataPanel
+from napari_softseg.widgets.training.estimate import DEFAULT_BUDGET_MIN, describe, probe
 from napari_softseg.widgets.training.form import HyperParameters
 from napari_softseg.widgets.training.layers import TrainingPreview
 from napari_softseg.widgets.training.loss_plot import LossPlot
 
 #: Screen refresh interval while training (ms); events are recorded as they come.
 REFRESH_MS = 250
+#: The time estimate runs this long after the last change of the settings (ms).
+ESTIMATE_DELAY_MS = 1500
 _FINISHED = object()  # queued after the last event when the worker ends
 
 
@@ -65,6 +73,13 @@ def _fmt_time(seconds) -> str:
         return "--:--"
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _quiet_disconnect(emitter, callback) -> None:
+    try:
+        emitter.disconnect(callback)
+    except (TypeError, ValueError, RuntimeError):
+        pass
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -101,6 +116,7 @@ class TrainingWidget(DockBase):
         self.params = HyperParameters(TrainConfig())
         self.group("Model").addWidget(self.params)
         run = self.group("Training")
+        self._build_estimate(run)
         self.train_button = QPushButton("Train")
         self.cancel_button = QPushButton("Cancel")
         self.save_button = QPushButton("Save model…")
@@ -132,11 +148,153 @@ class TrainingWidget(DockBase):
         self._refresh_timer.setInterval(REFRESH_MS)
         self._refresh_timer.timeout.connect(self._refresh_view)
         self._set_running(False)
+        self._connect_estimate()
         QTimer.singleShot(0, prestart)  # the process's imports warm up while the user sets up
 
     @property
     def rows(self):
         return self.data.rows
+
+    # ------------------------------------------------------------------ time estimate
+    def _build_estimate(self, layout) -> None:
+        self.estimate = None
+        self._estimate_key = None
+        self._probe_worker = None
+        self._epochs_by_user = False
+        self._setting_epochs = False
+        self._start_after_probe = False
+        self.budget = QSpinBox()
+        self.budget.setRange(1, 100000)
+        self.budget.setValue(DEFAULT_BUDGET_MIN)
+        self.budget.setSuffix(" min")
+        self.budget.setToolTip("The time you give this run: the dock proposes the epochs that fit it "
+                               "(measured on your data and device).")
+        self.estimate_button = QPushButton("Estimate time")
+        self.estimate_button.setToolTip("Time a few training steps of these settings on the chosen device.")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Time budget"))
+        row.addWidget(self.budget)
+        row.addWidget(self.estimate_button, 1)
+        layout.addLayout(row)
+        self.estimate_label = QLabel("The run's length is measured before it starts.")
+        self.estimate_label.setWordWrap(True)
+        layout.addWidget(self.estimate_label)
+
+    def _connect_estimate(self) -> None:
+        self.estimate_timer = QTimer(self)
+        self.estimate_timer.setSingleShot(True)
+        self.estimate_timer.setInterval(ESTIMATE_DELAY_MS)
+        self.estimate_timer.timeout.connect(lambda: self.estimate_time(auto=True))
+        p = self.params
+        for signal in (p.preset_combo.currentIndexChanged, p.batch_size.valueChanged, p.crop_size.valueChanged,
+                       p.depth.valueChanged, p.base_features.valueChanged, p.val_fraction.valueChanged,
+                       p.device_combo.currentIndexChanged, p.mixed_precision.toggled, p.finetune_radio.toggled,
+                       p.init_path.textChanged, self.data.source_combo.currentIndexChanged):
+            signal.connect(lambda *_: self.estimate_timer.start())
+        ev = self.viewer.layers.events
+        for emitter in (ev.inserted, ev.removed):
+            emitter.connect(self._restart_estimate_timer)
+        self.destroyed.connect(lambda *_: [_quiet_disconnect(e, self._restart_estimate_timer)
+                                           for e in (ev.inserted, ev.removed)])
+        p.epochs.valueChanged.connect(self._epochs_changed)
+        self.budget.valueChanged.connect(lambda *_: self._show_estimate(propose=not self._epochs_by_user))
+        self.estimate_button.clicked.connect(lambda: self.estimate_time())
+        self.estimate_timer.start()
+
+    def _restart_estimate_timer(self, event=None) -> None:
+        try:
+            self.estimate_timer.start()
+        except RuntimeError:  # the dock was deleted
+            pass
+
+    def _epochs_changed(self, *_):
+        if not self._setting_epochs:
+            self._epochs_by_user = True
+            self._show_estimate(propose=False)
+
+    def _settings_key(self, snapshots, config):
+        """What an estimate depends on: the data's shapes, the settings but the epochs, the device."""
+        cfg = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "preview_slice", "preview_every")}
+        data = [(s.name, tuple(s.image.shape), tuple(s.label_names)) for s in snapshots]
+        return repr((data, [tuple(map(str, f)) for f in self.data.folders], self.data.label_source,
+                     str(self.params.init_checkpoint()), sorted(cfg.items())))
+
+    def estimate_time(self, auto: bool = False, then_start: bool = False):
+        """Measure the run's speed in the training process (a worker); returns the worker, or
+        None when there is nothing to measure (a hint says why) or a run is going on. With
+        ``then_start``, Train follows the measurement."""
+        self._start_after_probe = self._start_after_probe or then_start
+        if self._probe_worker is not None:
+            return self._probe_worker
+        if self.worker is not None or (auto and self._epochs_by_user):
+            return None
+        try:
+            snapshots, config = self.data.snapshots(), self.config()
+            process = acquire_process()
+        except UserError as err:
+            self.estimate_label.setText(f"Time estimate: {err}")
+            return None
+        except OSError as err:
+            self.estimate_label.setText(f"Time estimate: the training process could not be started ({err}).")
+            return None
+        from napari.qt.threading import create_worker
+
+        key = self._settings_key(snapshots, config)
+        worker = create_worker(probe, process, snapshots, list(self.data.folders), self.data.label_source, config,
+                               self.params.init_checkpoint(), self.params.device_combo.currentText(),
+                               _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda est: self._on_estimate(est, key))
+        worker.errored.connect(self._on_estimate_error)
+        worker.finished.connect(self._probe_finished)
+        self._probe_worker, self._probe_process = worker, process
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setFormat("measuring the speed of these settings…")
+        self.estimate_label.setText("Measuring a few training steps on the chosen device…")
+        worker.start()
+        return worker
+
+    def _on_estimate(self, est, key) -> None:
+        self.estimate, self._estimate_key = est, key
+        self._show_estimate(propose=not self._epochs_by_user)
+
+    def _on_estimate_error(self, err) -> None:
+        self.estimate_label.setText(f"Time estimate: {err}")
+        if self._start_after_probe:
+            notify_error(str(err))
+            self._start_after_probe = False
+
+    def _probe_finished(self) -> None:
+        self._probe_worker = None
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("idle")
+        if self._start_after_probe:
+            self._start_after_probe = False
+            QTimer.singleShot(0, self.start)
+
+    def _show_estimate(self, propose: bool) -> None:
+        """Say how long the run takes; with ``propose``, set the epochs that fit the budget."""
+        est = self.estimate
+        if est is None:
+            return
+        epochs, proposed = self.params.epochs.value(), None
+        if propose:
+            proposed = est.epochs_within(self.budget.value() * 60.0, TrainConfig().epochs)
+            self._setting_epochs = True
+            self.params.epochs.setValue(proposed)
+            self._setting_epochs = False
+            epochs = TrainConfig().epochs
+        self.estimate_label.setText(describe(est, epochs, self.budget.value(), proposed))
+
+    def _needs_estimate(self) -> bool:
+        """Train with epochs the user did not choose, and no estimate for these settings yet."""
+        if self._epochs_by_user:
+            return False
+        try:
+            key = self._settings_key(self.data.snapshots(), self.config())
+        except UserError:
+            return False  # start() says what is wrong
+        return self.estimate is None or key != self._estimate_key
 
     # ------------------------------------------------------------------ configuration
     def config(self) -> TrainConfig:
@@ -170,6 +328,8 @@ class TrainingWidget(DockBase):
         """Snapshot the data and start training; returns the worker (None on a user error)."""
         if self.worker is not None:
             return None
+        if self._probe_worker is not None or self._needs_estimate():
+            return self.estimate_time(then_start=True)  # Train follows the measurement
         ready = False
         with user_errors():
             snapshots = self.data.snapshots()
@@ -217,6 +377,9 @@ class TrainingWidget(DockBase):
 
     def cancel(self) -> None:
         """Stop at the next training step (the best checkpoint so far is written)."""
+        if self._probe_worker is not None:
+            self._start_after_probe = False
+            self._probe_process.cancel()
         if self.worker is not None and self._process is not None:
             self._process.cancel()
             self.cancel_button.setEnabled(False)

@@ -13,7 +13,7 @@ from napari_softseg.engine.training.sources import ScanSnapshot
 from napari_softseg.errors import UserError
 from napari_softseg.io import geometry
 from napari_softseg.plugin import roles
-from napari_softseg.widgets.base import alive, data_to_world
+from napari_softseg.widgets.base import alive, data_to_world, frame_kwargs, same_grid
 from napari_softseg.widgets.napari_private import shown_slice_point
 
 
@@ -64,9 +64,7 @@ def layer_spacing(layer) -> tuple[float, float, float]:
 
 
 def on_same_grid(a, b, atol: float = 1e-3) -> bool:
-    return tuple(np.shape(a.data)[:3]) == tuple(np.shape(b.data)[:3]) and np.allclose(
-        data_to_world(a), data_to_world(b), atol=atol
-    )
+    return same_grid(a, b, atol)
 
 
 def snapshot_scan(entry: ScanEntry, label_layers: Sequence) -> ScanSnapshot:
@@ -85,7 +83,7 @@ def snapshot_scan(entry: ScanEntry, label_layers: Sequence) -> ScanSnapshot:
         lshape = tuple(np.shape(lab.data))
         if lshape[:3] != shape:
             raise UserError(f"Label layer '{lab.name}' has shape {lshape[:3]} but scan '{entry.name}' has {shape}; choose a label drawn on that scan.")
-        if not np.allclose(data_to_world(lab), data_to_world(ref), atol=1e-3):
+        if not same_grid(lab, ref):
             raise UserError(f"Label layer '{lab.name}' has the shape of scan '{entry.name}' but lies elsewhere in world space (different position, orientation or voxel size).")
         data = np.array(lab.data, copy=True)
         if not np.any(data):
@@ -103,7 +101,7 @@ def snapshot_scan(entry: ScanEntry, label_layers: Sequence) -> ScanSnapshot:
 
 class TrainingPreview:
     """The "training preview" layer: the newest prediction of one slice of the first scan,
-    on that scan's grid (an Image layer with the soft-map colormap)."""
+    on that scan's grid (an Image layer in greens, distinct from the soft label's colormap)."""
 
     def __init__(self, viewer) -> None:
         self.viewer = viewer
@@ -152,11 +150,11 @@ class TrainingPreview:
         snap, matrix = self.snapshot, data_to_world(self.snapshot.layer)
         layer = self.layer
         if not alive(self.viewer, layer) or layer.data.shape != snap.image.shape[:3]:
-            from napari_softseg.plugin.layers import soft_colormap
+            from napari_softseg.plugin.layers import preview_colormap
 
             layer = self.viewer.add_image(
-                np.zeros(snap.image.shape[:3], np.float32), name="training preview", affine=matrix,
-                colormap=soft_colormap(), contrast_limits=(0.0, 1.0), opacity=0.7, blending="translucent",
+                np.zeros(snap.image.shape[:3], np.float32), name="training preview", **frame_kwargs(snap.layer),
+                colormap=preview_colormap(), contrast_limits=(0.0, 1.0), opacity=0.7, blending="translucent",
                 metadata={roles.ROLE_KEY: roles.TRAINING_PREVIEW}, rgb=False,
             )
             self.layer = layer
