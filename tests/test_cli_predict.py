@@ -1,7 +1,6 @@
 """`napari-softseg predict` writes NIfTI files with the source geometry."""
 
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,8 +13,9 @@ from napari_softseg.engine.predict import load_model, predict_volume
 from napari_softseg.engine.model import UNet
 from napari_softseg.io.nifti import read_nifti
 
-MT1 = Path("/work/shared/data/sct_mt/mt1.nii.gz")
-pytestmark = pytest.mark.skipif(not MT1.exists(), reason="shared test data not available")
+from _paths import SHARED
+
+MT1 = SHARED / "sct_mt" / "mt1.nii.gz"  # _paths raises one clear error when the data folder is missing
 
 
 @pytest.fixture
