@@ -57,11 +57,12 @@ def dice_percent(a, b) -> float:
     return 100.0 if total == 0 else 200.0 * int((a & b).sum()) / total
 
 
-def plain_network_prediction(model, volume, axis, normalise=True, flip=()):
+def plain_network_prediction(model, volume, axis, normalise=True, flip=(), slices=None):
     """numpy z-score over the volume, edge padding to a multiple of 2^depth, the plain fp32
     forward pass slice by slice, crop, NormReLU (each slice divided by its maximum). With
     ``flip`` (in-plane axes of the slice, 0 and/or 1), the padded slice is flipped before
-    the network and its output flipped back: one test-time augmentation view."""
+    the network and its output flipped back: one test-time augmentation view. ``slices``:
+    only these indices along ``axis`` (the z-score still uses the whole volume)."""
     import torch
 
     vol = volume.astype(np.float64)
@@ -69,6 +70,8 @@ def plain_network_prediction(model, volume, axis, normalise=True, flip=()):
     if normalise:
         vol = (vol - vol.mean(axis=(0, 1, 2))) / vol.std(axis=(0, 1, 2))
     vol = np.moveaxis(vol, axis, 0).astype(np.float32)
+    if slices is not None:
+        vol = vol[list(slices)]
     m = 2**model.depth
     out = []
     for sl in vol:

@@ -182,6 +182,36 @@ def test_soft_edge_gives_half_covered_border_voxels_half_the_level(make_napari_v
     assert layer.data[94:107, 115, 5].tolist() == col
 
 
+def test_eraser_leaves_a_soft_rim_and_fill_and_polygon_stay_exact_with_soft_edge_on(make_napari_viewer, tmp_path):
+    viewer, scan, dock = t2s_session(make_napari_viewer, tmp_path)
+    layer = dock.add_rater("alice")
+    layer.data[80:121, 90:141, 5] = 10
+    layer.refresh()
+    dock.soft_edge.setChecked(True)
+    layer.mode = "erase"
+    layer.brush_size = 6  # napari erases voxels within 3.5 of the path
+    stroke(layer, [(100, 100, 5), (100, 130, 5)])
+    # rows 97 and 103 are half covered by the band |y - 100| <= 3: (1 - 0.5) x 10 = 5 is left
+    assert layer.data[94:107, 115, 5].tolist() == [10, 10, 10, 5, 0, 0, 0, 0, 0, 5, 10, 10, 10]
+    assert np.all(layer.data[80:94, 90:141, 5] == 10) and np.all(layer.data[107:121, 90:141, 5] == 10)
+    layer.undo()  # one undo restores the block, rim included
+    assert np.all(layer.data[80:121, 90:141, 5] == 10)
+
+    # fill and polygon paint the level exactly, without a fractional border
+    layer.mode = "paint"
+    dock.set_level(6)
+    layer.paint_polygon(np.array([[10, 10, 5], [10, 20, 5], [20, 20, 5], [20, 10, 5]]), layer.selected_label)
+    poly = layer.data[:, :, 5] == 6
+    assert np.all(poly[12:19, 12:19]) and set(np.unique(layer.data[5:26, 5:26, 5]).tolist()) == {0, 6}
+    assert poly[5:26, 5:26].sum() == poly.sum()  # nothing outside the polygon's neighbourhood
+    dock.set_level(3)
+    before = layer.data.copy()
+    layer.fill((100, 115, 5), layer.selected_label)  # the block, 41 x 51 voxels of level 10
+    changed = layer.data != before
+    assert changed.sum() == 41 * 51 and np.all(layer.data[changed] == 3)
+    assert set(np.unique(layer.data[:, :, 5]).tolist()) == {0, 3, 6}
+
+
 def test_import_soft_mask_reports_rounding_and_export_round_trips(make_napari_viewer, tmp_path):
     from napari_softseg.io.nifti import read_nifti
     from napari_softseg.plugin.notify import user_errors

@@ -42,11 +42,17 @@ def run_segment(qtbot, widget):
     return widget
 
 
+#: slices of the phantom (axis 2) compared with the plain network, which is slow
+SOME = list(range(2, 47, 9))
+
+
 def reference_soft(scan_data, flip=()):
-    """The shipped ms-lesion network, plain fp32 (its voxel size is the phantom's: no resampling)."""
+    """The shipped ms-lesion network, plain fp32 (its voxel size is the phantom's: no
+    resampling), on the slices :data:`SOME`."""
     from napari_softseg.engine.predict import load_model
 
-    return plain_network_prediction(load_model("ms-lesion"), np.asarray(scan_data, np.float32), axis=2, flip=flip)
+    model = load_model("ms-lesion")
+    return plain_network_prediction(model, np.asarray(scan_data, np.float32), axis=2, flip=flip, slices=SOME)
 
 
 def columns(table) -> dict[str, int]:
@@ -77,7 +83,8 @@ def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
         assert layer.metadata["softseg_model"]["name"] == "ms-lesion"
     # the soft map is the network's output on the z-scored scan, in [0, 1]
     expected = reference_soft(source.data)
-    np.testing.assert_allclose(soft.data, expected, atol=FAST_PATH_ATOL)
+    assert (expected >= 0.5).sum() > 50  # the compared slices hold lesions
+    np.testing.assert_allclose(soft.data[:, :, SOME], expected, atol=FAST_PATH_ATOL)
     assert soft.data.dtype == np.float32 and 0.0 <= soft.data.min() and soft.data.max() <= 1.0
     assert tuple(soft.contrast_limits) == (0.0, 1.0)
     # the mask is soft >= the model's optimised threshold (0.05, as its model card says)
@@ -87,7 +94,7 @@ def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
     assert threshold == 0.05 and dock.threshold.value() == pytest.approx(threshold, abs=0.005)
     np.testing.assert_array_equal(mask.data > 0, soft.data >= np.float32(threshold))
     clear = np.abs(expected - threshold) > FAST_PATH_ATOL
-    np.testing.assert_array_equal((mask.data > 0)[clear], (expected >= threshold)[clear])
+    np.testing.assert_array_equal((mask.data[:, :, SOME] > 0)[clear], (expected >= threshold)[clear])
     # binary entropy in bits, by hand
     np.testing.assert_allclose(entropy.data, binary_entropy_bits(soft.data), atol=1e-4)
 
@@ -365,8 +372,8 @@ def test_test_time_augmentation_averages_flipped_views(dock, qtbot):
     assert samples is not None and len(samples) == 2
     scan = dock.viewer.layers["phantom_flair"].data
     # view 0: the slices as they are; view 1: flipped along their first axis, and back
-    np.testing.assert_allclose(samples[0], reference_soft(scan), atol=FAST_PATH_ATOL)
-    np.testing.assert_allclose(samples[1], reference_soft(scan, flip=(0,)), atol=FAST_PATH_ATOL)
+    np.testing.assert_allclose(samples[0][:, :, SOME], reference_soft(scan), atol=FAST_PATH_ATOL)
+    np.testing.assert_allclose(samples[1][:, :, SOME], reference_soft(scan, flip=(0,)), atol=FAST_PATH_ATOL)
     assert np.abs(samples[1] - samples[0]).max() > 0.1  # the flipped view is another prediction
     soft = dock.viewer.layers["phantom_flair soft"].data
     np.testing.assert_allclose(soft, (samples[0] + samples[1]) / 2, atol=1e-6)
