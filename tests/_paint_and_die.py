@@ -1,7 +1,9 @@
-"""Helper process for the kill -9 test: a napari viewer with the annotation dock paints
-strokes one by one (printing ``STROKE i`` after each) and then idles until it is killed.
+"""Helper process for the kill -9 test: a napari viewer with the annotation dock (opened from
+the Plugins menu) paints strokes one by one, printing ``STROKE i`` after each; before the
+next stroke it waits until the autosave of the stroke is on disk. After the last stroke it
+idles until it is killed.
 
-Usage: python tests/_paint_and_die.py SCAN N_STROKES PAUSE_S
+Usage: python tests/_paint_and_die.py SCAN N_STROKES
 """
 
 from __future__ import annotations
@@ -14,37 +16,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    scan_path, n, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    scan_path, n = sys.argv[1], int(sys.argv[2])
     import napari
     from qtpy.QtWidgets import QApplication
 
     from _strokes import kill_test_strokes, stroke
     from napari_softseg.io.nifti import read_nifti
-    from napari_softseg.widgets.annotation.dock import SoftAnnotationWidget
 
     viewer = napari.Viewer(show=False)
-    vol = read_nifti(scan_path)
+    vol = read_nifti(scan_path)  # as the test replays it: the array's own axis order on screen
     viewer.add_image(vol.data, affine=vol.affine, metadata=vol.geometry_metadata(), name=vol.name)
-    dock = SoftAnnotationWidget(viewer)
+    _, dock = viewer.window.add_plugin_dock_widget("napari-softseg", "Soft annotation")
     layer = dock.add_rater("kill test")
     layer.brush_size = 7
     app = QApplication.instance()
 
-    def idle(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            app.processEvents()
-            time.sleep(0.002)
+    def saved() -> bool:
+        """The stroke's snapshot was taken (the timer fired) and written (the writer is idle)."""
+        return not dock.saver.timer.isActive() and dock.writer.pending() == 0
 
     print("READY", flush=True)
     for i, (level, points) in enumerate(kill_test_strokes(layer.data.shape, n), start=1):
         dock.set_level(level)
         stroke(layer, points)
         print(f"STROKE {i}", flush=True)
-        if i < n:
-            idle(pause)
+        while i < n and not saved():
+            app.processEvents()
+            time.sleep(0.002)
     while True:  # the test kills us here, right after the last stroke
-        idle(1.0)
+        app.processEvents()
+        time.sleep(0.01)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,23 @@ def test_read_only_scan_folder_goes_to_user_dir(scan):
         os.chmod(scan.path.parent, 0o755)
 
 
+def test_folders_declared_read_only_data_get_no_sidecar(scan, monkeypatch):
+    """A writable folder listed in $NAPARI_SOFTSEG_READ_ONLY_DATA (here the scan folder's
+    parent) is left untouched: the rater goes to the per-user folder and is offered again."""
+    import os as _os
+
+    roots = ["/nonexistent", str(scan.path.parent.parent)]
+    monkeypatch.setenv("NAPARI_SOFTSEG_READ_ONLY_DATA", _os.pathsep.join(roots))
+    path = AutosaveStore(scan).save("r1", np.full(SHAPE, 3, np.uint8))
+    assert path.parent == user_data_dir() / scan_key(scan.path)
+    assert not sidecar_dir(scan.path).exists()
+    assert sorted(p.name for p in scan.path.parent.iterdir()) == ["sub-01_T2w.nii.gz"]
+    assert [s.name for s in AutosaveStore(scan).saved()] == ["r1"]
+    monkeypatch.setenv("NAPARI_SOFTSEG_READ_ONLY_DATA", str(scan.path.parent.parent / "other"))
+    # a folder declared elsewhere: the sidecar next to the scan, as usual
+    assert AutosaveStore(scan).save("r2", np.ones(SHAPE, np.uint8)).parent == sidecar_dir(scan.path)
+
+
 @pytest.mark.parametrize("name", ["rater 1", "a/b\\c:d", ".hidden", "Ærøskøbing – 2nd pass", "x%41"])
 def test_rater_names_round_trip_through_file_names(name):
     fname = rater_filename(name)

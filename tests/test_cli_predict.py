@@ -1,7 +1,6 @@
 """`napari-softseg predict` writes NIfTI files with the source geometry."""
 
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,8 +13,9 @@ from napari_softseg.engine.predict import load_model, predict_volume
 from napari_softseg.engine.model import UNet
 from napari_softseg.io.nifti import read_nifti
 
-MT1 = Path("/work/shared/data/sct_mt/mt1.nii.gz")
-pytestmark = pytest.mark.skipif(not MT1.exists(), reason="shared test data not available")
+from _paths import SHARED
+
+MT1 = SHARED / "sct_mt" / "mt1.nii.gz"  # _paths raises one clear error when the data folder is missing
 
 
 @pytest.fixture
@@ -85,3 +85,28 @@ def test_predict_tta_uncertainty_and_custom_paths(tmp_path, checkpoint, capsys):
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -(np.nan_to_num(p * np.log2(p)) + np.nan_to_num((1 - p) * np.log2(1 - p)))
     np.testing.assert_allclose(np.asarray(nib.load(str(ent)).dataobj), h, atol=1e-5)
+
+
+def test_predict_with_the_shipped_model_by_name(phantom_paths, tmp_path, capsys):
+    """README: MODEL is a checkpoint or a shipped model name; ``--threshold auto`` uses the
+    model's optimised threshold (0.05 for ms-lesion, as its model card says)."""
+    import json
+
+    from napari_softseg.engine.predict import MODELS_DIR
+
+    from _oracles import plain_network_prediction
+
+    out, mask = tmp_path / "lesions.nii.gz", tmp_path / "lesions_mask.nii.gz"
+    flair = str(phantom_paths["image"])
+    assert main(["predict", "--model", "ms-lesion", "-o", str(out), flair, "--threshold", "auto", "-q"]) == 0
+    src = nib.load(flair)
+    soft_img = nib.load(str(out))
+    np.testing.assert_allclose(soft_img.affine, src.affine, atol=1e-6)
+    soft = np.asarray(soft_img.dataobj)
+    some = list(range(2, 47, 9))
+    expected = plain_network_prediction(load_model("ms-lesion"), np.asarray(src.dataobj, np.float32), axis=2, slices=some)
+    np.testing.assert_allclose(soft[:, :, some], expected, atol=0.02)
+    threshold = json.loads((MODELS_DIR / "ms-lesion.json").read_text())["threshold"]
+    np.testing.assert_array_equal(np.asarray(nib.load(str(mask)).dataobj), (soft >= threshold).astype(np.uint8))
+    truth = np.asarray(nib.load(str(phantom_paths["truth"])).dataobj)
+    assert (soft >= threshold)[truth >= 0.5].mean() > 0.5  # it finds the phantom's lesions

@@ -12,7 +12,8 @@ from napari_softseg.errors import UserError
 from napari_softseg.fusion.methods import METHODS, RandomRaterSampler, disagreement_map, fuse, rater_statistics
 from napari_softseg.fusion.staple import soft_staple, staple
 
-sitk = pytest.importorskip("SimpleITK")
+from _oracles import itk_staple as run_itk  # SimpleITK: a test requirement, never skipped
+from _oracles import reference_soft_staple
 
 
 # --------------------------------------------------------------------------- helpers
@@ -32,13 +33,6 @@ def synthetic_raters(shape=(40, 40, 40), sens=(0.95, 0.85, 0.7, 0.9, 0.6), spec=
     return truth, raters
 
 
-def run_itk(raters):
-    f = sitk.STAPLEImageFilter()
-    f.SetForegroundValue(1.0)
-    out = f.Execute([sitk.GetImageFromArray(np.ascontiguousarray(r, dtype=np.uint8)) for r in raters])
-    return sitk.GetArrayFromImage(out), np.array(f.GetSensitivity()), np.array(f.GetSpecificity()), f.GetElapsedIterations()
-
-
 def assert_matches_itk(raters, res):
     post, sens, spec, elapsed = run_itk(raters)
     agree = np.mean((post > 0.5) == (res.posterior > 0.5))
@@ -48,24 +42,6 @@ def assert_matches_itk(raters, res):
     np.testing.assert_allclose(res.posterior, post, atol=1e-5)
     assert abs(res.iterations - (elapsed + 1)) <= 1  # ITK reports the 0-based index of the last iteration
     return agree
-
-
-def reference_soft_staple(raters, max_iter=500, tol=1e-10):
-    """Plain float64 EM written straight from the documented soft-STAPLE formulas."""
-    D = np.stack([np.asarray(r, np.float64).ravel() for r in raters])
-    W = D.mean(axis=0)
-    g = W.mean()
-    for _ in range(max_iter):
-        p = (D * W).sum(1) / W.sum()
-        q = ((1 - D) * (1 - W)).sum(1) / (1 - W).sum()
-        a = g * np.prod(p[:, None] ** D * (1 - p[:, None]) ** (1 - D), axis=0)
-        b = (1 - g) * np.prod(q[:, None] ** (1 - D) * (1 - q[:, None]) ** D, axis=0)
-        W_new = a / (a + b)
-        done = np.max(np.abs(W_new - W)) < tol
-        W = W_new
-        if done:
-            break
-    return W.reshape(np.shape(raters[0])), p, q
 
 
 def reference_multiclass_staple(labels, K, iters=300):

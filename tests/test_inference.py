@@ -8,6 +8,7 @@ from napari_softseg.engine.checkpoint import make_config, save_checkpoint
 from napari_softseg.engine.devices import cpu_supports_bf16
 from napari_softseg.errors import UserError
 from napari_softseg.engine.predict import (
+    MODELS_DIR,
     SHIPPED_MODELS,
     Prediction,
     PredictionCancelled,
@@ -18,6 +19,8 @@ from napari_softseg.engine.predict import (
     resolve_model_path,
 )
 from napari_softseg.engine.model import UNet
+
+from _oracles import plain_network_prediction
 
 
 def _net(seed=0, in_channels=1, out_channels=1, activation="normrelu", depth=2):
@@ -34,25 +37,6 @@ def _net(seed=0, in_channels=1, out_channels=1, activation="normrelu", depth=2):
     return model
 
 
-def _reference(model, volume, axis, normalise=True):
-    """Independent implementation: numpy z-score, edge padding, plain forward, crop, NormReLU."""
-    vol = volume.astype(np.float64)
-    vol = vol if vol.ndim == 4 else vol[..., None]
-    if normalise:
-        vol = (vol - vol.mean(axis=(0, 1, 2))) / vol.std(axis=(0, 1, 2))
-    vol = np.moveaxis(vol, axis, 0).astype(np.float32)
-    m = 2**model.depth
-    out = []
-    for sl in vol:
-        h, w = sl.shape[:2]
-        padded = np.pad(sl, ((0, -h % m), (0, -w % m), (0, 0)), mode="edge")
-        with torch.no_grad():
-            logits = model.forward_logits(torch.from_numpy(padded).permute(2, 0, 1)[None])[0, 0, :h, :w]
-        r = logits.clamp(min=0).numpy()
-        out.append(r / r.max() if r.max() > 0 else r)
-    return np.moveaxis(np.stack(out), 0, axis)
-
-
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_matches_plain_network_along_each_axis(axis):
     rng = np.random.default_rng(axis)
@@ -61,7 +45,7 @@ def test_matches_plain_network_along_each_axis(axis):
     soft = predict_volume(model, volume, slice_axis=axis, mixed_precision=False, batch_size=4)
     assert isinstance(soft, np.ndarray) and soft.dtype == np.float32 and soft.shape == volume.shape
     assert soft.min() >= 0.0 and soft.max() <= 1.0 and soft.max() == 1.0
-    np.testing.assert_allclose(soft, _reference(model, volume, axis), atol=1e-5)
+    np.testing.assert_allclose(soft, plain_network_prediction(model, volume, axis), atol=1e-5)
 
 
 def test_mixed_precision_within_tolerance():
@@ -104,7 +88,7 @@ def test_slice_axis_choice():
     model.softseg_config = {"slice_axis": 0, "normalisation": "zscore"}
     volume = np.random.default_rng(4).normal(size=(3, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(
-        predict_volume(model, volume, mixed_precision=False), _reference(model, volume, 0), atol=1e-5
+        predict_volume(model, volume, mixed_precision=False), plain_network_prediction(model, volume, 0), atol=1e-5
     )
 
 
@@ -168,17 +152,23 @@ def test_load_model_and_names(tmp_path):
     assert loaded.softseg_config["threshold"] == 0.3 and loaded.softseg_config["contrasts"] == ["T2s"]
     with pytest.raises(UserError, match="ms-lesion"):
         resolve_model_path("no-such-model")
-    for name in SHIPPED_MODELS:
-        try:
-            assert resolve_model_path(name).name == f"{name}.pt"
-        except UserError as err:
-            assert "not installed" in str(err)
+    for name in SHIPPED_MODELS:  # both shipped models are part of the package
+        path = resolve_model_path(name)
+        assert path == MODELS_DIR / f"{name}.pt" and path.is_file()
     with pytest.raises(UserError, match="no such model file"):
         load_model(tmp_path / "missing.pt")
     with pytest.raises(UserError):
         predict_volume(loaded, np.zeros((4, 4)))
     with pytest.raises(UserError, match="NaN"):
         predict_volume(loaded, np.full((8, 8, 2), np.nan, dtype=np.float32))
+
+
+def test_a_missing_shipped_model_is_one_sentence(monkeypatch, tmp_path):
+    from napari_softseg.engine import predict
+
+    monkeypatch.setattr(predict, "MODELS_DIR", tmp_path)  # an installation without the models
+    with pytest.raises(UserError, match=r"^The shipped model 'ms-lesion' is not installed \(.*ms-lesion.pt is missing\)"):
+        load_model("ms-lesion")
 
 
 def test_resamples_to_training_voxel_size():
@@ -198,7 +188,7 @@ def test_resamples_to_training_voxel_size():
     expected = np.empty_like(volume)
     for k in range(3):
         small = ndimage.zoom(z[:, :, k], (0.5, 0.25), order=2, grid_mode=True, mode="nearest")
-        pred = _reference(model, small[:, :, None], 2, normalise=False)[:, :, 0]
+        pred = plain_network_prediction(model, small[:, :, None], 2, normalise=False)[:, :, 0]
         expected[:, :, k] = ndimage.zoom(pred, (2.0, 4.0), order=1, grid_mode=True, mode="nearest")
     np.testing.assert_allclose(soft, expected, atol=1e-4)
 

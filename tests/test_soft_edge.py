@@ -38,6 +38,19 @@ def test_soft_edge_values_blend_with_old_level():
     assert soft_edge_values(np.array([10, 10]), 0, np.array([1.0, 0.3])).tolist() == [0, 7]
 
 
+def test_soft_edge_rounds_to_the_nearest_level_never_truncates():
+    """README: round(c·L + (1−c)·v₀); halves go up (the module's floor(x + 1/2))."""
+    # 0.48 x 10 = 4.8 -> 5 (truncation would give 4); 0.44 x 10 = 4.4 -> 4
+    assert soft_edge_values(np.array([0, 0]), 10, np.array([0.48, 0.44])).tolist() == [5, 4]
+    # blends: 0.3 x 9 + 0.7 x 2 = 4.1 -> 4; 0.6 x 9 + 0.4 x 2 = 6.2 -> 6; 0.7 x 9 + 0.3 x 2 = 6.9 -> 7
+    assert soft_edge_values(np.array([2, 2, 2]), 9, np.array([0.3, 0.6, 0.7])).tolist() == [4, 6, 7]
+    # exact halves (coverages are multiples of 1/64): 0.25 x 10 = 2.5 -> 3, erasing 0.75 of 10 -> 2.5 -> 3
+    assert soft_edge_values(np.array([0, 10]), 0, np.array([0.0, 0.75])).tolist() == [0, 3]
+    assert soft_edge_values(np.array([0]), 10, np.array([0.25])).tolist() == [3]
+    # the eraser's rim keeps (1 - c) of the old level
+    assert soft_edge_values(np.array([10, 10, 10]), 0, np.array([1.0, 0.5, 0.12])).tolist() == [0, 5, 9]
+
+
 def test_sweep_path_spacing():
     p = sweep_path(np.array([[0.0, 0.0], [0.0, 2.0], [3.0, 2.0]]), step=0.25)
     steps = np.linalg.norm(np.diff(p, axis=0), axis=1)

@@ -6,8 +6,10 @@ The raters of a scan ``/data/sub1_T2w.nii.gz`` are saved in the sidecar folder
 ``/data/sub1_T2w.softseg/`` when ``/data`` is writable, otherwise in a per-user folder
 ``<user data dir>/napari-softseg/autosave/<sha256(scan path)[:16]>/`` (user data dir:
 ``$NAPARI_SOFTSEG_DATA`` if set, else ``$XDG_DATA_HOME`` or ``~/.local/share`` on Linux,
-``~/Library/Application Support`` on macOS, ``%LOCALAPPDATA%`` on Windows). Restoring looks
-in both places.
+``~/Library/Application Support`` on macOS, ``%LOCALAPPDATA%`` on Windows). Folders listed in
+``$NAPARI_SOFTSEG_READ_ONLY_DATA`` (separated by ``os.pathsep``; e.g. a lab's shared data
+drive that is writable but must stay untouched) count as read-only, with every folder below
+them. Restoring looks in both places.
 
 What
 ----
@@ -86,6 +88,17 @@ def sidecar_dir(scan_path) -> Path:
     return p.parent / (nifti_stem(p) + SIDECAR_SUFFIX)
 
 
+def read_only_roots() -> list[Path]:
+    """The folders of ``$NAPARI_SOFTSEG_READ_ONLY_DATA``: no sidecar is written in or below them."""
+    text = os.environ.get("NAPARI_SOFTSEG_READ_ONLY_DATA", "")
+    return [Path(p).expanduser().absolute() for p in text.split(os.pathsep) if p.strip()]
+
+
+def _in_read_only_data(folder: Path) -> bool:
+    folder = Path(folder).expanduser().absolute()
+    return any(folder == root or root in folder.parents for root in read_only_roots())
+
+
 def candidate_dirs(scan_path) -> list[Path]:
     """Both places a scan's raters may be saved, next-to-scan first."""
     return [sidecar_dir(scan_path), user_data_dir() / scan_key(scan_path)]
@@ -154,7 +167,10 @@ class AutosaveStore:
     @property
     def folder(self) -> Path:
         if self._folder is None:
+            sidecar = sidecar_dir(self.scan.path)
             for cand in candidate_dirs(self.scan.path):
+                if cand == sidecar and _in_read_only_data(cand.parent):
+                    continue  # a folder declared read-only is never written into
                 if _writable_folder(cand):
                     self._folder = cand
                     self._write_manifest(cand)

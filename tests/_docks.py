@@ -1,0 +1,24 @@
+"""Opening the plugin's docks as napari does (Plugins menu): through the manifest, so that the
+dock receives napari's proxy viewer (``PublicOnlyProxy``), never the real one."""
+
+from __future__ import annotations
+
+#: the dock display names of ``napari.yaml``
+ANNOTATION = "Soft annotation"
+FUSION = "Rater fusion"
+TRAINING = "Train SoftSeg"
+SEGMENT = "Segment & review"
+
+
+def open_dock(viewer, name: str):
+    """Open the dock ``name`` from the Plugins menu of ``viewer`` and return the dock widget."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    _, widget = viewer.window.add_plugin_dock_widget("napari-softseg", name)
+    assert isinstance(widget.viewer, PublicOnlyProxy)  # what a user's napari hands the dock
+    return widget
+
+
+def real(obj):
+    """The napari object behind a proxy handed out by a plugin dock (layers it returns)."""
+    return getattr(obj, "__wrapped__", obj)
