@@ -10,7 +10,7 @@ Such a network predicts ``p = min(ReLU(x) / m, 1)`` with a stored ``m``
   minimises the training loss in eval mode, a one-parameter "temperature scaling" of NormReLU,
   starting from the estimate above. This is the value the checkpoint keeps.
 
-Measured (issue 15, the same trained weights, unseen phantoms): the fitted ``m`` gets the
+Measured (the same trained weights, unseen phantoms of the cohort): the fitted ``m`` gets the
 lesion volume within -2.9 +- 1.3 % against -10.6 +- 2.0 % for the expected batch maximum (a
 batch's maximum over 4 structure slices sits above a typical lesion core, so cores stay below
 1); fitting on the validation phantom alone was worse than on the training phantoms (one
@@ -31,7 +31,7 @@ __all__ = ["estimate_normaliser", "normaliser_grid", "loss_curve", "fit_by_loss"
 
 #: the fit searches ``[start / SPAN, start * SPAN]`` on a log grid of ``STEPS`` values, a step
 #: of 3.9 % in ``m`` (the volume of partial-volume voxels moves by as much; the research runs of
-#: issue 15 used 61 values, steps of 8 %)
+#: measurements quoted above used 61 values, steps of 8 %)
 SPAN, STEPS = 10.0, 121
 
 

@@ -12,6 +12,15 @@ precision follows the chosen device (:func:`~napari_softseg.engine.devices.train
 float16 comes with a gradient scaler. On an accelerator the host reads the losses back only
 every :data:`SYNC_EVERY` steps and at the end of each epoch, so it keeps queueing work.
 
+NormReLU with the batch-wide maximum (``scope="batch"``). Batches come from
+:class:`~napari_softseg.engine.training.sampler.StructureBatchSampler` (each holds the
+structure), the loss adds :class:`~napari_softseg.engine.losses.ScoreMargin`, and the stored
+output normaliser is estimated before every validation pass (:meth:`Trainer._calibrate`, on the
+validation slices with the structure; it travels with rank 0's batch-norm buffers) and, after
+a completed run, fitted by the training loss over the training and validation slices
+(:meth:`Trainer.normaliser_batches`, events of phase ``"normaliser"``) before the threshold is
+chosen with it.
+
 Failures. Every unit of work runs under :meth:`Trainer._guard`: running out of memory
 (moving a batch, a training step, validation at twice the batch, the threshold search, the
 preview) becomes one sentence naming the stage, the batch and crop sizes and what to change,
