@@ -323,3 +323,19 @@ def test_a_bad_scope_is_refused(tmp_path, arch, what):
     config["architecture"].update(arch)
     with pytest.raises(UserError, match=what):
         build_model(config, model.state_dict())
+
+
+def test_a_cancel_while_fitting_the_normaliser_keeps_the_validation_estimate(tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    events = []
+    for ev in train(TrainConfig(epochs=1, **TINY), _disk_data(), cancel=cancel, checkpoint_path=tmp_path / "c.pt"):
+        events.append(ev)
+        if ev.phase == "normaliser":
+            cancel.set()
+    done = events[-1]
+    assert done.status == "cancelled" and done.message.endswith("The output normaliser was not fitted.")
+    assert sum(e.phase == "normaliser" for e in events[:-1]) == 1 and not any(e.phase == "threshold" for e in events)
+    model = load_model(done.checkpoint)  # the estimate of the last validation: a usable checkpoint
+    assert model.activation.calibrated
