@@ -35,18 +35,22 @@ __all__ = ["estimate_normaliser", "normaliser_grid", "loss_curve", "fit_by_loss"
 SPAN, STEPS = 10.0, 121
 
 
-def estimate_normaliser(slice_maxima: torch.Tensor, n_structure: int, draws: int = 2000, seed: int = 0) -> float:
+def estimate_normaliser(slice_maxima: torch.Tensor, n_structure: int) -> float:
     """The expected maximum of ``n_structure`` entries of ``slice_maxima`` drawn at random
-    without replacement (Monte Carlo, ``draws`` draws): what a training batch with
-    ``n_structure`` structure slices divides by. ``slice_maxima``: the largest ReLU'd score of
-    each structure slice (one channel), in eval mode. NaN when there is none."""
-    v = slice_maxima.detach().flatten().double().cpu()
-    if v.numel() == 0:
+    without replacement: what a training batch with ``n_structure`` structure slices divides
+    by. ``slice_maxima``: the largest ReLU'd score of each structure slice (one channel), in
+    eval mode. Exact: with the values sorted, ``v_(1) <= ... <= v_(n)``, the largest of ``k``
+    is ``v_(i)`` with probability ``C(i - 1, k - 1) / C(n, k)``. NaN when there is none."""
+    v = torch.sort(slice_maxima.detach().flatten().double().cpu()).values
+    n = v.numel()
+    if n == 0:
         return float("nan")
-    k = min(max(int(n_structure), 1), v.numel())
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.stack([torch.randperm(v.numel(), generator=g)[:k] for _ in range(draws)])
-    return float(v[idx].amax(dim=1).mean())
+    k = min(max(int(n_structure), 1), n)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    log_choose = lambda a, b: torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)  # noqa: E731
+    log_p = log_choose(i - 1, torch.tensor(k - 1.0)) - log_choose(torch.tensor(float(n)), torch.tensor(float(k)))
+    p = torch.where(i >= k, torch.exp(log_p), torch.zeros_like(i))
+    return float((p * v).sum() / p.sum())
 
 
 def normaliser_grid(start: float, span: float = SPAN, steps: int = STEPS) -> torch.Tensor:
