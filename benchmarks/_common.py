@@ -213,9 +213,10 @@ def cohort_subject(offset: int, with_lesions: bool = True, quick: bool = False) 
 
 def cohort(quick: bool = False) -> dict:
     """The phantom cohort: ``fit`` (training + validation subjects), ``test`` and ``free``
-    (the lesion-free scan). Quick mode: two fit subjects and one test subject, 48 x 48 crops."""
+    (the lesion-free scan). Quick mode: one fit subject (a slab of its slices validates) and
+    one test subject, 48 x 48 crops."""
     if quick:
-        return {"fit": [cohort_subject(o, True, True) for o in (100, 200)],
+        return {"fit": [cohort_subject(100, True, True)],
                 "test": [cohort_subject(300, True, True)], "free": cohort_subject(300, False, True)}
     return {"fit": [cohort_subject(o) for o in COHORT["fit"]], "test": [cohort_subject(o) for o in COHORT["test"]],
             "free": cohort_subject(COHORT["free"], False)}
@@ -531,9 +532,8 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def rebuild_summary(out_dir: Path = RESULTS, note: str = "") -> Path:
-    """Rewrite ``summary.md`` from the ``<name>.md`` tables in ``out_dir``, in the order and
-    format of ``benchmarks/run_all.py`` (for when some benchmarks were re-run alone);
-    ``note`` goes under the header."""
+    """Rewrite ``summary.md`` from the ``<name>.md`` tables in ``out_dir`` (those present), in
+    name order; ``note`` goes under the header."""
     import pkgutil
 
     out_dir = Path(out_dir)
@@ -544,5 +544,6 @@ def rebuild_summary(out_dir: Path = RESULTS, note: str = "") -> Path:
                 + (f"\n{note}\n" if note else "")]
     for name in names:
         md = out_dir / f"{name}.md"
-        sections.append(md.read_text() if md.exists() else f"## {name}\n\n(no table written)\n")
+        if md.exists():
+            sections.append(md.read_text())
     return write_text(out_dir / "summary.md", "\n".join(sections))

@@ -68,14 +68,18 @@ class Plan:
     gap: int  # slices left out between the test slab and the training slices
     candidates: tuple = CANDIDATES
     workers: int = C.WORKERS
+    folds: int = 5  # seed k holds out slab k mod folds
+
+    def fold_list(self, vol: C.Volume) -> list:
+        return C.slab_folds(vol.image.shape[vol.slice_axis], self.folds, self.gap)
 
 
 def plans(quick: bool) -> list[Plan]:
     if quick:
         tiny = dict(epochs=2, patience=1, batch_size=16, depth=2, base_features=4)
         return [
-            Plan("brain_gm", lambda: C.brain_gm(factor=6), C.Budget(**tiny), 2, 0, workers=1),
-            Plan("sct_gm", lambda: C.sct_gm(size=16), C.Budget(**tiny), 2, 0, CANDIDATES[:2], workers=1),
+            Plan("brain_gm", lambda: C.brain_gm(factor=6), C.Budget(**tiny), 1, 0, workers=1, folds=2),
+            Plan("sct_gm", lambda: C.sct_gm(size=16), C.Budget(**tiny), 2, 0, CANDIDATES[:2], workers=1, folds=2),
         ]
     return [
         Plan("brain_gm", C.brain_gm, C.Budget(epochs=300, batch_size=8), 5, 1),
@@ -115,8 +119,8 @@ def _figures_data(vol: C.Volume, pred: np.ndarray, test: np.ndarray) -> dict:
 
 def jobs_for(plan: Plan, vol: C.Volume, seeds, candidates) -> list[C.Job]:
     """One training job per (seed, candidate): seed k trains on every slab but the
-    (k mod 5)-th (minus the gap) and predicts the whole scan."""
-    folds = C.slab_folds(vol.image.shape[vol.slice_axis], 5 if plan.seeds >= 5 else plan.seeds, plan.gap)
+    (k mod folds)-th (minus the gap) and predicts the whole scan."""
+    folds = plan.fold_list(vol)
     jobs = []
     for seed in seeds:
         train, test = folds[seed % len(folds)]
@@ -130,7 +134,7 @@ def jobs_for(plan: Plan, vol: C.Volume, seeds, candidates) -> list[C.Job]:
 
 def run_dataset(plan: Plan, log=print) -> dict:
     vol = plan.load()
-    folds = C.slab_folds(vol.image.shape[vol.slice_axis], 5 if plan.seeds >= 5 else plan.seeds, plan.gap)
+    folds = plan.fold_list(vol)
     results = C.run_jobs(jobs_for(plan, vol, range(plan.seeds), plan.candidates), plan.workers, log)
     runs = []
     for r in results:
