@@ -110,3 +110,24 @@ def test_predict_with_the_shipped_model_by_name(phantom_paths, tmp_path, capsys)
     np.testing.assert_array_equal(np.asarray(nib.load(str(mask)).dataobj), (soft >= threshold).astype(np.uint8))
     truth = np.asarray(nib.load(str(phantom_paths["truth"])).dataobj)
     assert (soft >= threshold)[truth >= 0.5].mean() > 0.5  # it finds the phantom's lesions
+
+
+def test_a_model_without_dropout_has_no_monte_carlo_samples(tmp_path, capsys):
+    """A NormReLU network trained without dropout: --mc-samples is refused in one sentence,
+    and --uncertainty alone uses the four flipped views instead of identical MC draws."""
+    torch.manual_seed(0)
+    model = UNet(1, 1, depth=2, base_features=4, dropout=0.0, norm_scope="batch").eval()
+    with torch.no_grad():
+        model.head.bias -= model.forward_logits(torch.randn(4, 1, 40, 40)).mean()
+    model.activation.norm_max.fill_(0.05)
+    path = save_checkpoint(tmp_path / "nodrop.pt", model, make_config(model, contrasts=["MT"]))
+    out = tmp_path / "p.nii.gz"
+    assert main(["predict", "-m", str(path), "-o", str(out), str(MT1), "--mc-samples", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "trained without dropout, so its Monte-Carlo dropout samples would all be the same prediction" in err
+    assert not out.exists()
+    assert main(["predict", "-m", str(path), "-o", str(out), str(MT1), "--uncertainty", "--no-mixed-precision"]) == 0
+    assert "20/20" in capsys.readouterr().err  # 5 slices x 4 flipped views
+    tta = predict_volume(load_model(path), read_nifti(MT1).data, spacing=read_nifti(MT1).spacing, tta=4,
+                         mixed_precision=False)
+    np.testing.assert_allclose(np.asarray(nib.load(str(out)).dataobj), tta.soft, atol=1e-6)

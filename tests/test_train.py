@@ -332,8 +332,10 @@ def test_weighted_adaptive_wing_keeps_softseg_alive_on_a_sparse_target(shared_da
     data = TrainingData.from_arrays([image], [truth], spacings=[img.spacing])
     cfg = TrainConfig(preset="softseg", epochs=60, batch_size=4, crop_size=(48, 48), val_fraction=0, seed=0,
                       device="cpu", slice_axis=2, search_threshold=False)
-    assert Trainer(cfg, data).loss_fn.foreground_weight == 10
-    assert Trainer(TrainConfig(**{**cfg.__dict__, "foreground_weight": 0.0}), data).loss_fn.foreground_weight == 0
+    default = Trainer(cfg, data)
+    assert default.loss_fn.foreground_weight == 0 and default.margin_fn is not None  # uniform loss + hinges
+    assert Trainer(TrainConfig(**{**cfg.__dict__, "foreground_weight": 10.0}), data).loss_fn.foreground_weight == 10
+    assert Trainer(TrainConfig(**{**cfg.__dict__, "preset": "soft-sig-wing"}), data).loss_fn.foreground_weight == 10
     assert not hasattr(Trainer(TrainConfig(**{**cfg.__dict__, "preset": "conventional"}), data).loss_fn, "foreground_weight")
     done = run_training(cfg, data, checkpoint_path=tmp_path / "cord.pt")
     from napari_softseg.engine.predict import load_model

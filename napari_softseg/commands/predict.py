@@ -15,7 +15,9 @@ write it with the scan's geometry. Several IMAGE files are several contrasts of 
 (same grid, in the model's contrast order). --threshold also writes a binary mask
 (voxels with soft >= T; multi-class models: the label of the most likely class);
 --uncertainty writes the voxel-wise entropy of the mean of Monte-Carlo dropout draws
-(10 unless --mc-samples is given) and/or flipped views (--tta)."""
+(10 unless --mc-samples is given) and/or flipped views (--tta); a model trained without
+dropout (the NormReLU presets) has no Monte-Carlo draws, so --uncertainty then uses the
+flipped views."""
 
 
 def add_parser(subparsers) -> None:
@@ -32,7 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mask-out", metavar="PATH", help="mask file (default: <out stem>_mask.nii.gz)")
     parser.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
     parser.add_argument("--entropy-out", metavar="PATH", help="entropy file (default: <out stem>_entropy.nii.gz)")
-    parser.add_argument("--mc-samples", type=int, default=None, metavar="N", help="Monte-Carlo dropout draws")
+    parser.add_argument("--mc-samples", type=int, default=None, metavar="N",
+                        help="Monte-Carlo dropout draws (a model trained without dropout has none)")
     parser.add_argument("--tta", action="store_true", help="average over flipped views (test-time augmentation)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="slices per forward pass")
@@ -159,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
             f"The model {Path(str(args.model)).name} expects {model.in_channels} contrast(s) ({names}) "
             f"but {n_channels} image(s) were given."
         )
-    mc = args.mc_samples if args.mc_samples is not None else (10 if args.uncertainty and not args.tta else 0)
+    # --uncertainty alone: 10 Monte-Carlo dropout draws, or the flipped views for a model without dropout
+    default_mc = 10 if args.uncertainty and not args.tta and model.has_dropout else 0
+    mc = args.mc_samples if args.mc_samples is not None else default_mc
+    tta = args.tta or (args.uncertainty and args.mc_samples is None and not model.has_dropout)
     kwargs = {}
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
@@ -172,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         mixed_precision=not args.no_mixed_precision,
         mc_samples=mc,
-        tta=len(TTA_FLIPS) if args.tta else 0,
+        tta=len(TTA_FLIPS) if tta else 0,
         keep_samples=False,
         return_prediction=args.uncertainty,
         progress=bar,

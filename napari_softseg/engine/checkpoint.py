@@ -22,7 +22,11 @@ Config schema (all keys JSON types)
 -----------------------------------
 ``format_version`` int (1); ``version`` str (``napari_softseg.__version__`` that wrote it);
 ``architecture`` dict (``UNet.config()``: in_channels, out_channels, depth, base_features,
-dropout, activation); ``preset`` str (key of ``PRESETS``); ``contrasts`` list[str] (one
+dropout, activation, and for ``normrelu`` ``norm_scope``: ``"batch"`` networks carry their
+stored output normaliser ``activation.norm_max`` in the weights and are refused without a
+finite positive one; a checkpoint without ``norm_scope`` -- every one written before it
+existed, the shipped models included -- is ``"slice"`` and predicts exactly as before, see
+:class:`~napari_softseg.engine.model.NormReLU`); ``preset`` str (key of ``PRESETS``); ``contrasts`` list[str] (one
 name per input channel, in order); ``n_channels`` int (= len(contrasts) = in_channels);
 ``classes`` list[str] (foreground structures, background excluded); ``normalisation`` str
 (``"zscore"``: each contrast of each volume to zero mean, unit variance, over the whole
@@ -48,7 +52,7 @@ import torch
 from napari_softseg.errors import UserError
 from napari_softseg.io.atomic import write_bytes_atomic
 from napari_softseg.engine.limits import check_architecture
-from napari_softseg.engine.model import ACTIVATIONS, UNet
+from napari_softseg.engine.model import ACTIVATIONS, NORM_SCOPES, UNet
 
 __all__ = [
     "FORMAT",
@@ -115,12 +119,16 @@ def validate_config(config: dict, source: str = "checkpoint") -> dict:
     arch = cfg.get("architecture")
     if not isinstance(arch, dict):
         raise UserError(f"{source}: its configuration lacks the network architecture.")
-    allowed = {"in_channels", "out_channels", "depth", "base_features", "dropout", "activation"}
+    allowed = {"in_channels", "out_channels", "depth", "base_features", "dropout", "activation", "norm_scope"}
     unknown = set(arch) - allowed
     if unknown:
         raise UserError(f"{source}: unknown architecture settings {sorted(unknown)}.")
     if arch.get("activation", "normrelu") not in ACTIVATIONS:
         raise UserError(f"{source}: unknown activation {arch.get('activation')!r}.")
+    scope = arch.get("norm_scope", "slice")
+    if scope not in NORM_SCOPES or (scope != "slice" and arch.get("activation", "normrelu") != "normrelu"):
+        raise UserError(f"{source}: unknown output normalisation scope {scope!r} for its {arch.get('activation', 'normrelu')} "
+                        f"activation (expected {' or '.join(NORM_SCOPES)} with normrelu).")
     check_architecture(arch, source)
     in_ch = int(arch.get("in_channels", 1))
     contrasts = cfg.get("contrasts") or [f"contrast{i}" for i in range(in_ch)]
@@ -233,6 +241,17 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:160]
 
 
+def _check_normaliser(model: UNet, state: dict[str, torch.Tensor], source: str) -> None:
+    """A "batch" NormReLU network predicts with its stored normaliser: refuse one without a
+    finite positive value (a network saved before it was fitted, or a hand-edited file)."""
+    if getattr(model.activation, "scope", "slice") != "batch":
+        return
+    m = state.get("activation.norm_max")
+    if m is None or m.numel() != model.out_channels or not bool(torch.isfinite(m).all()) or not bool((m > 0).all()):
+        raise UserError(f"{source}: its output is normalised by a stored maximum that it lacks (no finite positive "
+                        "activation.norm_max), so it cannot predict; train it again.")
+
+
 def build_model(config: dict, state_dict: dict[str, torch.Tensor] | None = None, *, source: str = "checkpoint") -> UNet:
     """Build the :class:`UNet` described by ``config["architecture"]`` (float32, eval mode).
 
@@ -241,9 +260,10 @@ def build_model(config: dict, state_dict: dict[str, torch.Tensor] | None = None,
     """
     cfg = validate_config(config, source)
     arch: dict[str, Any] = dict(cfg["architecture"])
-    model = UNet(**arch)
+    model = UNet(**arch)  # no "norm_scope": "slice", what every checkpoint without it was trained with
     if state_dict is not None:
         state = _clean_state_dict(state_dict)
+        _check_normaliser(model, state, source)
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

@@ -335,7 +335,11 @@ def predict_volume(
         bfloat16 on CUDA from compute capability 8.0 and on CPUs with native bf16, float16
         on older CUDA GPUs and MPS), else float32. False: float32 (no TF32 on CUDA).
     mc_samples : int
-        Monte-Carlo dropout draws (0: dropout off).
+        Monte-Carlo dropout draws (0: dropout off). A model without dropout (``model.dropout``
+        0, as NormReLU networks are trained) has no such draws: asking for them raises
+        :class:`UserError` rather than returning identical samples; use ``tta`` instead.
+        Every draw and view is normalised like the plain prediction (a ``"batch"`` NormReLU
+        divides each by the same stored maximum).
     tta : int
         Test-time augmentation views from :data:`TTA_FLIPS` (identity, flip H, flip W, both);
         0 or 1: none.
@@ -365,6 +369,9 @@ def predict_volume(
     slice_axis = _resolve_slice_axis(slice_axis, config, spacing)
     if batch_size < 1 or mc_samples < 0 or tta < 0:
         raise UserError("batch_size must be at least 1 and mc_samples, tta at least 0.")
+    if mc_samples > 0 and not model.has_dropout:
+        raise UserError("This model was trained without dropout, so its Monte-Carlo dropout samples would all be "
+                        "the same prediction; ask for 0 of them and use test-time augmentation for samples instead.")
     dev = resolve_device(device)
     dtype = (autocast_dtype(dev) if mixed_precision else None) or torch.float32
     grid = _SliceGrid(array, slice_axis, config, spacing, model.multiple)

@@ -37,8 +37,12 @@ class TrainConfig:
     crop_size : (H, W) or None
         In-plane training size, multiples of ``2**depth``; None: the largest slice (padded),
         or the checkpoint's when fine-tuning.
-    depth, base_features, dropout :
-        U-Net size (3, 16, 0.3 as in the paper); ignored when fine-tuning.
+    depth, base_features :
+        U-Net size (3, 16 as in the paper); ignored when fine-tuning.
+    dropout : float or None
+        Dropout of a new network; None: the preset's
+        (:attr:`~napari_softseg.engine.presets.Preset.dropout`: 0 for the NormReLU presets,
+        which collapse with it, 0.3 for the others); ignored when fine-tuning.
     val_fraction : float
         Share of volumes (or slices of a single volume) held out (0.2).
     patience, early_stop_eps :
@@ -60,10 +64,19 @@ class TrainConfig:
         checkpoint's.
     loss_reduction : ``"mean"`` or ``"sum"``
         Reduction of the loss (mean keeps the scale independent of batch and crop).
-    foreground_weight : float
+    foreground_weight : float or None
         Adaptive Wing presets only: :math:`W` of the loss's weighted map (``1 + W`` on the
-        dilated foreground, Wang et al. 2019; 10 as in the paper, 0 unweighted). Without it
-        SoftSeg collapses to an all-zero map on sparse targets.
+        dilated foreground, Wang et al. 2019; 0 unweighted). None: 0 for a network whose
+        NormReLU takes the batch-wide maximum (the uniform loss, with :attr:`score_margin`),
+        10 (the paper's) for the others. 10 with the batch-wide NormReLU detects more small
+        lesions but over-segments around them (see
+        :class:`~napari_softseg.engine.losses.AdaptiveWingLoss`).
+    empty_fraction : float in [0, 1)
+        Batch-wide NormReLU only: share of structure-free slices in every batch (0.5; see
+        :class:`~napari_softseg.engine.training.sampler.StructureBatchSampler`).
+    score_margin : float
+        Batch-wide NormReLU only: weight of the
+        :class:`~napari_softseg.engine.losses.ScoreMargin` hinges added to the loss (1; 0 off).
     preview_slice : (volume, slice) or None
         A slice to predict after every ``preview_every`` epochs (for a live preview).
     num_threads : int or None
@@ -79,7 +92,7 @@ class TrainConfig:
     crop_size: tuple | None = None
     depth: int = 3
     base_features: int = 16
-    dropout: float = 0.3
+    dropout: float | None = None
     val_fraction: float = 0.2
     patience: int = 50
     early_stop_eps: float = 0.001
@@ -92,7 +105,9 @@ class TrainConfig:
     slice_axis: int | None = None
     spacing: tuple | None = None
     loss_reduction: str = "mean"
-    foreground_weight: float = 10.0
+    foreground_weight: float | None = None
+    empty_fraction: float = 0.5
+    score_margin: float = 1.0
     preview_slice: tuple | None = None
     preview_every: int = 1
     num_threads: int | None = None
@@ -109,8 +124,12 @@ class TrainConfig:
             (self.seed >= 0, f"seed must be a non-negative integer, got {self.seed}"),
             (self.preview_every >= 1, f"preview interval must be at least 1 epoch, got {self.preview_every}"),
             (self.loss_reduction in ("mean", "sum"), f"loss reduction must be mean or sum, got {self.loss_reduction!r}"),
-            (math.isfinite(self.foreground_weight) and self.foreground_weight >= 0,
+            (self.foreground_weight is None or (math.isfinite(self.foreground_weight) and self.foreground_weight >= 0),
              f"foreground weight must be a number >= 0, got {self.foreground_weight}"),
+            (self.dropout is None or 0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}"),
+            (0.0 <= self.empty_fraction < 1.0, f"structure-free share of a batch must lie in [0, 1), got {self.empty_fraction}"),
+            (math.isfinite(self.score_margin) and self.score_margin >= 0,
+             f"score margin weight must be a number >= 0, got {self.score_margin}"),
             (self.image_interpolation in ("bilinear", "bicubic"), f"image interpolation must be bilinear or bicubic, got {self.image_interpolation!r}"),
         ]
         for ok, message in checks:
@@ -127,13 +146,13 @@ class TrainEvent:
     """One progress report.
 
     ``kind``: ``"start"`` (data prepared, initial validation done), ``"step"`` (one training
-    step, validation batch or threshold batch; see ``phase``), ``"epoch"`` (end of an epoch,
+    step, validation batch, normaliser batch or threshold batch; see ``phase``), ``"epoch"`` (end of an epoch,
     with validation results and maybe a preview) or ``"done"`` (last event: ``status``,
     ``message``, ``checkpoint``, ``threshold``, ``summary``).
     """
 
     kind: str
-    phase: str = "train"  # "train", "validate" or "threshold"
+    phase: str = "train"  # "train", "validate", "normaliser" (fitting NormReLU's stored maximum) or "threshold"
     epoch: int = 0  # 1-based epoch of this run (0 before the first)
     epochs: int = 0  # maximum epochs of this run
     step: int = 0  # 1-based step within the epoch / phase

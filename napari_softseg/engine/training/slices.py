@@ -52,6 +52,7 @@ class PreparedData:
     truth : (N, K, H, W) float32 -- the target used for validation and threshold search
         (the rater average for random sampling)
     volume, slice_index : (N,) int64 -- source volume and slice of each sample
+    has_structure : (N,) bool -- the sample's truth holds the structure (any value > 0)
     train_idx, val_idx : int64 -- sample indices of the two sets (val may be empty)
     """
 
@@ -72,6 +73,7 @@ class PreparedData:
     classes: list
     subject_names: list
     geometry: list
+    has_structure: "object" = None
     source: "TrainingData" = field(repr=False, default=None)
 
     @property
@@ -161,7 +163,7 @@ def prepare_slices(
     return PreparedData(
         images=tensor(images), labels=tensor(labels), truth=tensor(truths),
         volume=tensor(volume.astype(np.int64)), slice_index=tensor(slice_index.astype(np.int64)),
-        train_idx=torch.from_numpy(train_idx), val_idx=torch.from_numpy(val_idx),
+        train_idx=torch.from_numpy(train_idx), val_idx=torch.from_numpy(val_idx), has_structure=tensor(has_fg),
         slice_axis=axis,
         spacing=tuple(float(t) for t in np.where(np.arange(3) == axis, first.spacing, target)),
         crop_size=crop,

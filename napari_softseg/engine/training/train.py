@@ -16,6 +16,16 @@ Recipe (Gros, Lemay & Cohen-Adad, MedIA 2021, section 2.5, via ivadomed)
 * The weights with the best validation loss (training loss without a validation set) are
   kept and written once, with the threshold (:mod:`.threshold`) chosen on train +
   validation volumes.
+* NormReLU networks (the ``softseg``, ``hard-relu-wing`` and ``soft-relu-dice`` presets)
+  are trained with the batch-wide maximum (:class:`~napari_softseg.engine.model.NormReLU`,
+  ``scope="batch"``), as in the paper and ivadomed: every batch holds slices with the
+  structure and, by default, as many without (:mod:`.sampler`); no dropout
+  (:attr:`~napari_softseg.engine.presets.Preset.dropout`); the uniform Adaptive Wing loss
+  plus the :class:`~napari_softseg.engine.losses.ScoreMargin` hinges. Their output
+  normaliser is estimated in eval mode at every validation and fitted after training
+  (:mod:`.normaliser`), before the threshold is chosen; the checkpoint stores it. A
+  checkpoint being fine-tuned keeps its own scope (those written before the scope existed
+  normalise each slice by its own maximum, with the loss they were trained with, W = 10).
 * Augmentation on the device (:mod:`.augment`), hard labels binarised after it; the
   training set stays in host memory and only each batch is moved to the device.
 * Mixed precision, chosen from the training device

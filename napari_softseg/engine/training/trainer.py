@@ -45,12 +45,15 @@ from napari_softseg.engine.devices import (
     to_device,
     training_dtype,
 )
+from napari_softseg.engine.losses import ScoreMargin
 from napari_softseg.engine.model import UNet
 from napari_softseg.engine.preprocess import binarise, with_background
 from napari_softseg.engine.presets import Preset, get_preset
 from napari_softseg.engine.training import distributed as dist_utils
 from napari_softseg.engine.training.augment import RandomAffine
 from napari_softseg.engine.training.config import TrainConfig, TrainEvent, is_cancelled
+from napari_softseg.engine.training.normaliser import best_of_curve, estimate_normaliser, loss_curve, normaliser_grid
+from napari_softseg.engine.training.sampler import StructureBatchSampler
 from napari_softseg.engine.training.slices import prepare_slices
 from napari_softseg.engine.training.threshold import DiceAccumulator, best_threshold
 from napari_softseg.errors import UserError
@@ -62,7 +65,7 @@ __all__ = ["Trainer", "SYNC_EVERY", "STAGES"]
 #: and under torchrun, where the processes agree on every step before averaging gradients)
 SYNC_EVERY = 8
 #: the units of work a failure is reported for
-STAGES = ("preparing", "training", "validation", "threshold search", "preview")
+STAGES = ("preparing", "training", "validation", "output normaliser", "threshold search", "preview")
 
 #: slices per forward pass of validation and the threshold search on a CPU: a cancel is seen
 #: between two of them (a 16-slice batch of 144x184 took 5 s on a busy 2-core CPU, so Cancel
@@ -127,6 +130,12 @@ class Trainer:
         bs = cfg.batch_size
         n_local = d.train_idx.numel() // self.ctx.world_size if self.ctx.enabled else d.train_idx.numel()
         self.steps = max(1, -(-n_local // bs))
+        self.sampler = None
+        if self.batch_scope:  # every batch holds the structure (NormReLU divides by the batch's maximum)
+            self.sampler = StructureBatchSampler(
+                d.train_idx.numpy(), d.has_structure[d.train_idx].numpy(), bs, cfg.empty_fraction, cfg.seed,
+                rank=self.ctx.rank, world_size=self.ctx.world_size)
+            self.steps = self.sampler.steps_per_epoch
         self.val_local = d.val_idx[self.ctx.rank :: self.ctx.world_size]
         self.val_steps = -(-self.val_local.numel() // (2 * bs))
         if cfg.preview_slice is not None:
@@ -157,14 +166,16 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(device).to(memory_format=self.memory_format)
         self.net = self.model  # gradients are averaged explicitly under torchrun (no DDP wrapper)
+        self.batch_scope = getattr(self.model.activation, "scope", None) == "batch"
         self._optimisation()
 
     def _optimisation(self) -> None:
         """Loss, optimiser, schedule, gradient scaler, augmentation and their random streams."""
         cfg, preset, device = self.config, self.preset, self.device
         torch.manual_seed(cfg.seed + 1 + self.ctx.rank)  # dropout differs per process
-        loss_options = {"foreground_weight": cfg.foreground_weight} if preset.loss == "adaptive_wing" else {}
-        self.loss_fn = preset.make_loss(reduction=cfg.loss_reduction, **loss_options)
+        self.loss_fn = preset.make_loss(reduction=cfg.loss_reduction, **self._loss_options())
+        # the batch-wide NormReLU trains with the ScoreMargin hinges on its logits
+        self.margin_fn = ScoreMargin(cfg.score_margin, cfg.score_margin) if self.batch_scope and cfg.score_margin else None
         # fused Adam on CUDA: one kernel, and the gradient scaler's skip decision stays on the GPU
         fused = {"fused": True} if device.type == "cuda" else {}
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, **fused)
@@ -175,6 +186,16 @@ class Trainer:
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1009 + 17 + self.ctx.rank)
         self.binarise = partial(binarise, multiclass=preset.multiclass)
         self.fg = slice(1, None) if preset.multiclass else slice(None)
+
+    def _loss_options(self) -> dict:
+        """Adaptive Wing's weight map: the configured ``W``, else 0 (uniform) for the
+        batch-wide NormReLU and the loss's own default (the paper's 10) for the others."""
+        weight = self.config.foreground_weight
+        if self.preset.loss != "adaptive_wing":
+            return {}
+        if weight is None:
+            return {"foreground_weight": 0.0} if self.batch_scope else {}
+        return {"foreground_weight": weight}
 
     # ------------------------------------------------------------------ failures
 
@@ -243,6 +264,7 @@ class Trainer:
             "training": f"{what} in a training step; {smaller}",
             "validation": f"{what} in validation, which uses batches of {2 * bs}; {smaller}",
             "threshold search": f"{what} while choosing the threshold, which uses batches of {2 * bs}; {smaller}",
+            "output normaliser": f"{what} while fitting the output normaliser, which uses batches of {2 * bs}; {smaller}",
             "preview": f"{what} while predicting the preview slice; turn the live preview off or {smaller}",
         }[failure.stage]
 
@@ -283,8 +305,10 @@ class Trainer:
     def _forward_backward(self, idx: torch.Tensor, raters) -> None:
         x, y = self._batch(idx, raters)
         with self._autocast():
-            out = self.net(x)
+            out, logits = self.net(x, with_logits=True)
         loss = self.loss_fn(out.float(), y)
+        if self.margin_fn is not None:
+            loss = loss + self.margin_fn(logits.float(), y, self.model.activation.running_max)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self._losses.append((loss.detach(), idx.numel()))
@@ -339,8 +363,12 @@ class Trainer:
         return torch.cat(outs)
 
     def validate(self, cancel=None):
-        """Yield after each validation batch; finally returns ``(loss, dice)`` (None if no set)."""
+        """Yield after each validation batch; finally returns ``(loss, dice)`` (None if no set).
+        A batch-wide NormReLU first gets the normaliser of the current weights (:meth:`_calibrate`)."""
         self._evaluation_start()
+        if self.batch_scope:
+            _, failure = self._guard("validation", self._calibrate, self._calibration_idx(), cancel)
+            self._agree_on_normaliser(failure)
         bs = 2 * self.config.batch_size
         rows, counts, failure = [], [], None
         for s in range(self.val_steps):
@@ -386,6 +414,85 @@ class Trainer:
         out = self._predict_slices(idx, cancel)
         acc.update(out[:, self.fg], gather_to_device(self.truth, idx, self.device), self.volume.index_select(0, idx))
 
+    # ------------------------------------------------------------------ the stored normaliser
+
+    @torch.no_grad()
+    def _eval_logits(self, idx: torch.Tensor, cancel=None) -> torch.Tensor:
+        """Eval-mode logits of the samples ``idx`` (float32, on the device), in chunks like
+        :meth:`_predict_slices`, with a cancel check before each."""
+        chunk = EVAL_CHUNK_CPU if self.device.type == "cpu" else 2 * self.config.batch_size
+        outs = []
+        for part in idx.split(max(1, chunk)):
+            self._check_cancel(cancel)
+            x = gather_to_device(self.images, part, self.device).contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                outs.append(self.model.forward_logits(x).float())
+        return torch.cat(outs)
+
+    def _calibration_idx(self) -> torch.Tensor:
+        """The slices the normaliser is estimated on at each validation: the validation slices
+        with the structure, or the training ones without such (all of them in every process,
+        which all get rank 0's value)."""
+        d = self.data
+        idx = d.val_idx[d.has_structure[d.val_idx]]
+        return idx if idx.numel() else d.train_idx[d.has_structure[d.train_idx]]
+
+    def _calibrate(self, idx: torch.Tensor, cancel=None) -> None:
+        """Store the expected maximum over a batch's structure slices
+        (:func:`~napari_softseg.engine.training.normaliser.estimate_normaliser`) of the
+        eval-mode slice maxima of ``idx``, per channel. Where no score is positive (a network
+        that predicts nothing there) any value gives the same output on those slices: the
+        running mean of the training batch maxima, else 1."""
+        act, maxima = self.model.activation, []
+        for part in idx.split(max(1, 2 * self.config.batch_size)):
+            maxima.append(torch.relu(self._eval_logits(part, cancel)[:, self.fg]).flatten(2).amax(dim=2).cpu())
+        maxima = torch.cat(maxima) if maxima else torch.zeros(0, act.norm_max.numel())
+        for c in range(act.norm_max.numel()):
+            m = estimate_normaliser(maxima[:, c], self.sampler.n_fg)
+            fallback = float(act.running_max[c])
+            act.norm_max[c] = m if math.isfinite(m) and m > 0 else (fallback if fallback > 0 else 1.0)
+
+    def _agree_on_normaliser(self, failure: _Failure | None) -> None:
+        """Every process takes rank 0's normaliser (a sum where the others give 0), together
+        with the agreement on failures."""
+        if not self.ctx.enabled:
+            self._agree(failure)
+            return
+        m = self.model.activation.norm_max
+        mine = m.detach().double().cpu() * (1.0 if self.ctx.is_main else 0.0)
+        self._agree(failure, mine)
+        m.copy_(mine.to(m))
+
+    def normaliser_batches(self, cancel=None):
+        """Fit the stored normaliser: the ``m`` minimising the training loss in eval mode over
+        the training and validation slices (sharded), on a grid around the current value
+        (:mod:`~napari_softseg.engine.training.normaliser`); yields ``(batch, batches)``."""
+        self._evaluation_start()
+        d, act = self.data, self.model.activation
+        everything = torch.cat([d.train_idx, d.val_idx])[self.ctx.rank :: self.ctx.world_size]
+        bs = 2 * self.config.batch_size
+        n = -(-everything.numel() // bs)
+        starts = [float(v) for v in act.norm_max]
+        grids = [normaliser_grid(m) for m in starts]
+        curves = torch.zeros(len(grids), grids[0].numel(), dtype=torch.float64)
+        failure = None
+        for s in range(n):
+            if failure is None:
+                idx = everything[s * bs : (s + 1) * bs]
+                _, failure = self._guard("output normaliser", self._curve_batch, idx, grids, curves, cancel)
+            yield s + 1, n
+        self._agree(failure, curves)
+        for c, (grid, start) in enumerate(zip(grids, starts)):
+            act.norm_max[c] = best_of_curve(grid, curves[c], start)
+
+    def _curve_batch(self, idx: torch.Tensor, grids: list, curves: torch.Tensor, cancel=None) -> None:
+        """Add one batch's loss for every candidate normaliser to ``curves``."""
+        logits = self._eval_logits(idx, cancel)[:, self.fg]
+        y = self._target(gather_to_device(self.truth, idx, self.device))[:, self.fg]
+        w = self.loss_fn.weight_map(y) if getattr(self.loss_fn, "foreground_weight", 0) else None
+        for c, grid in enumerate(grids):
+            curves[c] += loss_curve(logits[:, c], y[:, c], self.loss_fn, grid, None if w is None else w[:, c])
+
     def preview(self, epoch: int):
         sel = self.config.preview_slice
         if sel is None or not self.ctx.is_main or epoch % self.config.preview_every:
@@ -428,11 +535,11 @@ class Trainer:
             yield TrainEvent("start", val_loss=start_loss, val_dice=start_dice, start_loss=start_loss,
                              lr=cfg.lr, elapsed_seconds=clock.elapsed(), eta_seconds=clock.eta(), **common)
             for epoch in range(1, cfg.epochs + 1):
-                mine, raters = self._epoch_samples(epoch)
+                batches, raters = self._epoch_batches(epoch)
                 if epoch == 1:
-                    seen = mine.tolist()
+                    seen = sorted(set(torch.cat(batches).tolist()))
                 lr = self.optimizer.param_groups[0]["lr"]
-                train_loss = yield from self._train_epoch(epoch, mine, raters, cancel, clock, best, common)
+                train_loss = yield from self._train_epoch(epoch, batches, raters, cancel, clock, best, common)
                 val_loss, val_dice = yield from self._validation(epoch, cancel, clock, common, train_loss=train_loss)
                 self.scheduler.step()
                 monitored = val_loss if val_loss is not None else train_loss
@@ -478,27 +585,29 @@ class Trainer:
             yield TrainEvent("step", "validate", epoch, step=s, eta_seconds=clock.eta(),
                              elapsed_seconds=clock.elapsed(), **extra, **common)
 
-    def _epoch_samples(self, epoch: int):
-        """This process's shuffled samples of ``epoch`` and, for random rater sampling, the
-        rater drawn for every sample (else None)."""
+    def _epoch_batches(self, epoch: int):
+        """This process's batches of ``epoch`` (:data:`steps` of them: shuffled samples, or the
+        structure sampler's batches) and, for random rater sampling, the rater drawn for every
+        sample (else None)."""
         cfg, d = self.config, self.data
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        order = d.train_idx[torch.randperm(d.train_idx.numel(), generator=g)]
         raters = None
         if d.random_raters:
             from napari_softseg.fusion.methods import RandomRaterSampler
 
             raters = torch.as_tensor(RandomRaterSampler(d.n_raters, cfg.seed).draw(epoch, d.n_samples), dtype=torch.int64)
-        return dist_utils.shard(order, self.ctx), raters
+        if self.sampler is not None:
+            return [torch.from_numpy(b) for b in self.sampler.epoch()], raters
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        mine = dist_utils.shard(d.train_idx[torch.randperm(d.train_idx.numel(), generator=g)], self.ctx)
+        bs = cfg.batch_size
+        return [mine[s * bs : (s + 1) * bs] for s in range(self.steps)], raters
 
-    def _train_epoch(self, epoch: int, mine, raters, cancel, clock: "_Clock", best: "_Best", common: dict):
+    def _train_epoch(self, epoch: int, batches, raters, cancel, clock: "_Clock", best: "_Best", common: dict):
         """Yield an event per training step; return the epoch's mean training loss. A step's
         event carries the running mean as of the last sync (exact at the epoch's end)."""
-        bs = self.config.batch_size
         total, count, waiting = 0.0, 0, 0
         lr = self.optimizer.param_groups[0]["lr"]
-        for s in range(self.steps):
-            idx = mine[s * bs : (s + 1) * bs]
+        for s, idx in enumerate(batches):
             sync = s + 1 == self.steps or (s + 1) % self.sync_every == 0
             loss = self.train_step(idx, raters, cancel, sync=sync)
             waiting += idx.numel()
@@ -512,8 +621,9 @@ class Trainer:
 
     def _best_weights_and_threshold(self, best: "_Best", status: str, message: str, epoch: int, cancel, clock: "_Clock"):
         """Load the best weights (a cancelled run without any keeps its current ones) and, after
-        a completed run, choose the threshold on every sample, yielding an event per batch.
-        Returns ``(threshold, its mean Dice or None, status, message)``."""
+        a completed run, fit the output normaliser of a batch-wide NormReLU and choose the
+        threshold on every sample, yielding an event per batch. Returns ``(threshold, its mean
+        Dice or None, status, message)``."""
         cfg = self.config
         if self.ctx.enabled:  # a failure not shared yet (the last preview) stops every process here
             try:
@@ -526,7 +636,17 @@ class Trainer:
         if best.state is None:
             return threshold, threshold_dice, status, message
         self.model.load_state_dict(best.state)
-        if not (cfg.search_threshold and status in ("completed", "early_stopped")):
+        if status not in ("completed", "early_stopped"):
+            return threshold, threshold_dice, status, message
+        try:
+            if self.batch_scope and hasattr(self.loss_fn, "elementwise"):  # Dice: no voxel-wise loss to fit
+                for s, n in self.normaliser_batches(cancel):
+                    yield TrainEvent("step", "normaliser", epoch, step=s, steps_per_epoch=n, epochs=cfg.epochs,
+                                     elapsed_seconds=clock.elapsed())
+                    self._check_cancel(cancel)
+        except _Stop as stop:  # keep the normaliser estimated at the best epoch's validation
+            return threshold, threshold_dice, stop.status, stop.message + " The output normaliser was not fitted."
+        if not cfg.search_threshold:
             return threshold, threshold_dice, status, message
         acc = DiceAccumulator(self.data.n_volumes, len(self.data.classes), device=self.device)
         try:
@@ -597,8 +717,9 @@ def _network(cfg: TrainConfig, data, init) -> tuple[UNet, Preset, dict | None]:
     else:
         icfg = None
         preset = get_preset(cfg.preset or "softseg")
+        dropout = cfg.dropout if cfg.dropout is not None else preset.dropout
         model = UNet(data.n_channels, preset.out_channels(data.n_classes), cfg.depth, cfg.base_features,
-                     cfg.dropout, preset.activation)
+                     dropout, preset.activation, norm_scope=preset.norm_scope)
     if data.n_classes > 1 and not preset.multiclass:
         raise UserError(f"The labels have {data.n_classes} classes but preset {preset.name} is binary; choose a multi-class preset.")
     if model.out_channels != preset.out_channels(data.n_classes):

@@ -442,9 +442,10 @@ class TrainingWidget(DockBase):
         ev, run["step"] = run.get("step"), None
         if ev is not None:
             done = (ev.epoch - 1) * ev.steps_per_epoch + ev.step if ev.phase == "train" else ev.epoch * ev.steps_per_epoch
-            if ev.phase != "threshold":
+            if ev.phase not in ("normaliser", "threshold"):
                 self.progress_bar.setValue(min(done, self.progress_bar.maximum()))
             what = {"train": f"step {ev.step}/{ev.steps_per_epoch}", "validate": "validating",
+                    "normaliser": f"fitting the output scale {ev.step}/{ev.steps_per_epoch}",
                     "threshold": f"choosing threshold {ev.step}/{ev.steps_per_epoch}"}[ev.phase]
             epoch = f"epoch {run['start_epoch'] + ev.epoch}/{run['start_epoch'] + ev.epochs}"
             loss = f" · loss {ev.train_loss:.4f}" if ev.train_loss is not None else ""
