@@ -86,7 +86,7 @@ def _dataset_runs(ablation: dict | None, pv: dict | None) -> dict:
         out[d["dataset"]] = [{"cand": r["candidate"], "seed": r["seed"], "plateaued": bool(r["convergence"]["plateaued"]),
                               "ece_bin": r["metrics"]["ece_bin"], "dice_own": r["metrics"]["dice_own"],
                               "brier": r["metrics"]["brier"]} for r in d["runs"] if r["candidate"] in ("softseg", "conventional")]
-    if pv:
+    if pv and pv.get("runs"):
         mean = lambda r, k: sum(s[k] for s in r["scans"]) / len(r["scans"])  # noqa: E731
         out["phantom"] = [{"cand": r["pipeline"], "seed": r["seed"], "plateaued": bool(r["convergence"]["plateaued"]),
                            "ece_bin": mean(r, "ece_bin"), "dice_own": mean(r, "dice_own"), "brier": None}
@@ -101,6 +101,8 @@ def comparison_bars(ablation: dict | None, pv: dict | None) -> list[dict]:
     fair reference)."""
     bars = []
     for name, runs in _dataset_runs(ablation, pv).items():
+        if not runs:
+            continue
         n_conv = sum(1 for r in runs if r["cand"] == "conventional")
         pairs_e = _converged_pairs(runs, lambda r: r["ece_bin"])
         pairs_d = _converged_pairs(runs, lambda r: r["dice_own"])
