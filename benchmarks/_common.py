@@ -133,28 +133,6 @@ def slab_folds(n_slices: int, n_folds: int, gap: int = 0) -> list[tuple[np.ndarr
     return folds
 
 
-@functools.lru_cache(maxsize=4)
-def phantom(seed: int | None = None):
-    """The lesion phantom (:func:`napari_softseg.io.phantom.build_phantom`), cached per process."""
-    from napari_softseg.io.phantom import SEED, build_phantom
-
-    return build_phantom(SEED if seed is None else seed)
-
-
-def phantom_box(*truths: np.ndarray, margin: int = 8, multiple: int = 8) -> tuple[slice, slice]:
-    """The in-plane box holding every lesion of the given phantom truth maps, widened by
-    ``margin`` voxels and to sides that are multiples of ``multiple`` (the network's)."""
-    xy = np.argwhere(np.any([np.any(t > 0, axis=2) for t in truths], axis=0))
-    shape = truths[0].shape[:2]
-    lo, hi = xy.min(axis=0) - margin, xy.max(axis=0) + 1 + margin
-    out = []
-    for a, b, n in zip(lo, hi, shape):
-        size = min(-(-(b - a) // multiple) * multiple, n // multiple * multiple)
-        a = int(np.clip(a - (size - (b - a)) // 2, 0, n - size))
-        out.append(slice(a, a + size))
-    return tuple(out)
-
-
 #: The phantom cohort (seed offsets from ``napari_softseg.io.phantom.SEED``): every subject
 #: varied (``vary=True``: mirrored anatomy, tissue and lesion contrast, noise, bias field,
 #: lesion load). Training + validation: 4 subjects (the trainer holds one out, drawn by the

@@ -83,7 +83,7 @@ def plans(quick: bool) -> list[Plan]:
         ]
     return [
         Plan("brain_gm", C.brain_gm, C.Budget(epochs=300, batch_size=8), 5, 1),
-        Plan("sct_gm", C.sct_gm, C.Budget(epochs=800, batch_size=4), 5, 0),
+        Plan("sct_gm", C.sct_gm, C.Budget(epochs=800, batch_size=4, val_fraction=0.25), 5, 0),
     ]
 
 

@@ -25,6 +25,10 @@ unseen test subjects). Metrics inside the brain, per test subject, averaged:
   target) and at 0.5; Dice and Σp against the exact truth;
 * the composite score (z-scored Dice, precision, recall and −AVD across the six candidates).
 
+A separate study (``make bench-fusion``, ``python -m benchmarks.run_all --only fusion
+thesis verdict``): its 30 phantom runs do not fit in ``make bench``'s budget (see
+``benchmarks/README.md``).
+
     python -m benchmarks.bench_fusion [--quick] [--out DIR]
 """
 
@@ -38,6 +42,7 @@ import numpy as np
 from . import _common as C
 from .bench_partial_volume import cohort_text, phantom_jobs, settings
 
+SEPARATE = True  # run_all leaves it out unless named with --only
 SOURCES = ("staple", "average", "random")
 SOURCE_TITLES = {"staple": "STAPLE", "average": "average", "random": "random sampling"}
 PIPELINES = ("conventional", "softseg")

@@ -226,7 +226,9 @@ def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
     collapse = _load(out_dir, "collapse")
     rows = dice_rows(ablation, pv) + calibration_rows(ablation, pv, fusion) + other_rows(ablation, pv, collapse)
     q = quick or any(bool((d or {}).get("quick")) for d in (ablation, pv, fusion, collapse))
-    result = {"quick": q, "rows": rows}
+    compared = [x for x in rows if x["same_direction"] is not None]
+    result = {"quick": q, "rows": rows, "n_rows": len(rows), "n_compared": len(compared),
+              "n_same_direction": sum(1 for x in compared if x["same_direction"])}
     C.write_json(out_dir / "thesis.json", result)
     C.write_text(out_dir / "thesis.md", markdown(result))
     return result
@@ -245,6 +247,7 @@ def markdown(r: dict) -> str:
     rows = [[x["finding"], x["source"], x["published"], x["ours"], mark[x["same_direction"]], x["why"]] for x in r["rows"]]
     lines += [C.md_table(["finding", "source", "published", "ours", "same direction", "where not: why, from our data"],
                          rows, "llllll"), ""]
+    lines += [f"{r['n_same_direction']} of the {r['n_compared']} findings that could be compared go the same way.", ""]
     return "\n".join(lines)
 
 

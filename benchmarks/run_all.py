@@ -2,7 +2,8 @@
 
 Each benchmark module defines ``run(quick: bool, out_dir: Path) -> dict`` and writes its
 own tables (Markdown + JSON) and figures. A module with ``SEPARATE = True`` (a long study
-with its own make target, e.g. ``bench_collapse``) runs only when named with ``--only``. This runner adds ``machine.json`` (CPU, cores,
+with its own make target, e.g. ``bench_collapse``) runs only when named with ``--only``, or
+in the quick smoke run. This runner adds ``machine.json`` (CPU, cores,
 memory, library versions, date), ``runtime.json`` (wall time of the run and of each
 benchmark) and ``summary.md`` (one section per benchmark).
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
     if args.only:
         names = [n for n in names if n in args.only]
-    else:  # separate studies (a module with SEPARATE = True) run only when named
+    elif not args.quick:  # separate studies (a module with SEPARATE = True) run only when named (or quick)
         names = [n for n in names if not getattr(importlib.import_module(f"benchmarks.bench_{n}"), "SEPARATE", False)]
     info = machine()
     if not args.only or not (out / "machine.json").exists():
