@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.13.0
 unexport PYTHONDONTWRITEBYTECODE
 XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
 
-.PHONY: demo test lint bench bench-quick env sysdeps clean
+.PHONY: demo test lint bench bench-quick bench-fusion bench-collapse env sysdeps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ bench: $(STAMP) sysdeps
 
 bench-quick: $(STAMP) sysdeps
 	$(XVFB) $(PY) -m benchmarks.run_all --quick
+
+# separate studies (benchmarks/README.md gives their cost); each writes the reproduction
+# table and the verdict again with its results
+bench-fusion: $(STAMP)
+	$(PY) -m benchmarks.run_all --only fusion thesis verdict
+
+bench-collapse: $(STAMP)
+	$(PY) -m benchmarks.run_all --only collapse thesis verdict
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output

@@ -23,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 THREADS = 2  # the budget machine has 2 cores
+WORKERS = 2  # full runs: two single-thread worker processes (see run_jobs)
 
 
 def set_threads(n: int = THREADS) -> None:
@@ -70,7 +71,7 @@ class Volume:
     note: str = ""
 
 
-def brain_gm(factor: int = 2) -> Volume:
+def brain_gm(factor: int = 3) -> Volume:
     """Brain grey matter: the shipped T1 (``sample_data/brain_t1/bet``) with its FSL FAST
     grey-matter partial-volume map (``pve_1``) as soft truth.
 
@@ -96,48 +97,28 @@ def brain_gm(factor: int = 2) -> Volume:
                   f"({spacing[0]:g} mm isotropic), axial slices with brain, spheres removed")
 
 
-def sct_gm(size: int = 48) -> Volume:
+def sct_gm(size: int = 32, factor: int = 2) -> Volume:
     """Spinal-cord grey matter: the shipped T2* scan (``sample_data/sct_t2s``) and its
-    expert binary mask, at native resolution, cropped in-plane to ``size`` x ``size``
-    around the cord (centred on the mask's centre of mass)."""
+    expert binary mask, both averaged over ``factor`` x ``factor`` in-plane blocks (the mask
+    becomes a partial-volume map with values k / factor², as in the SoftSeg paper's soft
+    ground truth from a coarser grid), cropped in-plane to ``size`` x ``size`` around the
+    cord (centred on the grey matter's centre of mass)."""
     from scipy import ndimage
 
     from napari_softseg.io.nifti import read_nifti
     from napari_softseg.io.samples import sample_path
 
     img = read_nifti(sample_path("sct_t2s", "t2s_uncropped.nii.gz"))
-    gm = read_nifti(sample_path("sct_t2s", "t2s_uncropped_gmseg_manual.nii.gz")).data > 0
-    com = np.round(ndimage.center_of_mass(gm)).astype(int)
+    gm = (read_nifti(sample_path("sct_t2s", "t2s_uncropped_gmseg_manual.nii.gz")).data > 0).astype(np.float32)
+    f = (factor, factor, 1)
+    image, truth = block_mean(img.data, f), block_mean(gm, f)
+    com = np.round(ndimage.center_of_mass(truth)).astype(int)
     box = tuple(slice(int(np.clip(c - size // 2, 0, n - size)), int(np.clip(c - size // 2, 0, n - size)) + size)
-                for c, n in zip(com[:2], gm.shape[:2]))
-    box = box + (slice(None),)
-    image = img.data[box].astype(np.float32)
-    return Volume("spinal-cord GM", image, gm[box].astype(np.float32), np.ones(image.shape, bool),
-                  tuple(float(s) for s in img.spacing), 2,
-                  f"sample_data/sct_t2s t2s_uncropped + gmseg_manual (binary), native "
-                  f"{img.spacing[0]:g}x{img.spacing[1]:g}x{img.spacing[2]:g} mm, {size}x{size} crop around the cord")
-
-
-@functools.lru_cache(maxsize=4)
-def phantom(seed: int | None = None):
-    """The lesion phantom (:func:`napari_softseg.io.phantom.build_phantom`), cached per process."""
-    from napari_softseg.io.phantom import SEED, build_phantom
-
-    return build_phantom(SEED if seed is None else seed)
-
-
-def phantom_box(*truths: np.ndarray, margin: int = 8, multiple: int = 8) -> tuple[slice, slice]:
-    """The in-plane box holding every lesion of the given phantom truth maps, widened by
-    ``margin`` voxels and to sides that are multiples of ``multiple`` (the network's)."""
-    xy = np.argwhere(np.any([np.any(t > 0, axis=2) for t in truths], axis=0))
-    shape = truths[0].shape[:2]
-    lo, hi = xy.min(axis=0) - margin, xy.max(axis=0) + 1 + margin
-    out = []
-    for a, b, n in zip(lo, hi, shape):
-        size = min(-(-(b - a) // multiple) * multiple, n // multiple * multiple)
-        a = int(np.clip(a - (size - (b - a)) // 2, 0, n - size))
-        out.append(slice(a, a + size))
-    return tuple(out)
+                for c, n in zip(com[:2], truth.shape[:2])) + (slice(None),)
+    sp = tuple(float(s) * k for s, k in zip(img.spacing, f))
+    return Volume("spinal-cord GM", image[box], truth[box], np.ones(truth[box].shape, bool), sp, 2,
+                  f"sample_data/sct_t2s t2s_uncropped + gmseg_manual, {factor}x{factor} in-plane block mean "
+                  f"({sp[0]:g}x{sp[1]:g}x{sp[2]:g} mm; truth values k/{factor * factor}), {size}x{size} crop around the cord")
 
 
 def slab_folds(n_slices: int, n_folds: int, gap: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -152,12 +133,86 @@ def slab_folds(n_slices: int, n_folds: int, gap: int = 0) -> list[tuple[np.ndarr
     return folds
 
 
+#: The phantom cohort (seed offsets from ``napari_softseg.io.phantom.SEED``): every subject
+#: varied (``vary=True``: mirrored anatomy, tissue and lesion contrast, noise, bias field,
+#: lesion load). Training + validation: 4 subjects (the trainer holds one out, drawn by the
+#: run's seed); test: 2 unseen subjects and the lesion-free scan of the first.
+COHORT = {"fit": (100, 101, 102, 200), "test": (300, 301), "free": 300}
+#: In-plane box holding the white matter (hence every lesion) of every, possibly mirrored, subject.
+COHORT_BOX = (slice(16, 128), slice(20, 156))
+
+
+@dataclass
+class Subject:
+    """A phantom subject cropped for a benchmark (axis 2 = slices, 1 x 1 x 3 mm)."""
+
+    name: str
+    image: np.ndarray
+    truth: np.ndarray  # exact lesion fractions
+    raters: dict  # style -> rater map
+    faint: np.ndarray  # bool: voxels of faint lesions (truth > 0)
+    mask: np.ndarray  # bool: inside the brain
+    spacing: tuple
+    lesions: list = field(repr=False, default_factory=list)  # the lesions inside the crop
+    offset: tuple = (0, 0, 0)  # crop corner in the full phantom grid
+    full_shape: tuple = ()
+
+
+@functools.lru_cache(maxsize=16)
+def cohort_subject(offset: int, with_lesions: bool = True, quick: bool = False) -> Subject:
+    """Subject ``SEED + offset`` of the cohort (with the six rater styles, the extra ones
+    ``spurious`` and ``sloppy`` included), cropped to :data:`COHORT_BOX`; ``quick``: a
+    48 x 48 box around the subject's largest lesion."""
+    from napari_softseg.io.phantom import SEED, build_phantom, render_fraction
+
+    ph = build_phantom(SEED + offset, vary=True, with_lesions=with_lesions, extra_raters=True)
+    box = COHORT_BOX
+    if quick and not with_lesions:  # the same box as the subject with lesions
+        box = tuple(slice(o, o + 48) for o in cohort_subject(offset, True, True).offset[:2])
+    elif quick:
+        c = np.round(max(ph.lesions, key=lambda l: l.volume_mm3).centre).astype(int)
+        box = tuple(slice(int(np.clip(x - 24, 0, n - 48)), int(np.clip(x - 24, 0, n - 48)) + 48)
+                    for x, n in zip(c[:2], ph.truth.shape[:2]))
+    crop = box + (slice(0, ph.truth.shape[2]),)
+    faint = np.zeros(ph.truth.shape, bool)
+    inside = []
+    for les in ph.lesions:
+        b, frac = render_fraction(les, ph.truth.shape)
+        if les.faint:
+            faint[b] |= frac > 0
+        if all(s.start >= c.start and s.stop <= c.stop for s, c in zip(b, crop)):
+            inside.append(les)
+    spacing = tuple(float(s) for s in np.sqrt((np.asarray(ph.affine)[:3, :3] ** 2).sum(axis=0)))
+    image = ph.image[crop].astype(np.float32)
+    return Subject(f"phantom SEED+{offset}" + ("" if with_lesions else " lesion-free"), image,
+                   ph.truth[crop].astype(np.float32), {k: v[crop].astype(np.float32) for k, v in ph.raters.items()},
+                   faint[crop], image > 0, spacing, inside, tuple(c.start for c in crop), tuple(ph.truth.shape))
+
+
+def cohort(quick: bool = False) -> dict:
+    """The phantom cohort: ``fit`` (training + validation subjects), ``test`` and ``free``
+    (the lesion-free scan). Quick mode: one fit subject (a slab of its slices validates) and
+    one test subject, 48 x 48 crops."""
+    if quick:
+        return {"fit": [cohort_subject(100, True, True)],
+                "test": [cohort_subject(300, True, True)], "free": cohort_subject(300, False, True)}
+    return {"fit": [cohort_subject(o) for o in COHORT["fit"]], "test": [cohort_subject(o) for o in COHORT["test"]],
+            "free": cohort_subject(COHORT["free"], False)}
+
+
 # ----------------------------------------------------------------------------- training
 
 
 @dataclass
 class Budget:
-    """The same training budget for every candidate of a comparison."""
+    """The training protocol of a comparison (the same for every candidate).
+
+    ``epochs`` is the maximum; training stops early after ``patience`` epochs without a
+    relative improvement of the validation loss by more than ``eps`` (the thesis's rule,
+    50 epochs / 0.001), and the best-validation weights are kept. ``None`` settings take
+    the engine's default for the preset (dropout, the Adaptive Wing weight map, the
+    NormReLU batch mix and margin).
+    """
 
     epochs: int
     batch_size: int = 8
@@ -165,60 +220,170 @@ class Budget:
     depth: int = 3
     base_features: int = 16
     lr: float = 1e-3
-    val_fraction: float = 0.0
+    val_fraction: float = 0.2
+    patience: int = 50
+    eps: float = 1e-3
     augment: bool = True
-    foreground_weight: float = 10.0  # Adaptive Wing weighted loss map (0: unweighted)
+    foreground_weight: float | None = None
+    dropout: float | None = None
+    score_margin: float | None = None
+    empty_fraction: float | None = None
+
+    def config(self, preset: str, seed: int, slice_axis: int, threads: int):
+        """The :class:`~napari_softseg.engine.training.train.TrainConfig` of one run."""
+        from napari_softseg.engine.training.train import TrainConfig
+
+        optional = {k: getattr(self, k) for k in ("foreground_weight", "dropout", "score_margin", "empty_fraction")
+                    if getattr(self, k) is not None}
+        return TrainConfig(preset=preset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           crop_size=self.crop_size, depth=self.depth, base_features=self.base_features,
+                           val_fraction=self.val_fraction, patience=self.patience, early_stop_eps=self.eps, seed=seed,
+                           device="cpu", augment=self.augment, slice_axis=slice_axis, num_threads=threads, **optional)
 
     def describe(self) -> str:
-        crop = "x".join(map(str, self.crop_size)) if self.crop_size else "whole slice"
-        val = f"{self.val_fraction:.0%} validation slab" if self.val_fraction else "no validation set (fixed budget)"
-        return (f"{self.epochs} epochs, batch {self.batch_size}, crop {crop}, U-Net depth {self.depth} / "
-                f"{self.base_features} features, Adam lr {self.lr:g} cosine-annealed, {val}, "
-                f"augmentation {'on' if self.augment else 'off'}, Adaptive Wing loss map W = {self.foreground_weight:g} "
-                f"(Adaptive Wing candidates), {THREADS} CPU threads")
+        crop = "x".join(map(str, self.crop_size)) if self.crop_size else "whole slices"
+        extra = [f"{k.replace('_', ' ')} {getattr(self, k):g}" for k in ("foreground_weight", "dropout", "score_margin",
+                                                                        "empty_fraction") if getattr(self, k) is not None]
+        return (f"at most {self.epochs} epochs, early stopping after {self.patience} epochs without a relative "
+                f"validation-loss gain > {self.eps:g} (best-validation weights kept), validation "
+                f"{self.val_fraction:.0%} of the training data, batch {self.batch_size}, {crop}, U-Net depth {self.depth} / "
+                f"{self.base_features} features, Adam lr {self.lr:g} cosine-annealed over the maximum, augmentation "
+                f"{'on' if self.augment else 'off'}, " + (", ".join(extra) + ", " if extra else "")
+                + "other settings the engine's defaults for each preset")
 
 
 @dataclass
-class Trained:
-    """A train-and-predict result."""
+class Job:
+    """One training run and what to predict with the trained model (picklable, so that a
+    worker process can run it)."""
 
-    soft: np.ndarray
-    threshold: float
-    seconds_train: float
-    seconds_predict: float
-    summary: dict = field(repr=False, default_factory=dict)
+    key: dict  # what the caller needs to file the result (candidate, seed, ...)
+    images: list
+    labels: list  # per volume: one map, or a list of rater maps
+    spacing: tuple
+    preset: str
+    seed: int
+    budget: Budget
+    label_source: str = "label"
+    slice_axis: int = 2
+    predict: dict = field(default_factory=dict)  # name -> image to predict
+    batch_check: str | None = None  # name of a predicted image to predict with batch 1 and 16 too
 
 
-def train_predict(image: np.ndarray, labels, *, preset: str, seed: int, budget: Budget, spacing,
-                  predict_on: np.ndarray, slice_axis: int = 2, label_source: str = "label") -> Trained:
-    """Train ``preset`` on ``image`` with ``labels`` (one map, or a list of rater maps with a
-    fusion/random ``label_source``), then predict the soft map of ``predict_on``.
+def convergence(summary: Mapping, patience: int) -> dict:
+    """Epochs run, best epoch and whether the validation loss plateaued: the early-stopping
+    rule fired (``patience`` epochs without a relative gain > eps). ``last_window_gain``:
+    relative drop of the best validation loss over the last ``patience`` epochs (0 for a
+    plateau; > 0 when the run hit the epoch cap still improving)."""
+    hist = [h.get("val_loss") for h in summary.get("history", [])]
+    hist = [v for v in hist if v is not None and math.isfinite(v)]
+    gain = None
+    if len(hist) > 1:
+        best = np.minimum.accumulate(hist)
+        before = best[max(0, len(best) - 1 - patience)]
+        gain = float((before - best[-1]) / abs(before)) if before else 0.0
+    status = summary.get("status")
+    return {"epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"), "status": status,
+            "plateaued": status == "early_stopped", "last_window_gain": gain}
 
-    The checkpoints go to a temporary folder that is removed afterwards.
-    """
-    from napari_softseg.engine.training.data import TrainingData
+
+def validation_threshold(model, data, cfg) -> tuple[float | None, int]:
+    """The threshold maximising the mean Dice of the validation volumes (the trainer's rule,
+    :func:`~napari_softseg.engine.training.threshold.search_threshold`, on the validation
+    part only), from the slices exactly as the trainer prepared and split them; returns
+    ``(threshold, number of validation slices)`` (None without a validation set)."""
+    import torch
+
+    from napari_softseg.engine.presets import get_preset
+    from napari_softseg.engine.training.slices import prepare_slices
+    from napari_softseg.engine.training.threshold import search_threshold
+
+    preset = get_preset(cfg.preset)
+    d = prepare_slices(data, hard=not preset.soft_labels, slice_axis=cfg.slice_axis, crop_size=cfg.crop_size,
+                       multiple=model.multiple, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    idx = d.val_idx
+    if idx.numel() == 0:
+        return None, 0
+    with torch.no_grad():
+        out = torch.cat([model(d.images.index_select(0, idx[s:s + 16])) for s in range(0, idx.numel(), 16)])
+    vols = d.volume.index_select(0, idx).numpy()
+    truth = d.truth.index_select(0, idx)
+    preds = [out[vols == v].numpy() for v in np.unique(vols)]
+    truths = [truth[vols == v].numpy() for v in np.unique(vols)]
+    return search_threshold(preds, truths)[0], int(idx.numel())
+
+
+def run_job(job: Job, threads: int = THREADS) -> dict:
+    """Train ``job`` with the product's trainer, then predict its images with the best
+    checkpoint; the checkpoint goes to a temporary folder that is removed afterwards."""
     from napari_softseg.engine.predict import load_model, predict_volume
-    from napari_softseg.engine.training.train import TrainConfig, run_training
+    from napari_softseg.engine.training.data import TrainingData
+    from napari_softseg.engine.training.train import run_training
 
-    set_threads()
-    data = TrainingData.from_arrays([image], [labels], spacings=[spacing], label_source=label_source)
-    cfg = TrainConfig(preset=preset, epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr,
-                      crop_size=budget.crop_size, depth=budget.depth, base_features=budget.base_features,
-                      val_fraction=budget.val_fraction, patience=10**6, seed=seed, device="cpu",
-                      augment=budget.augment, slice_axis=slice_axis, num_threads=THREADS,
-                      foreground_weight=budget.foreground_weight)
+    set_threads(threads)
+    data = TrainingData.from_arrays(job.images, job.labels, spacings=[job.spacing] * len(job.images),
+                                    label_source=job.label_source)
+    cfg = job.budget.config(job.preset, job.seed, job.slice_axis, threads)
     folder = Path(tempfile.mkdtemp(prefix="softseg-bench-"))
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         done = run_training(cfg, data, checkpoint_path=folder / "model.pt")
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         model = load_model(done.checkpoint)
-        soft = predict_volume(model, predict_on, slice_axis=slice_axis, device="cpu")
+        soft = {name: np.asarray(predict_volume(model, img, slice_axis=job.slice_axis, device="cpu"), np.float32)
+                for name, img in job.predict.items()}
+        val_thr, n_val = validation_threshold(model, data, cfg)
+        diff = None
+        if job.batch_check:
+            img = job.predict[job.batch_check]
+            one = predict_volume(model, img, slice_axis=job.slice_axis, device="cpu", batch_size=1)
+            many = predict_volume(model, img, slice_axis=job.slice_axis, device="cpu", batch_size=16)
+            diff = float(np.max(np.abs(np.asarray(one, np.float64) - np.asarray(many, np.float64))))
         t2 = time.perf_counter()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    summary = {k: v for k, v in (done.summary or {}).items() if k not in ("history", "config", "distributed")}
-    return Trained(np.asarray(soft, np.float32), float(done.threshold), t1 - t0, t2 - t1, summary)
+    summary = done.summary or {}
+    conv = convergence(summary, cfg.patience)
+    return {"key": job.key, "soft": soft, "threshold_checkpoint": float(done.threshold),
+            "threshold_val": val_thr if val_thr is not None else float(done.threshold), "n_val_slices": n_val,
+            "convergence": conv, "train_s": t1 - t0, "train_cpu_s": c1 - c0, "predict_s": t2 - t1,
+            "batch_1_vs_16": diff, "n_train_slices": summary.get("n_train_slices"),
+            "val_loss": [h.get("val_loss") for h in summary.get("history", [])]}
+
+
+def _worker_init(threads: int) -> None:
+    set_threads(threads)
+
+
+def run_jobs(jobs: Sequence[Job], workers: int = 1, log=print) -> list[dict]:
+    """Run the jobs (results in job order): in this process with :data:`THREADS` threads when
+    ``workers`` is 1, else in ``workers`` single-thread processes (for these small networks two
+    1-thread processes use 2 cores better than one 2-thread process). Each run is seeded, so
+    its result does not depend on the worker that ran it."""
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(run_job(job))
+            log(_progress(out[-1], len(out), len(jobs)))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list = [None] * len(jobs)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(1,)) as pool:
+        futures = {pool.submit(run_job, job, 1): i for i, job in enumerate(jobs)}
+        for n, fut in enumerate(as_completed(futures), 1):
+            results[futures[fut]] = fut.result()
+            log(_progress(results[futures[fut]], n, len(jobs)))
+    return results
+
+
+def _progress(r: dict, n: int, total: int) -> str:
+    c = r["convergence"]
+    key = " ".join(f"{v}" for v in r["key"].values())
+    return (f"   [{n}/{total}] {key}: {c['epochs_run']} epochs (best {c['best_epoch']}, {c['status']}), "
+            f"{r['train_s']:.0f} s ({r['train_cpu_s']:.0f} CPU s)")
 
 
 def softness(pred: np.ndarray, mask=None, lo: float = 0.05, hi: float = 0.95) -> float:
@@ -345,9 +510,8 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def rebuild_summary(out_dir: Path = RESULTS, note: str = "") -> Path:
-    """Rewrite ``summary.md`` from the ``<name>.md`` tables in ``out_dir``, in the order and
-    format of ``benchmarks/run_all.py`` (for when some benchmarks were re-run alone);
-    ``note`` goes under the header."""
+    """Rewrite ``summary.md`` from the ``<name>.md`` tables in ``out_dir`` (those present), in
+    name order; ``note`` goes under the header."""
     import pkgutil
 
     out_dir = Path(out_dir)
@@ -358,5 +522,6 @@ def rebuild_summary(out_dir: Path = RESULTS, note: str = "") -> Path:
                 + (f"\n{note}\n" if note else "")]
     for name in names:
         md = out_dir / f"{name}.md"
-        sections.append(md.read_text() if md.exists() else f"## {name}\n\n(no table written)\n")
+        if md.exists():
+            sections.append(md.read_text())
     return write_text(out_dir / "summary.md", "\n".join(sections))

@@ -1,7 +1,9 @@
 """Run every ``benchmarks/bench_*.py`` and write ``benchmarks/results/``.
 
 Each benchmark module defines ``run(quick: bool, out_dir: Path) -> dict`` and writes its
-own tables (Markdown + JSON) and figures. This runner adds ``machine.json`` (CPU, cores,
+own tables (Markdown + JSON) and figures. A module with ``SEPARATE = True`` (a long study
+with its own make target, e.g. ``bench_collapse``) runs only when named with ``--only``, or
+in the quick smoke run. This runner adds ``machine.json`` (CPU, cores,
 memory, library versions, date), ``runtime.json`` (wall time of the run and of each
 benchmark) and ``summary.md`` (one section per benchmark).
 
@@ -70,6 +72,29 @@ def bench_cli(module_doc: str | None, run, name: str, argv: list[str] | None = N
     return 0
 
 
+def write_runtime(out: Path, info: dict, args, seconds: dict, total_s: float, failures: int) -> dict:
+    """``runtime.json``: a run of every benchmark replaces it; a run of some (``--only``) adds
+    their times to it (separate studies under ``separate``), keeping the complete run's total;
+    re-running a study of the complete run (not a separate one, nor one that only reads the
+    others' results, ``READS_RESULTS``) marks the folder incomplete."""
+    path = out / "runtime.json"
+    if args.only and path.exists():
+        runtime = json.loads(path.read_text())
+        for name, s in seconds.items():
+            module = importlib.import_module(f"benchmarks.bench_{name}")
+            separate = getattr(module, "SEPARATE", False)
+            runtime.setdefault("separate" if separate else "seconds", {})[name] = s
+            if not separate and not getattr(module, "READS_RESULTS", False):
+                runtime["complete"] = False  # a study was re-run after the complete run
+        runtime["failures"] = runtime.get("failures", 0) + failures
+    else:
+        runtime = {"started": info["date"], "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   "total_s": total_s if not args.only else None, "seconds": seconds, "quick": args.quick,
+                   "complete": not args.only, "failures": failures}
+    path.write_text(json.dumps(runtime, indent=1))
+    return runtime
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke runs")
@@ -81,32 +106,32 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
     if args.only:
         names = [n for n in names if n in args.only]
+    elif not args.quick:  # separate studies (a module with SEPARATE = True) run only when named (or quick)
+        names = [n for n in names if not getattr(importlib.import_module(f"benchmarks.bench_{n}"), "SEPARATE", False)]
     info = machine()
-    (out / "machine.json").write_text(json.dumps(info, indent=1))
-    sections, failures = [f"# Benchmarks\n\n{info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']})"
-                          + (" — quick mode" if args.quick else "") + "\n"], 0
-    seconds, start = {}, time.perf_counter()
+    if not args.only or not (out / "machine.json").exists():
+        (out / "machine.json").write_text(json.dumps(info, indent=1))
+    seconds, failures, start = {}, 0, time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
-            module = importlib.import_module(f"benchmarks.bench_{name}")
-            module.run(quick=args.quick, out_dir=out)
-            md = out / f"{name}.md"
-            sections.append(md.read_text() if md.exists() else f"## {name}\n\n(no table written)\n")
+            importlib.import_module(f"benchmarks.bench_{name}").run(quick=args.quick, out_dir=out)
         except Exception:  # one failing benchmark must not hide the others
             failures += 1
             traceback.print_exc()
-            sections.append(f"## {name}\n\nFAILED:\n\n```\n{traceback.format_exc()[-2000:]}\n```\n")
+            (out / f"{name}.md").write_text(f"## {name}\n\nFAILED:\n\n```\n{traceback.format_exc()[-2000:]}\n```\n")
         seconds[name] = round(time.perf_counter() - t0, 1)
         print(f"   {seconds[name]:.1f} s", flush=True)
-    runtime = {"started": info["date"], "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "total_s": round(time.perf_counter() - start, 1), "seconds": seconds, "quick": args.quick,
-               "complete": not args.only, "failures": failures}
-    (out / "runtime.json").write_text(json.dumps(runtime, indent=1))
-    sections[0] += (f"\nWall time of this run: {runtime['total_s'] / 60:.1f} min ("
-                    + ", ".join(f"{n} {s / 60:.1f}" for n, s in seconds.items()) + " min).\n")
-    (out / "summary.md").write_text("\n".join(sections))
+    runtime = write_runtime(out, info, args, seconds, round(time.perf_counter() - start, 1), failures)
+    note = (f"Wall time of the complete run: {runtime['total_s'] / 60:.1f} min ("
+            + ", ".join(f"{n} {s / 60:.1f}" for n, s in runtime["seconds"].items() if n not in runtime.get("separate", {}))
+            + " min)." if runtime.get("total_s") is not None else "")
+    if runtime.get("separate"):
+        note += " Separate studies: " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in runtime["separate"].items()) + "."
+    from ._common import rebuild_summary
+
+    rebuild_summary(out, note + (" Quick mode." if args.quick else ""))
     print(f"results in {out}")
     if runtime["complete"] and not args.quick and out.resolve() == (HERE / "results").resolve():
         from . import readme  # the README quotes the committed results: keep it in step
