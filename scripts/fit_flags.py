@@ -1,0 +1,86 @@
+"""Fit a lesion model's flag score on validation phantoms and store it with the model.
+
+One command after (re)training a lesion model::
+
+    python scripts/fit_flags.py --model path/to/model.pt          # into the checkpoint's config
+    python scripts/fit_flags.py --model ms-lesion --sidecar       # a shipped model: its sidecar
+                                                                  # napari_softseg/models/ms-lesion.review.json
+
+It builds varied validation phantoms (``build_phantom(seed, vary=True)``, seeds
+:data:`FIT_SEEDS`, none of them used for training the shipped models or by
+``benchmarks/bench_flags.py``), predicts each without samples, with 4 test-time
+augmentation views and (for models with dropout) 5 MC-dropout draws, and fits the lesion
+and candidate flag models of :mod:`napari_softseg.review.flag_fit`. The model's target is
+stored as "lesions" too. Takes about 1 min per phantom on one CPU core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: validation phantoms of the fit (the shipped model was trained on 20210917/18/22; the
+#: benchmark uses 20260101 onwards)
+FIT_SEEDS = tuple(range(20250101, 20250109))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint path or shipped model name")
+    parser.add_argument("--sidecar", action="store_true", help="write <model>.review.json instead of the checkpoint")
+    parser.add_argument("--seeds", type=int, default=len(FIT_SEEDS), help="number of validation phantoms")
+    parser.add_argument("--samplings", default=None, help="comma-separated: none,tta,mc (default: all the model has)")
+    parser.add_argument("--cases-cache", default=None, help="pickle of the phantom cases (reused when present)")
+    parser.add_argument("--target-recall", type=float, default=0.85)
+    parser.add_argument("--max-false-candidates", type=float, default=2.0)
+    parser.add_argument("--dry-run", action="store_true", help="fit and report, store nothing")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_softseg.engine.predict import load_model, resolve_model_path
+    from napari_softseg.review.flag_fit import default_floor, fit_flag_model, phantom_cases
+    from napari_softseg.review.profile import file_sha256, store_review_metadata
+
+    path = resolve_model_path(args.model)
+    model = load_model(path)
+    threshold = float(model.softseg_config.get("threshold", 0.5))
+    seeds = FIT_SEEDS[: args.seeds] if args.seeds <= len(FIT_SEEDS) else tuple(range(FIT_SEEDS[0], FIT_SEEDS[0] + args.seeds))
+    samplings = tuple(args.samplings.split(",")) if args.samplings else None
+    cache = Path(args.cases_cache) if args.cases_cache else None
+    t0 = time.perf_counter()
+    if cache is not None and cache.is_file():
+        cases = pickle.loads(cache.read_bytes())
+    else:
+        cases = phantom_cases(model, seeds, samplings=samplings, report=lambda text: print(text, flush=True))
+        if cache is not None:
+            cache.write_bytes(pickle.dumps(cases))
+    label = (f"fitted on {len(seeds)} varied validation phantoms (seeds {seeds[0]}–{seeds[-1]}) for "
+             f"{path.name} (SHA-256 {file_sha256(path)[:12]}…), threshold {threshold:g}")
+    flags = fit_flag_model(cases, threshold=threshold, floor=default_floor(threshold), label=label,
+                           target_recall=args.target_recall, max_false_candidates=args.max_false_candidates,
+                           info={"seeds": list(seeds), "model_sha256": file_sha256(path),
+                                 "command": "python scripts/fit_flags.py " + " ".join(argv or sys.argv[1:]),
+                                 "seconds": round(time.perf_counter() - t0, 1)})
+    report = {kind: m.info for kind, m in flags.lesion.items()}
+    report.update({f"candidates {kind}": m.info for kind, m in flags.candidate.items()})
+    print(json.dumps(report, indent=1, default=float))
+    if flags.info.get("not_fitted"):
+        print("not fitted:", flags.info["not_fitted"])
+    if not args.dry_run:
+        out = store_review_metadata(path, target="lesions", flags=flags, sidecar=args.sidecar)
+        print(f"stored in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
