@@ -15,7 +15,11 @@ write it with the scan's geometry. Several IMAGE files are several contrasts of 
 (same grid, in the model's contrast order). --threshold also writes a binary mask
 (voxels with soft >= T; multi-class models: the label of the most likely class);
 --uncertainty writes the voxel-wise entropy of the mean of Monte-Carlo dropout draws
-(10 unless --mc-samples is given) and/or flipped views (--tta)."""
+(10 unless --mc-samples is given) and/or flipped views (--tta). --review writes the lesion
+review table of the Segment dock's export (CSV or JSON by its suffix): every lesion with its
+centre in voxels and world mm, voxels, hard and soft volume (mm³), mean/max probability,
+uncertainty statistics (with --mc-samples / --tta), flag score, flag and reason, and the
+possible missed lesions; for a tissue model the structure's volumes and uncertainty."""
 
 
 def add_parser(subparsers) -> None:
@@ -32,6 +36,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mask-out", metavar="PATH", help="mask file (default: <out stem>_mask.nii.gz)")
     parser.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
     parser.add_argument("--entropy-out", metavar="PATH", help="entropy file (default: <out stem>_entropy.nii.gz)")
+    parser.add_argument("--review", metavar="OUT.csv|OUT.json",
+                        help="also write the lesion review table (the Segment dock's export), at --threshold or the model's")
     parser.add_argument("--mc-samples", type=int, default=None, metavar="N", help="Monte-Carlo dropout draws")
     parser.add_argument("--tta", action="store_true", help="average over flipped views (test-time augmentation)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -111,6 +117,8 @@ def check(args: argparse.Namespace) -> float | str | None:
     if args.uncertainty:
         outputs.append(Output("--entropy-out", Path(args.entropy_out) if args.entropy_out else _sibling(out, "_entropy"),
                               "nifti"))
+    if args.review:
+        outputs.append(Output("--review", Path(args.review), "table"))
     inputs = [("IMAGE", p) for p in args.images] + [("--model", args.model)]
     guard(outputs, inputs)
     return threshold
@@ -160,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
             f"but {n_channels} image(s) were given."
         )
     mc = args.mc_samples if args.mc_samples is not None else (10 if args.uncertainty and not args.tta else 0)
+    if args.review and model.n_structures > 1:
+        raise UserError(f"--review reviews the lesions of one structure; {Path(str(args.model)).name} predicts "
+                        f"{model.n_structures}.")
     kwargs = {}
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
@@ -173,8 +184,8 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=not args.no_mixed_precision,
         mc_samples=mc,
         tta=len(TTA_FLIPS) if args.tta else 0,
-        keep_samples=False,
-        return_prediction=args.uncertainty,
+        keep_samples=bool(args.review),
+        return_prediction=args.uncertainty or bool(args.review),
         progress=bar,
         **kwargs,
     )
@@ -186,9 +197,33 @@ def run(args: argparse.Namespace) -> int:
     if args.uncertainty:
         entropy_path = Path(args.entropy_out) if args.entropy_out else _sibling(out, "_entropy")
         written.append(write_nifti(entropy_path, result.entropy, like=reference, dtype=np.float32))
+    if args.review:
+        written.append(write_review_table(args, result, reference, data, model, threshold, written))
     for path in written:
         print(path)
     return 0
+
+
+def write_review_table(args, prediction, reference, data, model, threshold, written) -> Path:
+    """The ``--review`` table: the :class:`~napari_softseg.review.session.Review` of the
+    prediction built as the Segment dock builds it, written as CSV or JSON."""
+    from napari_softseg.engine.predict import SHIPPED_MODELS, TTA_FLIPS, resolve_model_path
+    from napari_softseg.review.flags import sampling_kind
+    from napari_softseg.review.profile import describe_model
+    from napari_softseg.review.segment import review_of
+
+    path = resolve_model_path(args.model)
+    config = model.softseg_config
+    review = review_of(prediction.soft, config=config, model_path=path, spacing=reference.spacing,
+                       samples=prediction.samples, image=data, affine=reference.affine, threshold=threshold,
+                       sampling=sampling_kind(args.mc_samples or 0, len(TTA_FLIPS) if args.tta else 0))
+    review.analyse()
+    out = Path(args.review)
+    if out.suffix.lower() == ".csv":
+        return review.write_csv(out)
+    kind = "shipped" if str(args.model) in SHIPPED_MODELS else "file"
+    return review.write_json(out, model=describe_model(str(args.model), kind, path, config), scan=args.images[0],
+                             files={"soft": Path(written[0]).name})
 
 
 def binarise(soft, threshold: float):
