@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sidecar", action="store_true", help="write <model>.review.json instead of the checkpoint")
     parser.add_argument("--seeds", type=int, default=len(FIT_SEEDS), help="number of validation phantoms")
     parser.add_argument("--samplings", default=None, help="comma-separated: none,tta,mc (default: all the model has)")
-    parser.add_argument("--cases-cache", default=None, help="pickle of the phantom cases (reused when present)")
+    parser.add_argument("--cache", default=None, help="folder keeping the phantoms' predictions (reused when present)")
     parser.add_argument("--target-recall", type=float, default=0.85)
     parser.add_argument("--max-false-candidates", type=float, default=2.0)
     parser.add_argument("--dry-run", action="store_true", help="fit and report, store nothing")
@@ -56,14 +55,9 @@ def main(argv=None) -> int:
     threshold = float(model.softseg_config.get("threshold", 0.5))
     seeds = FIT_SEEDS[: args.seeds] if args.seeds <= len(FIT_SEEDS) else tuple(range(FIT_SEEDS[0], FIT_SEEDS[0] + args.seeds))
     samplings = tuple(args.samplings.split(",")) if args.samplings else None
-    cache = Path(args.cases_cache) if args.cases_cache else None
     t0 = time.perf_counter()
-    if cache is not None and cache.is_file():
-        cases = pickle.loads(cache.read_bytes())
-    else:
-        cases = phantom_cases(model, seeds, samplings=samplings, report=lambda text: print(text, flush=True))
-        if cache is not None:
-            cache.write_bytes(pickle.dumps(cases))
+    cases = phantom_cases(model, seeds, samplings=samplings, report=lambda text: print(text, flush=True),
+                          cache=args.cache)
     label = (f"fitted on {len(seeds)} varied validation phantoms (seeds {seeds[0]}–{seeds[-1]}) for "
              f"{path.name} (SHA-256 {file_sha256(path)[:12]}…), threshold {threshold:g}")
     flags = fit_flag_model(cases, threshold=threshold, floor=default_floor(threshold), label=label,

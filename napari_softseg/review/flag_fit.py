@@ -21,7 +21,8 @@ Fitting (:func:`fit_flag_model`), per sampling kind: the logistic models of
 points are chosen on leave-one-case-out scores (so not on scores of the cases a model was
 fitted on): the lesion model's is the highest score that still flags ``target_recall`` of
 the lesions that need a correction, the candidate model's the lowest score that lists at
-most ``max_false_candidates`` false candidates per case. The cross-validated AUROC, recall
+most ``max_false_candidates`` false candidates per case (rounded to 0.01, down and up
+respectively, as the dock shows them). The cross-validated AUROC, recall
 and false-flag rate are kept in each model's ``info``.
 """
 
@@ -231,7 +232,7 @@ def _fit_lesions(cs: list[CaseData], sampling: str, target_recall: float, l2: fl
         return None
     cv = _cv_scores(xs, ys, names, l2)
     model = Logistic.fit(np.concatenate(xs), y, names, l2=l2)
-    model.operating_point = recall_operating_point(np.concatenate(cv), y, target_recall)
+    model.operating_point = math.floor(100 * recall_operating_point(np.concatenate(cv), y, target_recall)) / 100
     model.info.update({"cv": lesion_metrics(np.concatenate(cv), y, model.operating_point),
                        "target_recall": target_recall, "n_cases": len(cs)})
     return model
@@ -246,7 +247,7 @@ def _fit_candidates(cs: list[CaseData], sampling: str, max_false: float, l2: flo
         return None
     cv = _cv_scores(xs, ys, names, l2)
     model = Logistic.fit(np.concatenate(xs), y, names, l2=l2)
-    model.operating_point = fewest_false_operating_point(cs, cv, max_false)
+    model.operating_point = min(math.ceil(100 * fewest_false_operating_point(cs, cv, max_false)) / 100, 1.0)
     model.info.update({"cv": candidate_metrics(cs, cv, model.operating_point), "cv_auroc": auroc(np.concatenate(cv), y),
                        "max_false_per_scan": max_false, "n_cases": len(cs)})
     return model
@@ -317,31 +318,58 @@ def model_samplings(model) -> tuple[str, ...]:
     return ("none", "tta", "mc") if dropout > 0 else ("none", "tta")
 
 
-def phantom_cases(model, seeds, *, samplings=None, floor: float | None = None, report=None) -> list[CaseData]:
+def phantom_cases(model, seeds, *, samplings=None, floor: float | None = None, report=None,
+                  cache=None) -> list[CaseData]:
     """:class:`CaseData` of varied phantoms (``build_phantom(seed, vary=True)``) predicted by
-    ``model`` with each sampling kind; ``report(text)`` is called after each prediction."""
-    from napari_softseg.engine.predict import predict_volume
-    from napari_softseg.io import geometry
-    from napari_softseg.io.phantom import build_phantom
-
+    ``model`` with each sampling kind; ``report(text)`` is called after each prediction.
+    ``cache``: a folder where each phantom's truth and predictions are kept (and reused)."""
     threshold = float(model.softseg_config.get("threshold", 0.5))
     floor = default_floor(threshold) if floor is None else float(floor)
     cases = []
     for seed in seeds:
-        phantom = build_phantom(int(seed), vary=True)
-        truth = phantom_truth_labels(phantom)
-        spacing = geometry.spacing(phantom.affine)
-        for sampling in samplings or model_samplings(model):
-            t0 = time.perf_counter()
-            pred = predict_volume(model, phantom.image, spacing=spacing, return_prediction=True,
-                                  **SAMPLING_SETTINGS[sampling])
+        for sampling, (soft, samples, truth, spacing, seconds) in _phantom_predictions(model, int(seed), samplings,
+                                                                                      cache):
             t1 = time.perf_counter()
-            case = case_data(f"phantom {seed}", pred.soft, truth, threshold=threshold, floor=floor, spacing=spacing,
-                             samples=pred.samples, sampling=sampling, seconds={"predict": t1 - t0})
+            case = case_data(f"phantom {seed}", soft, truth, threshold=threshold, floor=floor, spacing=spacing,
+                             samples=samples, sampling=sampling, seconds={"predict": seconds})
             case.seconds["features"] = time.perf_counter() - t1
             cases.append(case)
             if report is not None:
                 report(f"phantom {seed} {sampling}: {len(case.lesion_y)} lesions ({int(case.lesion_y.sum())} need a "
                        f"correction), {len(case.missed)} missed, {len(case.cand_true)} candidates, "
-                       f"{t1 - t0:.1f} s")
+                       f"{seconds:.1f} s")
     return cases
+
+
+def _phantom_predictions(model, seed: int, samplings, cache):
+    """Yield ``(sampling, (soft, samples, truth, spacing, predict seconds))`` for one phantom."""
+    from pathlib import Path
+
+    import torch
+
+    from napari_softseg.engine.predict import predict_volume
+    from napari_softseg.io import geometry
+    from napari_softseg.io.phantom import build_phantom
+
+    phantom = truth = None
+    for sampling in samplings or model_samplings(model):
+        path = None if cache is None else Path(cache) / f"phantom-{seed}-{sampling}.npz"
+        if path is not None and path.is_file():
+            with np.load(path) as f:
+                samples = f["samples"] if f["samples"].size else None
+                yield sampling, (f["soft"], samples, f["truth"], tuple(f["spacing"]), float(f["seconds"]))
+            continue
+        if phantom is None:
+            phantom = build_phantom(seed, vary=True)
+            truth = phantom_truth_labels(phantom)
+        spacing = geometry.spacing(phantom.affine)
+        torch.manual_seed(seed)  # MC-dropout draws: the same fit from the same seeds
+        t0 = time.perf_counter()
+        pred = predict_volume(model, phantom.image, spacing=spacing, return_prediction=True,
+                              **SAMPLING_SETTINGS[sampling])
+        seconds = time.perf_counter() - t0
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, soft=pred.soft, samples=pred.samples if pred.samples is not None else np.zeros(0),
+                                truth=truth, spacing=np.asarray(spacing), seconds=seconds)
+        yield sampling, (pred.soft, pred.samples, truth, spacing, seconds)

@@ -20,6 +20,8 @@ For each lesion :func:`analyse_lesions` reports
 * ``sharpness``: mean probability over the lesion's inner boundary (its voxels with a
   6-neighbour outside the mask) minus the mean over its outer boundary (the outside
   6-neighbours): near 1 for a crisp lesion, near 0 when the threshold cuts a smooth slope;
+* ``cores``: the number of connected parts of the lesion where p reaches half its peak:
+  two (or more) cores are what two touching lesions merged into one component look like;
 * with samples (MC dropout or test-time augmentation, ``N x shape`` soft maps), the
   structure-wise uncertainty of ivadomed's ``uncertainty.py`` (Roy et al. 2019; Nair et al.
   2020): in each sample the lesion's structure is the union of the sample's components that
@@ -149,6 +151,7 @@ class LesionRecord:
     kind: str = "lesion"
     centroid_mm: tuple = ()
     sharpness: float = math.nan
+    cores: int = 0
     sample_iou: float = math.nan
     volume_cv: float = math.nan
     sample_hits: float = math.nan
@@ -309,6 +312,7 @@ def analyse_lesions(
     stats = _lesion_statistics(p, labels, n)
     stats["rim"] = _rim_mass(p, hard, labels, n, threshold, soft_floor, spacing)
     stats["sharpness"] = _sharpness(p, hard, labels, n)
+    stats["cores"] = _cores(p, labels, n, stats["p_max"], connectivity)
     stats["iou"], stats["cv"], stats["hits"] = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     if n_samples:
         stats["iou"], stats["cv"], stats["hits"] = _sample_uncertainty(samples, labels, n, stats["boxes"], threshold,
@@ -371,6 +375,7 @@ def _record(stats: dict, i: int, vv: float, n_samples: int) -> LesionRecord:
         max_probability=float(stats["p_max"][i]),
         mean_entropy=float(stats["h_mean"][i]),
         sharpness=float(stats["sharpness"][i]) if "sharpness" in stats else math.nan,
+        cores=int(stats["cores"][i]) if "cores" in stats else 0,
         sample_iou=float(stats["iou"][i]) if "iou" in stats else math.nan,
         volume_cv=float(stats["cv"][i]) if "cv" in stats else math.nan,
         sample_hits=float(stats["hits"][i]) if "hits" in stats else math.nan,
@@ -431,6 +436,21 @@ def _sharpness(p, hard, labels, n) -> np.ndarray:
         return total / np.maximum(count, 1)
 
     return mean(labels[inner], p[inner]) - mean(outer_lab[outer], p[outer])
+
+
+def _cores(p, labels, n, p_max, connectivity) -> np.ndarray:
+    """Number of connected parts of each lesion where ``p >= p_max(lesion) / 2``."""
+    inside = labels > 0
+    level = np.zeros(n + 1, np.float32)
+    level[1:] = np.asarray(p_max, np.float32) / 2
+    core = np.zeros(p.shape, bool)
+    core[inside] = p[inside] >= level[labels[inside]]
+    core_lab, m = connected_components(core, connectivity)
+    if m == 0:
+        return np.zeros(n, np.int64)
+    owner = np.zeros(m + 1, np.int64)
+    owner[core_lab[core]] = labels[core]  # a core lies inside one lesion
+    return np.bincount(owner[1:], minlength=n + 1)[1:]
 
 
 def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shape):
