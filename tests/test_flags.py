@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from napari_softseg.review.flag_fit import (
-    auroc, candidate_metrics, case_data, correction_labels, fewest_false_operating_point, fit_flag_model,
+    auroc, candidate_metrics, case_data, correction_labels, candidate_operating_point, fit_flag_model,
     missed_lesions, recall_operating_point,
 )
 from napari_softseg.review.flags import FlagModel, Logistic, sampling_kind
@@ -99,9 +99,11 @@ def test_candidate_metrics_and_operating_point_by_hand():
     scores = [np.array([0.9, 0.8, 0.2]), np.array([0.6, 0.7])]
     m = candidate_metrics([a, b], scores, 0.5)  # listed: a 0.9 (true), 0.8 (false); b 0.6 (false), 0.7 (true)
     assert m == {"n_missed": 3, "recovered": 2, "recall": 2 / 3, "false_per_scan": 1.0, "listed_per_scan": 2.0}
-    # false per scan: at 0.6 a's 0.8 and b's 0.6 (1.0); at 0.7 a's 0.8 only (0.5); at 0.9 none
-    assert fewest_false_operating_point([a, b], scores, 0.5) == 0.7
-    assert fewest_false_operating_point([a, b], scores, 0.0) == 0.9
+    # false per scan: at 0.6 a's 0.8 and b's 0.6 (1.0); at 0.7 a's 0.8 only (0.5); at 0.9 none.
+    # Recovered: 2 of 3 from 0.7 down, 1 at 0.8 and 0.9: the highest threshold with the most
+    assert candidate_operating_point([a, b], scores, 0.5) == 0.7
+    assert candidate_operating_point([a, b], scores, 2.0) == 0.7  # more false ones allowed, none gained
+    assert candidate_operating_point([a, b], scores, 0.0) == 0.9
 
 
 def _phantom_case_volumes():
@@ -121,8 +123,8 @@ def test_case_data_labels_lesions_and_candidates():
     c = case_data("hand", soft, truth, threshold=0.05, floor=0.01, spacing=(1.0, 1.0, 1.0))
     assert c.lesion_y.tolist() == [False, True] and c.lesion_why[1].startswith("extent")
     assert c.missed == [3] and c.cand_true.tolist() == [False, True] and c.cand_recovers == [[], [3]]  # raster order
-    assert c.lesion_x.shape == (2, 9) and c.cand_x.shape == (2, 5)
-    assert math.isnan(c.lesion_x[0, 6])  # no samples: sample IoU is missing
+    assert c.lesion_x.shape == (2, 11) and c.cand_x.shape == (2, 5)
+    assert math.isnan(c.lesion_x[0, 8])  # no samples: sample IoU is missing
 
 
 def test_fit_flag_model_on_hand_cases_ranks_and_lists():
@@ -135,7 +137,7 @@ def test_fit_flag_model_on_hand_cases_ranks_and_lists():
     flags = fit_flag_model(cases, threshold=0.05, floor=0.01, label="hand")
     les, cand = flags.lesion_model("none"), flags.candidate_model("none")
     assert les.info["cv"]["auroc"] == 1.0 and les.info["cv"]["recall"] == 1.0
-    assert cand.info["cv"]["recall"] == 1.0 and cand.info["cv"]["false_per_scan"] <= 2.0
+    assert cand.info["cv"]["recall"] >= 0.8 and cand.info["cv"]["false_per_scan"] <= 2.0
     doc = json.loads(json.dumps(flags.to_dict()))
     assert FlagModel.from_dict(doc).lesion_model("none").operating_point == les.operating_point
 
@@ -211,39 +213,58 @@ def test_candidates_are_listed_accepted_into_the_mask_and_exported(tmp_path):
     assert [r.kind for r in none] == ["lesion", "lesion"]
 
 
-def test_candidates_find_the_faint_lesion_of_the_phantom():
-    """The sample phantom's truth as a prediction in which the faint lesions stay below the model's
-    threshold: the shipped lesion model's fitted candidate model lists them, with few false ones."""
-    from napari_softseg.engine.predict import MODELS_DIR
-    from napari_softseg.io.nifti import read_nifti
-    from napari_softseg.io.phantom import phantom_files
+def _synthetic_case(rng, threshold=0.05, floor=0.01):
+    """A prediction with lesions it finds, faint lesions it leaves below its threshold (a blob
+    peaking at 0.3-0.9 x threshold) and sub-threshold noise specks, with the truth."""
+    from scipy import ndimage
 
+    shape = (48, 48, 12)
+    truth = np.zeros(shape, np.int32)
+    soft = np.zeros(shape, np.float32)
+    for k in range(6):
+        c = (6 + 8 * (k % 5), 8 + 30 * (k // 5) + int(rng.integers(0, 6)), 6)
+        r = rng.uniform(1.5, 3.5)
+        ball = sum(((np.indices(shape)[a] - c[a]) * (1, 1, 2)[a]) ** 2 for a in range(3)) <= r * r
+        truth[ball] = k + 1
+        faint = k % 2 == 1
+        blur = ndimage.gaussian_filter(ball.astype(np.float32), 1.0)
+        peak = threshold * rng.uniform(0.3, 0.9) if faint else rng.uniform(0.6, 1.0)
+        soft = np.maximum(soft, peak * blur / blur.max())
+    for _ in range(int(rng.integers(2, 6))):  # noise specks away from the lesions
+        v = (int(rng.integers(0, 48)), int(rng.integers(20, 28)), int(rng.integers(0, 12)))
+        soft[v] = max(soft[v], rng.uniform(floor, threshold))
+    return soft, truth
+
+
+def test_candidates_find_the_faint_lesion_of_the_phantom():
+    """A candidate model fitted on predictions that leave faint lesions below the threshold
+    finds the sample phantom's faint lesions in such a prediction, with at most 3 false ones."""
+    from napari_softseg.io.nifti import read_nifti
+    from napari_softseg.io.phantom import Lesion, phantom_files, render_fraction
+
+    rng = np.random.default_rng(7)
+    cases = [case_data(f"synthetic {k}", *_synthetic_case(rng), threshold=0.05, floor=0.01, spacing=(1.0, 1.0, 2.0))
+             for k in range(8)]
+    flags = fit_flag_model(cases, threshold=0.05, floor=0.01, label="synthetic")
+    cand = flags.candidate_model("none")
+    assert cand is not None and cand.info["cv"]["recall"] >= 0.5 and cand.info["cv"]["false_per_scan"] <= 2.0
     files = phantom_files()
     truth = read_nifti(files["truth"]).data.astype(np.float32)
-    info = json.loads(files["lesions"].read_text())
-    profile = review_profile(None, MODELS_DIR / "ms-lesion.pt")
-    flags = profile.flags
-    assert flags.candidate, "the shipped fit has no candidate model"
-    t = flags.model_threshold
     faint = np.zeros(truth.shape, bool)
-    from napari_softseg.io.phantom import Lesion, render_fraction
-
-    for d in info["lesions"]:
+    for d in json.loads(files["lesions"].read_text())["lesions"]:
         if d["faint"]:
             lesion = Lesion(**{k: d[k] for k in ("id", "centre", "semi_axes", "rotation", "faint", "touching")})
             box, frac = render_fraction(lesion, truth.shape)
             faint[box] |= frac > 0
-    soft = np.where(faint, 0.8 * t * truth, truth).astype(np.float32)  # faint lesions: peak 0.8 x threshold
-    for sampling in sorted(flags.candidate):
-        samples = np.stack([soft] * 4) if sampling != "none" else None
-        if samples is not None:
-            samples[:2][:, faint] = np.minimum(1.0, 3 * samples[:2][:, faint])  # two samples see them above t
-        review = Review(soft, threshold=t, flags=flags, samples=samples, sampling=sampling)
-        review.analyse()
-        cands = review.records("candidate")
-        found = [c for c in cands if faint[review.table.labels == c.id].any()]
-        assert found, sampling
-        assert len(cands) - len(found) <= 3
+    soft = np.where(faint, 0.6 * 0.05 * truth, truth).astype(np.float32)  # faint lesions peak at 0.6 x threshold
+    specks = rng.choice(np.flatnonzero(truth == 0), 20, replace=False)
+    soft.ravel()[specks] = rng.uniform(0.01, 0.05, 20).astype(np.float32)  # and 20 sub-threshold specks
+    review = Review(soft, spacing=(1.0, 1.0, 3.0), threshold=0.05, flags=flags)
+    review.analyse()
+    cands = review.records("candidate")
+    found = [c for c in cands if faint[review.table.labels == c.id].any()]
+    assert len(found) >= 2 and len(cands) - len(found) <= 3
+    assert all(c.flagged and "possible missed lesion" in c.reason for c in cands)
 
 
 # ----------------------------------------------------------------------------- export reflects the review
@@ -337,3 +358,23 @@ def test_tissue_review_has_no_lesion_table_and_summarises_the_structure(tmp_path
     assert float(row["hard_volume_mm3"]) == 1320.0 and float(row["soft_volume_mm3"]) == pytest.approx(1260.0)
     doc = json.loads(paths["json"].read_text())
     assert doc["target"] == "tissue" and doc["lesions"] == [] and doc["summary"]["structure"]["hard_voxels"] == 660
+
+
+def test_the_shipped_fit_scores_an_uncertain_lesion_above_a_certain_one():
+    """The shipped ms-lesion fit (no samples): same size and shape, the lesion whose probability
+    sits near 0.5 (entropy near 1 bit) scores higher than the sure one, monotonically; an
+    elongated one (two touching lesions merged) scores higher than a round one."""
+    from napari_softseg.engine.predict import MODELS_DIR
+
+    flags = review_profile(None, MODELS_DIR / "ms-lesion.pt").flags
+    soft = np.zeros((80, 12, 8), np.float32)
+    levels = (0.98, 0.9, 0.75, 0.6, 0.5)
+    for k, p in enumerate(levels):  # 4 x 4 x 3 mm: round
+        _cube(soft, (2 + 10 * k, 2, 3), (6 + 10 * k, 6, 4), p)
+    _cube(soft, (60, 2, 3), (72, 5, 4), 0.98)  # 12 x 3 x 3 mm: elongated
+    review = Review(soft, spacing=(1.0, 1.0, 3.0), threshold=flags.model_threshold, flags=flags)
+    table = review.analyse()
+    scores = [table.by_id(int(table.labels[3 + 10 * k, 3, 3])).flag_score for k in range(len(levels))]
+    assert np.all(np.diff(scores) > 0)
+    long = table.by_id(int(table.labels[61, 3, 3]))
+    assert long.flag_score > scores[0] and "elongated" in long.score_reason

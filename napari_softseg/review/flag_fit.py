@@ -20,9 +20,12 @@ Fitting (:func:`fit_flag_model`), per sampling kind: the logistic models of
 :mod:`napari_softseg.review.flags` on every lesion (candidate) of the cases; the operating
 points are chosen on leave-one-case-out scores (so not on scores of the cases a model was
 fitted on): the lesion model's is the highest score that still flags ``target_recall`` of
-the lesions that need a correction, the candidate model's the lowest score that lists at
-most ``max_false_candidates`` false candidates per case (rounded to 0.01, down and up
-respectively, as the dock shows them). The cross-validated AUROC, recall
+the lesions that need a correction, the candidate model's the highest score among those
+that recover the most missed lesions while listing at most ``max_false_candidates`` false
+candidates per case (rounded to 0.01, down and up
+respectively, as the dock shows them). A candidate model that recovers no missed lesion in
+cross-validation is not kept (it would only list false candidates): a model whose soft map
+is exactly 0 where it misses lesions gets no candidate rows. The cross-validated AUROC, recall
 and false-flag rate are kept in each model's ``info``.
 """
 
@@ -214,13 +217,16 @@ def recall_operating_point(scores, labels, target_recall: float) -> float:
     return float(pos[k])
 
 
-def fewest_false_operating_point(cases: list[CaseData], scores: list[np.ndarray], max_false: float) -> float:
-    """The lowest score threshold at which at most ``max_false`` false candidates per case are listed."""
+def candidate_operating_point(cases: list[CaseData], scores: list[np.ndarray], max_false: float) -> float:
+    """The score threshold that recovers the most missed lesions while listing at most
+    ``max_false`` false candidates per case, the highest such threshold (fewest false ones)."""
     values = np.unique(np.concatenate([np.asarray(s) for s in scores] + [np.array([1.0])]))
-    for t in values:  # ascending: the first that keeps the false candidates down lists the most
-        if candidate_metrics(cases, scores, float(t))["false_per_scan"] <= max_false:
-            return float(t)
-    return 1.0
+    best, best_recovered = 1.0, -1
+    for t in values[::-1]:  # descending: on a tie in recovered lesions the higher threshold stays
+        m = candidate_metrics(cases, scores, float(t))
+        if m["false_per_scan"] <= max_false and m["recovered"] > best_recovered:
+            best, best_recovered = float(t), m["recovered"]
+    return best
 
 
 def _fit_lesions(cs: list[CaseData], sampling: str, target_recall: float, l2: float) -> Logistic | None:
@@ -246,10 +252,14 @@ def _fit_candidates(cs: list[CaseData], sampling: str, max_false: float, l2: flo
     if y.sum() < 2 or (~y).sum() < 2:
         return None
     cv = _cv_scores(xs, ys, names, l2)
+    op = min(math.ceil(100 * candidate_operating_point(cs, cv, max_false)) / 100, 1.0)
+    metrics = candidate_metrics(cs, cv, op)
+    if not metrics["recovered"]:
+        return None  # it would only list false candidates
     model = Logistic.fit(np.concatenate(xs), y, names, l2=l2)
-    model.operating_point = min(math.ceil(100 * fewest_false_operating_point(cs, cv, max_false)) / 100, 1.0)
-    model.info.update({"cv": candidate_metrics(cs, cv, model.operating_point), "cv_auroc": auroc(np.concatenate(cv), y),
-                       "max_false_per_scan": max_false, "n_cases": len(cs)})
+    model.operating_point = op
+    model.info.update({"cv": metrics, "cv_auroc": auroc(np.concatenate(cv), y), "max_false_per_scan": max_false,
+                       "n_cases": len(cs)})
     return model
 
 
@@ -266,8 +276,8 @@ def fit_flag_model(cases: list[CaseData], *, threshold: float, floor: float, lab
         if cand is not None:
             candidate[sampling] = cand
         if les is None or cand is None:
-            skipped[sampling] = "too few positive and negative examples for: " + ", ".join(
-                w for w, m in (("lesions", les), ("candidates", cand)) if m is None)
+            skipped[sampling] = "too few examples, or (candidates) none recovers a missed lesion in " \
+                "cross-validation: " + ", ".join(w for w, m in (("lesions", les), ("candidates", cand)) if m is None)
     return FlagModel(lesion, candidate, float(threshold), float(floor), label,
                      {**(info or {}), "fitted": time.strftime("%Y-%m-%d"), "not_fitted": skipped})
 

@@ -17,7 +17,8 @@ read the right way):
 * lesions: mean and peak probability (lower → worse), hard volume (log10 mm³, smaller →
   worse), |log(soft / hard volume)| (soft and hard volume disagree → worse), boundary
   sharpness (blurred → worse), the number of cores (parts above half the peak; several →
-  worse: merged lesions), mean entropy in bits (higher → worse); with MC-dropout or
+  worse: merged lesions), elongation (more → worse: merged lesions), mean entropy in bits
+  (higher → worse); with MC-dropout or
   TTA samples also the IoU of the lesion across samples (lower → worse), its volume CV
   (higher → worse; undefined, i.e. no sample reproduces it, counts as :data:`CV_CAP`) and
   the fraction of samples that reproduce it (lower → worse);
@@ -83,6 +84,7 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "soft/hard x{:.2f}", _ratio),
     Feature("sharpness", -1, "blurred boundary", "sharp boundary"),
     Feature("cores", +1, "one core", "several cores (merged lesions?)", "{:.0f}"),
+    Feature("elongation", +1, "round", "elongated (merged lesions?)", "x{:.1f}"),
     Feature("entropy", +1, "low entropy", "high entropy", "{:.2f} bits"),
     Feature("sample_iou", -1, "samples disagree on its outline", "samples agree on its outline", "IoU {:.2f}"),
     Feature("volume_cv", +1, "stable volume across samples", "volume varies across samples", "CV {:.2f}"),
@@ -94,7 +96,7 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("cand_hits", +1, "below the threshold in every sample", "above the threshold in some samples",
             "{:.0%} of samples"),
 )}
-LESION_FEATURES = ("mean_p", "max_p", "log_volume", "volume_mismatch", "sharpness", "cores", "entropy")
+LESION_FEATURES = ("mean_p", "max_p", "log_volume", "volume_mismatch", "sharpness", "cores", "elongation", "entropy")
 LESION_SAMPLE_FEATURES = ("sample_iou", "volume_cv", "sample_hits")
 CANDIDATE_FEATURES = ("cand_max_p", "cand_mean_p", "cand_mass", "cand_volume")
 CANDIDATE_SAMPLE_FEATURES = ("cand_hits",)
@@ -120,7 +122,8 @@ def lesion_features(records, names: Sequence[str]) -> np.ndarray:
         cv = CV_CAP if not math.isfinite(r.volume_cv) else min(r.volume_cv, CV_CAP)
         values = {"mean_p": r.mean_probability, "max_p": r.max_probability, "log_volume": math.log10(vol),
                   "volume_mismatch": abs(math.log(max(r.soft_volume_mm3, 1e-6) / vol)),
-                  "sharpness": r.sharpness, "cores": float(r.cores), "entropy": r.mean_entropy,
+                  "sharpness": r.sharpness, "cores": float(r.cores), "elongation": r.elongation,
+                  "entropy": r.mean_entropy,
                   "sample_iou": r.sample_iou, "volume_cv": cv, "sample_hits": r.sample_hits}
         return [values[n] for n in names]
 

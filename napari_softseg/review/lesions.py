@@ -22,6 +22,9 @@ For each lesion :func:`analyse_lesions` reports
   6-neighbours): near 1 for a crisp lesion, near 0 when the threshold cuts a smooth slope;
 * ``cores``: the number of connected parts of the lesion where p reaches half its peak:
   two (or more) cores are what two touching lesions merged into one component look like;
+* ``elongation``: ``sqrt(λ1 / λ2)`` of the two largest eigenvalues of the covariance of the
+  lesion's voxel positions in mm (each voxel counted as a uniform box, adding ``s²/12`` per
+  axis): 1 for a ball; two touching lesions in one component are elongated;
 * with samples (MC dropout or test-time augmentation, ``N x shape`` soft maps), the
   structure-wise uncertainty of ivadomed's ``uncertainty.py`` (Roy et al. 2019; Nair et al.
   2020): in each sample the lesion's structure is the union of the sample's components that
@@ -152,6 +155,7 @@ class LesionRecord:
     centroid_mm: tuple = ()
     sharpness: float = math.nan
     cores: int = 0
+    elongation: float = math.nan
     sample_iou: float = math.nan
     volume_cv: float = math.nan
     sample_hits: float = math.nan
@@ -313,6 +317,7 @@ def analyse_lesions(
     stats["rim"] = _rim_mass(p, hard, labels, n, threshold, soft_floor, spacing)
     stats["sharpness"] = _sharpness(p, hard, labels, n)
     stats["cores"] = _cores(p, labels, n, stats["p_max"], connectivity)
+    stats["elongation"] = _elongation(labels, n, spacing)
     stats["iou"], stats["cv"], stats["hits"] = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     if n_samples:
         stats["iou"], stats["cv"], stats["hits"] = _sample_uncertainty(samples, labels, n, stats["boxes"], threshold,
@@ -376,6 +381,7 @@ def _record(stats: dict, i: int, vv: float, n_samples: int) -> LesionRecord:
         mean_entropy=float(stats["h_mean"][i]),
         sharpness=float(stats["sharpness"][i]) if "sharpness" in stats else math.nan,
         cores=int(stats["cores"][i]) if "cores" in stats else 0,
+        elongation=float(stats["elongation"][i]) if "elongation" in stats else math.nan,
         sample_iou=float(stats["iou"][i]) if "iou" in stats else math.nan,
         volume_cv=float(stats["cv"][i]) if "cv" in stats else math.nan,
         sample_hits=float(stats["hits"][i]) if "hits" in stats else math.nan,
@@ -451,6 +457,23 @@ def _cores(p, labels, n, p_max, connectivity) -> np.ndarray:
     owner = np.zeros(m + 1, np.int64)
     owner[core_lab[core]] = labels[core]  # a core lies inside one lesion
     return np.bincount(owner[1:], minlength=n + 1)[1:]
+
+
+def _elongation(labels, n, spacing) -> np.ndarray:
+    """``sqrt(λ1 / λ2)`` of each lesion's voxel-position covariance (mm², voxels as boxes)."""
+    idx = np.nonzero(labels)
+    lab = labels[idx]
+    count = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    pos = [i * s for i, s in zip(idx, spacing)]
+    mean = [np.bincount(lab, weights=x, minlength=n + 1)[1:] / count for x in pos]
+    cov = np.zeros((n, len(pos), len(pos)))
+    for a in range(len(pos)):
+        for b in range(a, len(pos)):
+            m = np.bincount(lab, weights=pos[a] * pos[b], minlength=n + 1)[1:] / count - mean[a] * mean[b]
+            cov[:, a, b] = cov[:, b, a] = m
+        cov[:, a, a] += spacing[a] ** 2 / 12.0
+    ev = np.linalg.eigvalsh(cov)  # ascending
+    return np.sqrt(ev[:, -1] / ev[:, -2])
 
 
 def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shape):
