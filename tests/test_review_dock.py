@@ -122,6 +122,7 @@ def test_predict_review_writes_the_table_the_dock_exports(dock, qtbot, tmp_path)
     paths = dock.export_review(tmp_path / "dock")
     scan = dock.viewer.layers["phantom_flair"].metadata["source_path"]
     out = tmp_path / "cli"
+    out.mkdir()
     for name in ("table.csv", "table.json"):
         assert main(["predict", "--model", "ms-lesion", "-o", str(out / "soft.nii.gz"), str(scan), "-q",
                      "--review", str(out / name)]) == 0

@@ -352,6 +352,7 @@ class SegmentWidget(DockBase):
         """Give the selected lesion's voxels of the mask layer their own colour."""
         if lesion_id is None and self._selected is None:
             return
+        self._sync_edits()  # a paint not yet synced would be overwritten
         self._selected = lesion_id
         self._write_mask()
 
