@@ -280,7 +280,9 @@ class SegmentWidget(DockBase):
             return
         table = self.review.table
         self._writing = True
-        write_mask(layer, self.review.final_mask(), None if table is None else table.labels, self._selected)
+        candidate = table is not None and self._selected is not None and \
+            any(r.id == self._selected and r.kind == "candidate" for r in table.records)
+        write_mask(layer, self.review.final_mask(), None if table is None else table.labels, self._selected, candidate)
         self._writing = False
         self._update_mask_info()
 

@@ -84,15 +84,18 @@ def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dic
     layers[key] = add(data, name=name, **kwargs)
 
 
-def write_mask(layer, final: np.ndarray, labels: np.ndarray | None, selected: int | None) -> None:
-    """Write the final mask (1) and the selected lesion (:data:`SELECTED`; its voxels outside
-    the mask, e.g. a possible lesion not accepted: :data:`CANDIDATE`) into ``layer`` in place."""
+def write_mask(layer, final: np.ndarray, labels: np.ndarray | None, selected: int | None,
+               candidate: bool = False) -> None:
+    """Write the final mask (1) and the selected lesion (:data:`SELECTED`) into ``layer`` in
+    place; a selected ``candidate`` (a possible lesion) is shown outside the mask as
+    :data:`CANDIDATE`."""
     data = layer.data
     np.copyto(data, final, casting="unsafe")
     if selected is not None and labels is not None:
         region = labels == selected
         data[region & final] = SELECTED
-        data[region & ~final] = CANDIDATE
+        if candidate:
+            data[region & ~final] = CANDIDATE
     layer.refresh()
 
 
