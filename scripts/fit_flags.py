@@ -73,7 +73,52 @@ def main(argv=None) -> int:
     if not args.dry_run:
         out = store_review_metadata(path, target="lesions", flags=flags, sidecar=args.sidecar)
         print(f"stored in {out}")
+        for card in update_card(path, flags):
+            print(f"model card updated: {card}")
     return 0
+
+
+def card_section(flags) -> tuple[dict, str]:
+    """The model card's review-flag entry (JSON) and its Markdown section."""
+    def pct(v) -> str:
+        return "n/a" if v is None or v != v else f"{100 * v:.0f} %"
+
+    entry = {"label": flags.label, "candidate_floor": flags.candidate_floor, "lesion": {}, "candidate": {},
+             "not_fitted": flags.info.get("not_fitted", {})}
+    lines = ["## Review flags", "", f"Flag score {flags.label}; written by `scripts/fit_flags.py`. Cross-validated "
+             "(leave one phantom out) on those phantoms:", "",
+             "| sampling | lesions (need a correction) | flag AUROC | operating point | flagged of those | "
+             "correct ones flagged |", "|---|---:|---:|---:|---:|---:|"]
+    for kind, m in flags.lesion.items():
+        cv = m.info.get("cv", {})
+        entry["lesion"][kind] = {"operating_point": m.operating_point, **cv}
+        lines.append(f"| {kind} | {cv.get('n')} ({cv.get('n_needs_correction')}) | {cv.get('auroc', float('nan')):.2f} | "
+                     f"{m.operating_point:.2f} | {pct(cv.get('recall'))} | {pct(cv.get('false_flag_rate'))} |")
+    for kind, m in flags.candidate.items():
+        entry["candidate"][kind] = {"operating_point": m.operating_point, **m.info.get("cv", {})}
+    cands = ", ".join(f"{k}: {v['recovered']} of {v['n_missed']} missed lesions recovered, "
+                      f"{v['false_per_scan']:.1f} false per scan" for k, v in entry["candidate"].items())
+    lines += ["", "Possible missed lesions: " + (cands or "no candidate model (no sub-threshold blob recovered a missed "
+                                                       "lesion on the validation phantoms), so none are listed.")]
+    return entry, "\n".join(lines) + "\n"
+
+
+def update_card(path: Path, flags) -> list[Path]:
+    """Write the review-flag section into the model card next to the checkpoint, if any."""
+    card_json, card_md = path.with_suffix(".json"), path.with_suffix(".md")
+    entry, section = card_section(flags)
+    written = []
+    if card_json.is_file():
+        info = json.loads(card_json.read_text())
+        info["review_flags"] = entry
+        card_json.write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n")
+        written.append(card_json)
+    if card_md.is_file():
+        text = card_md.read_text()
+        head = text.split("\n## Review flags\n")[0].rstrip("\n")
+        card_md.write_text(head + "\n\n" + section)
+        written.append(card_md)
+    return written
 
 
 if __name__ == "__main__":
