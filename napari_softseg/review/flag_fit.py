@@ -23,9 +23,10 @@ fitted on): the lesion model's is the highest score that still flags ``target_re
 the lesions that need a correction, the candidate model's the highest score among those
 that recover the most missed lesions while listing at most ``max_false_candidates`` false
 candidates per case (rounded to 0.01, down and up
-respectively, as the dock shows them). A candidate model that recovers no missed lesion in
-cross-validation is not kept (it would only list false candidates): a model whose soft map
-is exactly 0 where it misses lesions gets no candidate rows. The cross-validated AUROC, recall
+respectively, as the dock shows them). A candidate model is kept only when, in
+cross-validation, it recovers a missed lesion and at least a quarter of the candidates it
+lists are true (:data:`MIN_TRUE_CANDIDATES`): otherwise it would mostly list false ones, and
+a model whose soft map is exactly 0 where it misses lesions gets no candidate rows. The cross-validated AUROC, recall
 and false-flag rate are kept in each model's ``info``.
 """
 
@@ -48,6 +49,8 @@ from napari_softseg.review.screening import candidate_blobs
 ALL_LESION = LESION_FEATURES + LESION_SAMPLE_FEATURES
 ALL_CANDIDATE = CANDIDATE_FEATURES + CANDIDATE_SAMPLE_FEATURES
 MIN_OVERLAP = 3
+#: share of true candidates among those listed (cross-validated) below which no candidate model is kept
+MIN_TRUE_CANDIDATES = 0.25
 
 
 @dataclass
@@ -254,8 +257,9 @@ def _fit_candidates(cs: list[CaseData], sampling: str, max_false: float, l2: flo
     cv = _cv_scores(xs, ys, names, l2)
     op = min(math.ceil(100 * candidate_operating_point(cs, cv, max_false)) / 100, 1.0)
     metrics = candidate_metrics(cs, cv, op)
-    if not metrics["recovered"]:
-        return None  # it would only list false candidates
+    true_share = 1.0 - metrics["false_per_scan"] / metrics["listed_per_scan"] if metrics["listed_per_scan"] else 0.0
+    if not metrics["recovered"] or true_share < MIN_TRUE_CANDIDATES:
+        return None  # it would mostly list false candidates
     model = Logistic.fit(np.concatenate(xs), y, names, l2=l2)
     model.operating_point = op
     model.info.update({"cv": metrics, "cv_auroc": auroc(np.concatenate(cv), y), "max_false_per_scan": max_false,
@@ -276,7 +280,7 @@ def fit_flag_model(cases: list[CaseData], *, threshold: float, floor: float, lab
         if cand is not None:
             candidate[sampling] = cand
         if les is None or cand is None:
-            skipped[sampling] = "too few examples, or (candidates) none recovers a missed lesion in " \
+            skipped[sampling] = "too few examples, or (candidates) too few true ones among those listed in " \
                 "cross-validation: " + ", ".join(w for w, m in (("lesions", les), ("candidates", cand)) if m is None)
     return FlagModel(lesion, candidate, float(threshold), float(floor), label,
                      {**(info or {}), "fitted": time.strftime("%Y-%m-%d"), "not_fitted": skipped})
