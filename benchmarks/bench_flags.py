@@ -123,7 +123,7 @@ def _markdown(r: dict) -> str:
             "review / scan"]
     scans = "the sample phantom's lesion slices (quick)" if r["quick"] else \
         f"{len(r['seeds'])} unseen varied phantoms (seeds {r['seeds'][0]}–{r['seeds'][-1]})"
-    lines = ["# Flag quality", "", f"`ms-lesion` on {scans}, {r['threads']} torch thread(s); flag model: "
+    lines = ["## Flag quality", "", f"`ms-lesion` on {scans}, {r['threads']} torch thread(s); flag model: "
              f"{r['flags']} ({r['flags_source']}).", "", C.md_table(head, rows), "Bars:", ""]
     lines += [f"- {b['bar']}: {b['detail']} — {'met' if b['met'] else 'not met' if b['met'] is False else 'n/a'}"
               for b in r["bars"]]
