@@ -35,10 +35,13 @@ def test_headless_demo_segments_and_writes_outputs(tmp_path):
     # the Segment found lesions, and the selected one is flagged when any is
     with open(summary["outputs"]["review_csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == summary["n_lesions"] > 0
+    assert len(rows) == summary["n_lesions"] + summary["n_candidates"] and summary["n_lesions"] > 0
     flagged = [int(r["id"]) for r in rows if r["flagged"] == "True"]
+    lesions = [r for r in rows if r["kind"] == "lesion"]
+    assert 0 < summary["n_flagged"] < len(lesions) / 2  # a minority of the lesions is flagged ...
+    assert summary["selected_reason"].startswith("flag score")  # ... for a reason in words
     if flagged:
-        assert summary["selected_lesion"] in flagged
+        assert summary["selected_lesion"] == min(flagged)  # the first flagged lesion in the table (by id)
         row = next(r for r in rows if int(r["id"]) == summary["selected_lesion"])
         assert summary["slice_shown"] == round(float(row["centroid_k"]))  # the viewer moved there
 

@@ -29,9 +29,14 @@ def constructed():
     return p
 
 
+#: the hand criteria of the rule these tests were written for (the default rule now only
+#: flags by the learned flag score, which analyse_lesions alone does not compute)
+HAND = FlagRule(min_mean_probability=0.6, min_sample_iou=0.5, max_volume_cv=0.3, min_volume_mm3=3.0)
+
+
 @pytest.fixture(scope="module")
 def table():
-    return analyse_lesions(constructed(), spacing=SPACING)
+    return analyse_lesions(constructed(), spacing=SPACING, rule=HAND)
 
 
 def rec(t, voxel):
@@ -59,7 +64,7 @@ def test_components_sizes_and_volumes(table):
     np.testing.assert_array_equal(np.bincount(table.labels.ravel())[1:], [r.voxels for r in table])
 
 
-def test_default_flags_and_reasons(table):
+def test_hand_rule_flags_and_reasons(table):
     assert not rec(table, (5, 5, 5)).flagged and rec(table, (5, 5, 5)).reason == ""
     b = rec(table, (20, 20, 20))
     assert b.flagged and b.reason == "mean probability 0.55 < 0.60"
@@ -70,6 +75,7 @@ def test_default_flags_and_reasons(table):
 
 
 def test_rule_is_adjustable_without_recomputing(table):
+    assert analyse_lesions(constructed(), spacing=SPACING).flagged() == []  # no score, no hand rule: no flag
     lenient = table.reflag(FlagRule(min_mean_probability=0.5, min_volume_mm3=None))
     assert lenient.flagged() == [] and lenient.labels is table.labels
     strict = table.reflag(FlagRule(min_mean_probability=None, max_mean_entropy=0.3, min_volume_mm3=20))
@@ -90,7 +96,7 @@ def test_sample_iou_and_volume_cv():
     s3[5:7, 5:8, 5:8] = 1  # A minus a slab: 18
     for s in (s1, s2, s3):
         s[30, 30, 30] = 0.9  # C in every sample
-    t = analyse_lesions(p, spacing=SPACING, samples=np.stack([s1, s2, s3]))
+    t = analyse_lesions(p, spacing=SPACING, samples=np.stack([s1, s2, s3]), rule=HAND)
     a = rec(t, (5, 5, 5))
     assert a.n_samples == 3
     assert a.sample_iou == pytest.approx(18 / 36)
@@ -99,11 +105,12 @@ def test_sample_iou_and_volume_cv():
     c = rec(t, (30, 30, 30))
     assert c.sample_iou == 1.0 and c.volume_cv == 0.0
     d = rec(t, (20, 5, 30))
-    assert d.sample_iou == 0.0  # present in one sample of three
+    assert d.sample_iou == 0.0 and d.sample_hits == pytest.approx(1 / 3)  # present in one sample of three
     assert d.volume_cv == pytest.approx(np.std([48, 0, 0]) / 16)
     assert "IoU across 3 samples 0.00 < 0.50" in d.reason and "volume CV across 3 samples 1.41 > 0.30" in d.reason
     b = rec(t, (20, 20, 20))
-    assert b.sample_iou == 0.0 and math.isnan(b.volume_cv)  # in no sample at all
+    assert b.sample_iou == 0.0 and math.isnan(b.volume_cv) and b.sample_hits == 0.0  # in no sample at all
+    assert a.sample_hits == 1.0
 
 
 def test_exports_dict_csv_json_and_sorting(table, tmp_path):
@@ -112,13 +119,16 @@ def test_exports_dict_csv_json_and_sorting(table, tmp_path):
     assert d["sample_iou"] is None and d["centroid"] == [30.0, 30.0, 30.0] and d["flagged"] is True
     json.dumps(d)  # strict JSON
     header = table.csv_header()
-    assert header[:5] == ["id", "voxels", "centroid_i", "centroid_j", "centroid_k"] and header[-2:] == ["flagged", "reason"]
+    assert header[:8] == ["id", "kind", "voxels", "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm",
+                          "centroid_y_mm"]
+    assert header[-4:] == ["flag_score", "flagged", "reason", "score_reason"]
     path = table.write_csv(tmp_path / "lesions.csv")
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 5 and list(rows[0].keys()) == header
     row_c = next(r for r in rows if int(r["id"]) == c.id)
     assert row_c["reason"] == c.reason and row_c["sample_iou"] == "" and float(row_c["hard_volume_mm3"]) == 2.0
+    assert row_c["centroid_x_mm"] == "" and row_c["kind"] == "lesion"  # no affine: no world centre
     doc = json.loads(table.write_json(tmp_path / "lesions.json", scan="x.nii.gz").read_text())
     assert doc["scan"] == "x.nii.gz" and len(doc["lesions"]) == 5 and doc["rule"]["min_mean_probability"] == 0.6
     order = [r.soft_volume_mm3 for r in table.sorted_by("soft_volume_mm3", reverse=True)]
@@ -150,3 +160,20 @@ def test_statistics_match_scipy_on_a_random_map():
     np.testing.assert_allclose([r.max_probability for r in t], ndimage.maximum(p, labels, idx))
     np.testing.assert_allclose([r.centroid for r in t], ndimage.center_of_mass(labels > 0, labels, idx), atol=1e-3)
     assert all(r.soft_volume_mm3 >= r.voxels * r.min_probability for r in t)
+
+
+def test_rim_is_one_voxel_thick_and_sharpness_by_hand():
+    """A 1-voxel part in a wide sub-threshold plateau: only the touching voxels are its rim (the
+    rule that let brain-gm's 1 mm³ parts collect 5.7 mm³); sharpness = inner minus outer mean p."""
+    p = np.zeros((15, 15, 15), np.float32)
+    p[2:13, 2:13, 2:13] = 0.3  # an 11³ plateau just below the threshold
+    p[7, 7, 7] = 0.6
+    t = analyse_lesions(p, threshold=0.5, spacing=(1.0, 1.0, 1.0), soft_floor=0.05)
+    (r,) = t.records
+    assert r.soft_volume_mm3 == pytest.approx(0.6 + 26 * 0.3, rel=1e-6)  # not 0.6 + 1330 x 0.3
+    assert r.sharpness == pytest.approx(0.6 - 0.3, rel=1e-6)  # its only voxel is its boundary; 6 neighbours at 0.3
+    crisp = analyse_lesions(constructed(), spacing=SPACING)
+    a = rec(crisp, (5, 5, 5))
+    assert a.sharpness == pytest.approx(0.9 - 0.3, rel=1e-6)  # inner shell 0.9, outer 0.3
+    c = rec(crisp, (30, 30, 30))
+    assert c.sharpness == pytest.approx(0.8, rel=1e-6)  # nothing around it

@@ -17,7 +17,11 @@ write it with the scan's geometry. Several IMAGE files are several contrasts of 
 --uncertainty writes the voxel-wise entropy of the mean of Monte-Carlo dropout draws
 (10 unless --mc-samples is given) and/or flipped views (--tta); a model trained without
 dropout (the NormReLU presets) has no Monte-Carlo draws, so --uncertainty then uses the
-flipped views."""
+flipped views. --review writes the lesion review table of the Segment dock's export (CSV or
+JSON by its suffix): every lesion with its centre in voxels and world mm, voxels, hard and
+soft volume (mm³), mean/max probability, uncertainty statistics (with --mc-samples / --tta),
+flag score, flag and reason, and the possible missed lesions; for a tissue model the
+structure's volumes and uncertainty."""
 
 
 def add_parser(subparsers) -> None:
@@ -34,6 +38,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mask-out", metavar="PATH", help="mask file (default: <out stem>_mask.nii.gz)")
     parser.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
     parser.add_argument("--entropy-out", metavar="PATH", help="entropy file (default: <out stem>_entropy.nii.gz)")
+    parser.add_argument("--review", metavar="OUT.csv|OUT.json",
+                        help="also write the lesion review table (the Segment dock's export), at --threshold or the model's")
     parser.add_argument("--mc-samples", type=int, default=None, metavar="N",
                         help="Monte-Carlo dropout draws (a model trained without dropout has none)")
     parser.add_argument("--tta", action="store_true", help="average over flipped views (test-time augmentation)")
@@ -114,6 +120,8 @@ def check(args: argparse.Namespace) -> float | str | None:
     if args.uncertainty:
         outputs.append(Output("--entropy-out", Path(args.entropy_out) if args.entropy_out else _sibling(out, "_entropy"),
                               "nifti"))
+    if args.review:
+        outputs.append(Output("--review", Path(args.review), "table"))
     inputs = [("IMAGE", p) for p in args.images] + [("--model", args.model)]
     guard(outputs, inputs)
     return threshold
@@ -166,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
     default_mc = 10 if args.uncertainty and not args.tta and model.has_dropout else 0
     mc = args.mc_samples if args.mc_samples is not None else default_mc
     tta = args.tta or (args.uncertainty and args.mc_samples is None and not model.has_dropout)
+    if args.review and model.n_structures > 1:
+        raise UserError(f"--review reviews the lesions of one structure; {Path(str(args.model)).name} predicts "
+                        f"{model.n_structures}.")
     kwargs = {}
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
@@ -179,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=not args.no_mixed_precision,
         mc_samples=mc,
         tta=len(TTA_FLIPS) if tta else 0,
-        keep_samples=False,
-        return_prediction=args.uncertainty,
+        keep_samples=bool(args.review),
+        return_prediction=args.uncertainty or bool(args.review),
         progress=bar,
         **kwargs,
     )
@@ -192,9 +203,35 @@ def run(args: argparse.Namespace) -> int:
     if args.uncertainty:
         entropy_path = Path(args.entropy_out) if args.entropy_out else _sibling(out, "_entropy")
         written.append(write_nifti(entropy_path, result.entropy, like=reference, dtype=np.float32))
+    if args.review:
+        views = (mc, len(TTA_FLIPS) if tta else 0)  # the samples the prediction really drew
+        written.append(write_review_table(args, result, reference, data, model, threshold, written, views))
     for path in written:
         print(path)
     return 0
+
+
+def write_review_table(args, prediction, reference, data, model, threshold, written, views) -> Path:
+    """The ``--review`` table: the :class:`~napari_softseg.review.session.Review` of the
+    prediction built as the Segment dock builds it, written as CSV or JSON; ``views`` = (MC
+    draws, TTA views) of the prediction."""
+    from napari_softseg.engine.predict import SHIPPED_MODELS, resolve_model_path
+    from napari_softseg.review.flags import sampling_kind
+    from napari_softseg.review.profile import describe_model
+    from napari_softseg.review.segment import review_of
+
+    path = resolve_model_path(args.model)
+    config = model.softseg_config
+    review = review_of(prediction.soft, config=config, model_path=path, spacing=reference.spacing,
+                       samples=prediction.samples, image=data, affine=reference.affine, threshold=threshold,
+                       sampling=sampling_kind(*views))
+    review.analyse()
+    out = Path(args.review)
+    if out.suffix.lower() == ".csv":
+        return review.write_csv(out)
+    kind = "shipped" if str(args.model) in SHIPPED_MODELS else "file"
+    return review.write_json(out, model=describe_model(str(args.model), kind, path, config), scan=args.images[0],
+                             files={"soft": Path(written[0]).name})
 
 
 def binarise(soft, threshold: float):

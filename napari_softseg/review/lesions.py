@@ -7,20 +7,40 @@ For each lesion :func:`analyse_lesions` reports
 * ``voxels``, ``centroid`` (mean voxel index), ``bbox_min``/``bbox_max`` (inclusive voxel
   indices), ``hard_volume_mm3 = voxels · voxel volume``;
 * ``soft_volume_mm3``: the partial-volume estimate ``sum(p) · voxel volume`` over the lesion
-  **and its rim** — the connected voxels with ``soft_floor <= p < threshold`` around it (a
-  rim voxel shared by several lesions goes to the nearest one, in mm). Lesion boundaries
-  hold fractions of lesion, which this sum keeps and the hard volume drops;
+  **and its rim**: the sub-threshold voxels (``soft_floor <= p < threshold``) that touch
+  the lesion (its 3x3x3 neighbourhood; a rim voxel touching several lesions goes to the
+  nearest, in mm). Lesion boundaries hold fractions of lesion, which this sum keeps and the
+  hard volume drops; the partial volume of a boundary lies in the voxels the boundary
+  crosses, so the rim is one voxel thick. (It used to be every sub-threshold voxel connected
+  to the lesion, given to the nearest lesion at any distance: on a tissue map a one-voxel
+  part then collected the probability of a whole stretch of sub-threshold tissue, e.g.
+  5.7 mm³ for a 1 mm³ part of brain-gm's grey matter.) A small part of a plateau cut by
+  the threshold can still have soft > hard volume: that is its partial volume;
 * ``mean/min/max_probability`` and ``mean_entropy`` (binary entropy, bits) over the lesion;
+* ``sharpness``: mean probability over the lesion's inner boundary (its voxels with a
+  6-neighbour outside the mask) minus the mean over its outer boundary (the outside
+  6-neighbours): near 1 for a crisp lesion, near 0 when the threshold cuts a smooth slope;
+* ``cores``: the number of connected parts of the lesion where p reaches half its peak:
+  two (or more) cores are what two touching lesions merged into one component look like;
+* ``elongation``: ``sqrt(λ1 / λ2)`` of the two largest eigenvalues of the covariance of the
+  lesion's voxel positions in mm (each voxel counted as a uniform box, adding ``s²/12`` per
+  axis): 1 for a ball; two touching lesions in one component are elongated;
 * with samples (MC dropout or test-time augmentation, ``N x shape`` soft maps), the
   structure-wise uncertainty of ivadomed's ``uncertainty.py`` (Roy et al. 2019; Nair et al.
   2020): in each sample the lesion's structure is the union of the sample's components that
-  overlap it; ``sample_iou = |∩ structures| / |∪ structures|`` and ``volume_cv`` is the
-  coefficient of variation (std / mean, population) of the structure volumes. A lesion that
-  no sample reproduces has IoU 0 and an undefined (NaN) CV.
+  overlap it; ``sample_iou = |∩ structures| / |∪ structures|``, ``volume_cv`` is the
+  coefficient of variation (std / mean, population) of the structure volumes and
+  ``sample_hits`` the fraction of samples that have a structure at all. A lesion that no
+  sample reproduces has IoU 0 and an undefined (NaN) CV.
 
-A :class:`FlagRule` turns these numbers into ``flagged`` and a readable ``reason``. NaN
-values (no samples) never trigger a criterion. ``to_dict`` gives JSON-ready values (NaN →
-None), :meth:`LesionTable.csv_rows` one column per axis for the tuples.
+``flag_score`` (the learned probability that the lesion needs a correction,
+:mod:`napari_softseg.review.flags`) and ``kind`` ("lesion", or "candidate" for a
+sub-threshold blob listed as a possible missed lesion) are filled in by
+:mod:`napari_softseg.review.screening`; ``centroid_mm`` (world coordinates) by the review when
+the scan's affine is known. A :class:`FlagRule` turns these numbers into ``flagged`` and a
+readable ``reason``. NaN values (no samples, no score) never trigger a criterion.
+``to_dict`` gives JSON-ready values (NaN → None), :meth:`LesionTable.csv_rows` one column
+per axis for the tuples.
 """
 
 from __future__ import annotations
@@ -41,35 +61,54 @@ from napari_softseg.metrics.calibration import entropy
 from napari_softseg.metrics.detection import connected_components
 
 _AXES = "ijklmn"
+_WORLD = "xyz"
 
 
 @dataclass(frozen=True)
 class FlagRule:
-    """When a lesion deserves a second look. ``None`` disables a criterion.
+    """When a lesion deserves a second look (any criterion suffices). ``None`` disables one.
+
+    The learned flag score is the main criterion; its operating point is fitted with the
+    score (:meth:`napari_softseg.review.flags.FlagModel.rule`), the values here are only the
+    defaults of a rule built by hand. The other criteria are simple hand rules, off by
+    default (each alone flagged most lesions of the shipped lesion model).
 
     Attributes
     ----------
+    flag_score : float or None
+        Flag lesions whose flag score (probability of needing a correction) is at least this.
+    candidate_score : float or None
+        List sub-threshold blobs whose possible-lesion score is at least this as
+        "candidate" rows (flagged); None lists none.
     min_mean_probability : float or None
-        Flag when the mean probability over the lesion is below this (default 0.6).
+        Flag when the mean probability over the lesion is below this.
     max_mean_entropy : float or None
         Flag when the mean voxel entropy (bits, at most 1 at p = 0.5) exceeds this.
     min_sample_iou : float or None
-        Flag when the IoU of the lesion's structures across samples is below this (0.5).
+        Flag when the IoU of the lesion's structures across samples is below this.
     max_volume_cv : float or None
         Flag when the coefficient of variation of the structure volume across samples
-        exceeds this (0.3).
+        exceeds this.
     min_volume_mm3 : float or None
-        Flag lesions smaller than this hard volume (3 mm³).
+        Flag lesions smaller than this hard volume.
     """
 
-    min_mean_probability: float | None = 0.6
+    flag_score: float | None = 0.5
+    candidate_score: float | None = 0.5
+    min_mean_probability: float | None = None
     max_mean_entropy: float | None = None
-    min_sample_iou: float | None = 0.5
-    max_volume_cv: float | None = 0.3
-    min_volume_mm3: float | None = 3.0
+    min_sample_iou: float | None = None
+    max_volume_cv: float | None = None
+    min_volume_mm3: float | None = None
 
     def reasons(self, r: "LesionRecord") -> list[str]:
+        if r.kind == "candidate":
+            if self.candidate_score is not None and r.flag_score >= self.candidate_score:
+                return [_scored("possible missed lesion, score", r)]
+            return []
         out = []
+        if self.flag_score is not None and r.flag_score >= self.flag_score:
+            out.append(_scored("flag score", r))
         if self.min_mean_probability is not None and r.mean_probability < self.min_mean_probability:
             out.append(f"mean probability {r.mean_probability:.2f} < {self.min_mean_probability:.2f}")
         if self.max_mean_entropy is not None and r.mean_entropy > self.max_mean_entropy:
@@ -87,6 +126,16 @@ class FlagRule:
         return replace(r, flagged=bool(reasons), reason="; ".join(reasons))
 
 
+def _scored(what: str, r: "LesionRecord") -> str:
+    return f"{what} {r.flag_score:.2f}" + (f": {r.score_reason}" if r.score_reason else "")
+
+
+#: values of :attr:`LesionRecord.kind`
+KINDS = {"lesion": "a component of the mask at the threshold",
+         "candidate": "a sub-threshold blob listed as a possible missed lesion (not in the mask unless accepted)",
+         "drawn": "a part of the final mask drawn by the reviewer away from every lesion (export only)"}
+
+
 @dataclass
 class LesionRecord:
     """Statistics of one lesion; ``id`` is its value in :attr:`LesionTable.labels`."""
@@ -102,11 +151,19 @@ class LesionRecord:
     min_probability: float
     max_probability: float
     mean_entropy: float
+    kind: str = "lesion"
+    centroid_mm: tuple = ()
+    sharpness: float = math.nan
+    cores: int = 0
+    elongation: float = math.nan
     sample_iou: float = math.nan
     volume_cv: float = math.nan
+    sample_hits: float = math.nan
     n_samples: int = 0
+    flag_score: float = math.nan
     flagged: bool = False
     reason: str = ""
+    score_reason: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready: tuples as lists, NaN as None."""
@@ -120,8 +177,10 @@ class LesionRecord:
 
     def csv_row(self) -> list:
         row = []
-        for f in fields(self):
+        for f in _csv_fields():
             v = getattr(self, f.name)
+            if f.name == "centroid_mm" and not v:
+                v = ("",) * len(self.centroid)  # no affine: blank world coordinates
             if isinstance(v, tuple):
                 row.extend(v)
             elif isinstance(v, float) and not math.isfinite(v):
@@ -133,12 +192,21 @@ class LesionRecord:
     @staticmethod
     def csv_header(ndim: int = 3) -> list[str]:
         names = []
-        for f in fields(LesionRecord):
+        for f in _csv_fields():
             if f.name in ("centroid", "bbox_min", "bbox_max"):
                 names.extend(f"{f.name}_{a}" for a in _AXES[:ndim])
+            elif f.name == "centroid_mm":
+                names.extend(f"centroid_{a}_mm" for a in _WORLD[:ndim])
             else:
                 names.append(f.name)
         return names
+
+
+def _csv_fields():
+    """The record's fields in CSV column order: id and kind first, then as declared."""
+    fs = {f.name: f for f in fields(LesionRecord)}
+    first = [fs["id"], fs["kind"], fs["voxels"], fs["centroid"], fs["centroid_mm"]]
+    return first + [f for f in fs.values() if f not in first]
 
 
 @dataclass
@@ -246,14 +314,29 @@ def analyse_lesions(
     if n == 0:
         return LesionTable([], labels, float(threshold), spacing, rule, n_samples)
     stats = _lesion_statistics(p, labels, n)
-    stats["rim"] = _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing)
-    stats["iou"], stats["cv"] = np.full(n, np.nan), np.full(n, np.nan)
+    stats["rim"] = _rim_mass(p, hard, labels, n, threshold, soft_floor, spacing)
+    stats["sharpness"] = _sharpness(p, hard, labels, n)
+    stats["cores"] = _cores(p, labels, n, stats["p_max"], connectivity)
+    stats["elongation"] = _elongation(labels, n, spacing)
+    stats["iou"], stats["cv"], stats["hits"] = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     if n_samples:
-        stats["iou"], stats["cv"] = _sample_uncertainty(samples, labels, n, stats["boxes"], threshold,
-                                                        connectivity, p.shape)
+        stats["iou"], stats["cv"], stats["hits"] = _sample_uncertainty(samples, labels, n, stats["boxes"], threshold,
+                                                                       connectivity, p.shape)
     vv = spacing_volume(spacing)
     records = [rule.apply(_record(stats, i, vv, n_samples)) for i in range(n)]
     return LesionTable(records, labels, float(threshold), spacing, rule, n_samples)
+
+
+def region_records(soft, labels: np.ndarray, n: int, spacing: Sequence[float], *, kind: str = "candidate",
+                   n_samples: int = 0) -> list[LesionRecord]:
+    """Records of the regions ``1..n`` of a label image (every id present), without rim,
+    boundary or sample statistics: the soft volume is the regions' own ``sum(p)``."""
+    p = np.asarray(soft)
+    if n == 0:
+        return []
+    stats = _lesion_statistics(p, labels, n)
+    vv = spacing_volume(tuple(float(s) for s in spacing)[: p.ndim])
+    return [replace(_record(stats, i, vv, n_samples), kind=kind) for i in range(n)]
 
 
 def _lesion_statistics(p: np.ndarray, labels: np.ndarray, n: int) -> dict:
@@ -291,13 +374,17 @@ def _record(stats: dict, i: int, vv: float, n_samples: int) -> LesionRecord:
         bbox_min=tuple(int(s.start) for s in box),
         bbox_max=tuple(int(s.stop) - 1 for s in box),
         hard_volume_mm3=float(voxels) * vv,
-        soft_volume_mm3=float(stats["core_sum"][i] + stats["rim"][i]) * vv,
+        soft_volume_mm3=float(stats["core_sum"][i] + stats.get("rim", np.zeros(i + 1))[i]) * vv,
         mean_probability=float(stats["core_sum"][i] / voxels),
         min_probability=float(stats["p_min"][i]),
         max_probability=float(stats["p_max"][i]),
         mean_entropy=float(stats["h_mean"][i]),
-        sample_iou=float(stats["iou"][i]),
-        volume_cv=float(stats["cv"][i]),
+        sharpness=float(stats["sharpness"][i]) if "sharpness" in stats else math.nan,
+        cores=int(stats["cores"][i]) if "cores" in stats else 0,
+        elongation=float(stats["elongation"][i]) if "elongation" in stats else math.nan,
+        sample_iou=float(stats["iou"][i]) if "iou" in stats else math.nan,
+        volume_cv=float(stats["cv"][i]) if "cv" in stats else math.nan,
+        sample_hits=float(stats["hits"][i]) if "hits" in stats else math.nan,
         n_samples=n_samples,
     )
 
@@ -306,39 +393,91 @@ def _n_samples(samples) -> int:
     return 0 if samples is None else len(samples)
 
 
-def _rim_mass(p, hard, labels, n, threshold, soft_floor, connectivity, spacing) -> np.ndarray:
-    """Probability mass of each lesion's rim (sub-threshold voxels above ``soft_floor``)."""
+def _rim_mass(p, hard, labels, n, threshold, soft_floor, spacing) -> np.ndarray:
+    """Probability mass of each lesion's rim: the sub-threshold voxels (``p >= soft_floor``)
+    in the 3x3x3 neighbourhood of the lesion, a voxel touching several lesions going to the
+    nearest (in mm; ties to the first neighbour in a fixed order)."""
+    from itertools import product
+
     from scipy import ndimage
 
     rim_mass = np.zeros(n + 1)
     if soft_floor >= threshold:
         return rim_mass[1:]
-    floor_lab, n_floor = connected_components(binarize(p, soft_floor), connectivity)
-    rim = (floor_lab > 0) & ~hard
-    if not rim.any():
+    band = ndimage.binary_dilation(hard, structure=np.ones((3,) * p.ndim, bool)) & ~hard
+    band &= binarize(p, soft_floor)
+    coords = np.nonzero(band)
+    if coords[0].size == 0:
         return rim_mass[1:]
-    floor_of = np.zeros(n + 1, dtype=np.int64)
-    floor_of[labels[hard]] = floor_lab[hard]
-    lesions_in = np.bincount(floor_of[1:], minlength=n_floor + 1)
-    rim_sum = np.bincount(floor_lab[rim], weights=p[rim].astype(np.float64), minlength=n_floor + 1)
-    single = lesions_in == 1
-    owner = np.zeros(n_floor + 1, dtype=np.int64)
-    owner[floor_of[1:]] = np.arange(1, n + 1)  # meaningful where exactly one lesion
-    rim_mass[owner[single]] += rim_sum[single]
-    floor_boxes = ndimage.find_objects(floor_lab)
-    for f in np.flatnonzero(lesions_in > 1):
-        box = floor_boxes[f - 1]
-        in_comp = floor_lab[box] == f
-        lab = np.where(in_comp, labels[box], 0)
-        _, nearest = ndimage.distance_transform_edt(lab == 0, sampling=spacing, return_indices=True)
-        owner_lab = lab[tuple(nearest)]
-        sel = in_comp & (lab == 0)
-        rim_mass += np.bincount(owner_lab[sel], weights=p[box][sel].astype(np.float64), minlength=n + 1)
+    owner = np.zeros(coords[0].size, np.int64)
+    steps = [o for o in product((-1, 0, 1), repeat=p.ndim) if any(o)]
+    steps.sort(key=lambda o: sum((a * s) ** 2 for a, s in zip(o, spacing)))
+    for step in steps:  # nearest neighbours first
+        todo = np.flatnonzero(owner == 0)
+        if todo.size == 0:
+            break
+        idx = [c[todo] + o for c, o in zip(coords, step)]
+        inside = np.logical_and.reduce([(i >= 0) & (i < size) for i, size in zip(idx, p.shape)])
+        found = np.zeros(todo.size, np.int64)
+        found[inside] = labels[tuple(i[inside] for i in idx)]
+        owner[todo] = found
+    rim_mass += np.bincount(owner, weights=p[coords].astype(np.float64), minlength=n + 1)
     return rim_mass[1:]
 
 
+def _sharpness(p, hard, labels, n) -> np.ndarray:
+    """Mean p over each lesion's inner boundary minus the mean over its outer boundary
+    (6-neighbourhood; an outside voxel touching several lesions counts for the highest id;
+    the volume's border is not a boundary, so a lesion without any boundary gets 0)."""
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(p.ndim, 1)
+    inner = hard & ~ndimage.binary_erosion(hard, structure=cross, border_value=1)
+    outer_lab = np.where(hard, 0, ndimage.grey_dilation(labels, footprint=cross))
+    outer = outer_lab > 0
+
+    def mean(lab, values) -> np.ndarray:
+        count = np.bincount(lab, minlength=n + 1)[1:]
+        total = np.bincount(lab, weights=values.astype(np.float64), minlength=n + 1)[1:]
+        return total / np.maximum(count, 1)
+
+    return mean(labels[inner], p[inner]) - mean(outer_lab[outer], p[outer])
+
+
+def _cores(p, labels, n, p_max, connectivity) -> np.ndarray:
+    """Number of connected parts of each lesion where ``p >= p_max(lesion) / 2``."""
+    inside = labels > 0
+    level = np.zeros(n + 1, np.float32)
+    level[1:] = np.asarray(p_max, np.float32) / 2
+    core = np.zeros(p.shape, bool)
+    core[inside] = p[inside] >= level[labels[inside]]
+    core_lab, m = connected_components(core, connectivity)
+    if m == 0:
+        return np.zeros(n, np.int64)
+    owner = np.zeros(m + 1, np.int64)
+    owner[core_lab[core]] = labels[core]  # a core lies inside one lesion
+    return np.bincount(owner[1:], minlength=n + 1)[1:]
+
+
+def _elongation(labels, n, spacing) -> np.ndarray:
+    """``sqrt(λ1 / λ2)`` of each lesion's voxel-position covariance (mm², voxels as boxes)."""
+    idx = np.nonzero(labels)
+    lab = labels[idx]
+    count = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    pos = [i * s for i, s in zip(idx, spacing)]
+    mean = [np.bincount(lab, weights=x, minlength=n + 1)[1:] / count for x in pos]
+    cov = np.zeros((n, len(pos), len(pos)))
+    for a in range(len(pos)):
+        for b in range(a, len(pos)):
+            m = np.bincount(lab, weights=pos[a] * pos[b], minlength=n + 1)[1:] / count - mean[a] * mean[b]
+            cov[:, a, b] = cov[:, b, a] = m
+        cov[:, a, a] += spacing[a] ** 2 / 12.0
+    ev = np.linalg.eigvalsh(cov)  # ascending
+    return np.sqrt(ev[:, -1] / ev[:, -2])
+
+
 def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shape):
-    """IoU and volume CV of each lesion's structures across samples.
+    """IoU, volume CV and presence (fraction of samples) of each lesion's structures across samples.
 
     Pass 1 labels each sample once, links its components to the lesions they overlap and
     keeps only the label crop that holds those components; pass 2 counts, per lesion and
@@ -390,4 +529,4 @@ def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shap
     mean = volumes.mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cv = np.where(mean > 0, volumes.std(axis=1) / mean, np.nan)
-    return iou, cv
+    return iou, cv, (volumes > 0).mean(axis=1)

@@ -2,21 +2,27 @@
 
 :func:`segment` loads the model (cached), predicts the soft map (with MC-dropout / TTA
 samples when asked), and analyses the lesions, so the UI thread receives finished arrays
-and only has to turn them into layers.
+and only has to turn them into layers. :func:`review_of` builds the
+:class:`~napari_softseg.review.session.Review` of a prediction the same way for the dock and
+for ``napari-softseg predict --review``: the model's own threshold, its target and flag
+model (:mod:`napari_softseg.review.profile`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from napari_softseg.errors import UserError
+from napari_softseg.labels.masks import binarize
+from napari_softseg.review.flags import sampling_kind
 from napari_softseg.review.lesions import FlagRule
+from napari_softseg.review.profile import decide_target, review_profile
 from napari_softseg.review.session import Review
 
 _CACHE: dict[tuple, object] = {}
@@ -45,8 +51,9 @@ class SegmentRequest:
     spacing: tuple
     mc_samples: int = 0
     tta: int = 0
-    rule: FlagRule = field(default_factory=FlagRule)
+    rule: FlagRule | None = None  # None: the model's fitted flag rule
     threshold: float | None = None  # None: the model's
+    affine: np.ndarray | None = None  # the scan's voxel-to-world affine (lesion centres in mm)
 
 
 @dataclass
@@ -80,13 +87,32 @@ def segment(request: SegmentRequest, progress: Callable[[int, int], None] | None
             raise UserError(f"{request.model_path.name} predicts {soft.shape[3]} classes; the Segment dock reviews one.")
         soft = soft[..., 0]
     t2 = time.perf_counter()
-    threshold = float(request.threshold if request.threshold is not None else config.get("threshold", 0.5))
-    review = Review(soft, spacing=request.spacing, threshold=threshold, samples=pred.samples, rule=request.rule)
+    review = review_of(soft, config=config, model_path=request.model_path, spacing=request.spacing,
+                       samples=pred.samples, sampling=sampling_kind(request.mc_samples, request.tta),
+                       image=request.image, affine=request.affine, threshold=request.threshold, rule=request.rule)
     review.analyse()
     t3 = time.perf_counter()
     entropy = pred.entropy if pred.entropy is not None else np.zeros_like(soft)
-    return SegmentResult(review, entropy.astype(np.float32, copy=False), threshold, config,
+    return SegmentResult(review, entropy.astype(np.float32, copy=False), review.threshold, config,
                          {"load_s": t1 - t0, "predict_s": t2 - t1, "lesions_s": t3 - t2})
+
+
+def review_of(soft, *, config: dict, model_path, spacing, samples=None, sampling: str = "none", image=None,
+              affine=None, threshold: float | None = None, rule: FlagRule | None = None) -> Review:
+    """The :class:`Review` of a prediction: flags at the model's threshold with its flag model,
+    its target (an undeclared one decided on this prediction, :func:`decide_target`), the
+    reviewer's ``threshold`` (default: the model's) and ``rule`` (default: the fitted one)."""
+    model_threshold = float(config.get("threshold", 0.5))
+    profile = review_profile(config, model_path)
+    target = profile.target
+    if target is None:
+        scan = np.asarray(image if image is not None else soft)
+        scan = scan[..., 0] if scan.ndim == 4 else scan
+        target = decide_target(None, int(np.count_nonzero(binarize(soft, model_threshold))),
+                               int(np.count_nonzero(scan)))
+    return Review(soft, spacing=spacing, threshold=model_threshold if threshold is None else float(threshold),
+                  samples=samples, rule=rule, model_threshold=model_threshold, flags=profile.flags,
+                  sampling=sampling, target=target, affine=affine)
 
 
 def contrast_message(config: dict, n_scan: int, scan_name: str) -> str:

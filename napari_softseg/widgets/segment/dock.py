@@ -31,14 +31,13 @@ from qtpy.QtWidgets import QFileDialog, QLabel
 from napari_softseg.errors import UserError
 from napari_softseg.io import geometry
 from napari_softseg.plugin.notify import notify_error, notify_info, notify_warning, user_errors
-from napari_softseg.review.lesions import analyse_lesions
 from napari_softseg.review.segment import SegmentRequest, segment, stack_contrasts
 from napari_softseg.widgets.base import DockBase, alive, layer_geometry
 from napari_softseg.widgets.napari_private import unwrap
 from napari_softseg.widgets.segment.controls import RunControls, SaveControls, ThresholdControl, fixed_lines
 from napari_softseg.widgets.segment.inputs import ContrastInputs
 from napari_softseg.widgets.segment.layers import (
-    describe_model, result_layer_steps, world_point, write_mask, write_predictions, write_review,
+    describe_model, painted_mask, result_layer_steps, world_point, write_mask, write_predictions, write_review,
 )
 from napari_softseg.widgets.segment.model_picker import ModelPicker
 from napari_softseg.widgets.segment.review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel, unbind_keys
@@ -124,8 +123,12 @@ class SegmentWidget(DockBase):
 
     def _connect(self) -> None:
         self.models.changed.connect(lambda *_: self.inputs.set_model(self.models.config()))
+        self.models.changed.connect(self._fitted_scores)
+        self.run_controls.mc_spin.valueChanged.connect(self._fitted_scores)
+        self.run_controls.tta_combo.currentIndexChanged.connect(self._fitted_scores)
         self.inputs.changed.connect(self._check_inputs)
         self.inputs.set_model(self.models.config())
+        self._fitted_scores()
         self.run_controls.segment_button.clicked.connect(self.segment)
         self.run_controls.cancel_button.clicked.connect(self.cancel)
         self.threshold.changed.connect(self.set_threshold)
@@ -208,6 +211,18 @@ class SegmentWidget(DockBase):
         """Whether a warm-up is running."""
         return self._warm_worker is not None
 
+    def _fitted_scores(self, *_) -> None:
+        """Set the flag rule's score criteria to the chosen model's fitted operating points
+        for the chosen MC-dropout / TTA sampling."""
+        from napari_softseg.review.flags import sampling_kind
+        from napari_softseg.review.profile import review_profile
+
+        config, path = self.models.config(), self.models.path()
+        flags = review_profile(config, path).flags if config is not None else None
+        if flags is not None:
+            rule = flags.rule(sampling_kind(self.run_controls.mc_spin.value(), self.run_controls.tta()))
+            self.panel.rule.set_scores(rule.flag_score, rule.candidate_score)
+
     # ------------------------------------------------------------------ Segment
 
     def segment(self):
@@ -227,7 +242,7 @@ class SegmentWidget(DockBase):
         geo = layer_geometry(scan)
         request = SegmentRequest(
             model_path=self.models.path(), image=stack_contrasts(layers),
-            spacing=geometry.spacing(geo.affine),
+            spacing=geometry.spacing(geo.affine), affine=geo.affine,
             mc_samples=self.run_controls.mc_spin.value(), tta=self.run_controls.tta(), rule=self.panel.rule.rule())
         self._t_click = time.perf_counter()
         self._warm_stop.set()
@@ -294,6 +309,7 @@ class SegmentWidget(DockBase):
         if active is not None and active.name == self.layers["entropy"].name:
             self.viewer.layers.selection.active = self.viewer.layers[self.layers["soft"].name]
         self.threshold.set_value(self.result.threshold, emit=False)
+        self.panel.set_target(self.review.target)
         self._update_mask_info()
         self._refresh_table()
 
@@ -333,7 +349,9 @@ class SegmentWidget(DockBase):
             return
         table = self.review.table
         self._writing = True
-        write_mask(layer, self.review.final_mask(), None if table is None else table.labels, self._selected)
+        candidate = table is not None and self._selected is not None and \
+            any(r.id == self._selected and r.kind == "candidate" for r in table.records)
+        write_mask(layer, self.review.final_mask(), None if table is None else table.labels, self._selected, candidate)
         self._writing = False
         self._update_mask_info()
 
@@ -341,7 +359,7 @@ class SegmentWidget(DockBase):
         layer = self.layers.get("mask")
         if self.review is None or layer is None:
             return
-        n = int(np.count_nonzero(layer.data))
+        n = int(np.count_nonzero(painted_mask(layer.data)))
         self.threshold.info.setText(f"mask: {n} voxels, {n * geometry.spacing_volume(self.review.spacing):.0f} mm³")
 
     def _reanalyse(self) -> None:
@@ -352,8 +370,7 @@ class SegmentWidget(DockBase):
         from napari.qt.threading import create_worker
 
         r = self.review
-        worker = create_worker(analyse_lesions, r.soft, threshold=r.threshold, spacing=r.spacing, samples=r.samples,
-                               rule=r.rule, connectivity=r.connectivity, _start_thread=False,
+        worker = create_worker(r.table_at, r.threshold, self.panel.rule.rule(), _start_thread=False,
                                _ignore_errors=True)
         worker.returned.connect(self._on_analysed)
         worker.errored.connect(lambda err: notify_error(f"Lesion analysis failed: {err}"))
@@ -365,7 +382,7 @@ class SegmentWidget(DockBase):
         if self.review is None or abs(table.threshold - self.review.threshold) > 1e-9:
             return  # the slider moved on; the timer runs again
         self._sync_edits()
-        self.review.set_table(table.reflag(self.panel.rule.rule()))
+        self.review.set_table(table)
         self._write_mask()
         self._refresh_table()
         self.analysed.emit()
@@ -398,13 +415,15 @@ class SegmentWidget(DockBase):
         centre_on(self.viewer, world_point(self.layers["soft"], rec.centroid))
         self._highlight(rec.id)
         self.panel.set_selection(rec.id, self.review.decision(rec.id).comment)
-        self.say(f"Lesion {rec.id}: {rec.voxels} voxels, mean p {rec.mean_probability:.2f}"
+        what = "Possible lesion" if rec.kind == "candidate" else "Lesion"
+        self.say(f"{what} {rec.id}: {rec.voxels} voxels, mean p {rec.mean_probability:.2f}"
                  + (f" — flagged: {rec.reason}" if rec.flagged else ""))
 
     def _highlight(self, lesion_id: int | None) -> None:
         """Give the selected lesion's voxels of the mask layer their own colour."""
         if lesion_id is None and self._selected is None:
             return
+        self._sync_edits()  # a paint not yet synced would be overwritten
         self._selected = lesion_id
         self._write_mask()
 
@@ -458,7 +477,7 @@ class SegmentWidget(DockBase):
         layer = self.layers.get("mask")
         if self.review is None or not alive(self.viewer, layer):
             return []
-        return self.review.sync_edits(layer.data)
+        return self.review.sync_edits(painted_mask(layer.data))
 
     # ------------------------------------------------------------------ files
 

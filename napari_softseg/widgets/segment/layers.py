@@ -7,15 +7,17 @@ import numpy as np
 from napari_softseg.plugin import roles
 from napari_softseg.widgets.base import alive, data_to_world, frame_kwargs, layer_geometry
 
-#: colours of the mask outline and of the selected lesion's outline (both in the mask layer)
-MASK_COLOUR, HIGHLIGHT_COLOUR = (0.25, 0.85, 1.0, 1.0), (0.3, 1.0, 0.3, 1.0)
+#: colours of the mask outline, of the selected lesion's outline and of a selected possible
+#: lesion (a candidate, shown in the mask layer but not part of the mask)
+MASK_COLOUR, HIGHLIGHT_COLOUR, CANDIDATE_COLOUR = (0.25, 0.85, 1.0, 1.0), (0.3, 1.0, 0.3, 1.0), (1.0, 0.8, 0.1, 1.0)
 #: metadata keys copied from the scan so that the result layers save with its geometry
 GEOMETRY_KEYS = ("source_path", "affine", "shape", "spacing", "qform_code", "sform_code", "units", "orientation",
                  "nifti_header")
 
 
-#: value of the selected lesion's voxels in the mask layer (the others are 1)
-SELECTED = 2
+#: value of the selected lesion's voxels in the mask layer (the others are 1), and of a
+#: selected candidate's voxels outside the mask (never part of the final mask)
+SELECTED, CANDIDATE = 2, 3
 
 
 def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, layers: dict) -> list:
@@ -52,7 +54,7 @@ def result_layer_steps(viewer, scan, review, entropy: np.ndarray, model: dict, l
             interpolation2d="nearest"))
 
     def mask() -> None:
-        colours = {1: MASK_COLOUR, SELECTED: HIGHLIGHT_COLOUR, None: (0, 0, 0, 0)}
+        colours = {1: MASK_COLOUR, SELECTED: HIGHLIGHT_COLOUR, CANDIDATE: CANDIDATE_COLOUR, None: (0, 0, 0, 0)}
         _put(viewer, layers, "mask", f"{base} mask", review.final_mask().astype(np.uint8), "labels", kwargs(
             roles.PREDICTION_MASK, opacity=1.0, colormap=DirectLabelColormap(color_dict=colours)))
         layers["mask"].contour = 1
@@ -82,13 +84,25 @@ def _put(viewer, layers: dict, key: str, name: str, data, kind: str, kwargs: dic
     layers[key] = add(data, name=name, **kwargs)
 
 
-def write_mask(layer, final: np.ndarray, labels: np.ndarray | None, selected: int | None) -> None:
-    """Write the final mask (1) and the selected lesion (:data:`SELECTED`) into ``layer`` in place."""
+def write_mask(layer, final: np.ndarray, labels: np.ndarray | None, selected: int | None,
+               candidate: bool = False) -> None:
+    """Write the final mask (1) and the selected lesion (:data:`SELECTED`) into ``layer`` in
+    place; a selected ``candidate`` (a possible lesion) is shown outside the mask as
+    :data:`CANDIDATE`."""
     data = layer.data
     np.copyto(data, final, casting="unsafe")
     if selected is not None and labels is not None:
-        data[(labels == selected) & final] = SELECTED
+        region = labels == selected
+        data[region & final] = SELECTED
+        if candidate:
+            data[region & ~final] = CANDIDATE
     layer.refresh()
+
+
+def painted_mask(data: np.ndarray) -> np.ndarray:
+    """The final mask as the reviewer left it in the mask layer (1 and :data:`SELECTED`;
+    a shown candidate, :data:`CANDIDATE`, is not part of it)."""
+    return (data == 1) | (data == SELECTED)
 
 
 def world_point(layer, voxel) -> np.ndarray:
@@ -97,16 +111,10 @@ def world_point(layer, voxel) -> np.ndarray:
 
 
 def describe_model(choice, path, config: dict | None) -> dict:
-    """What the export records about a model: name, file, checksum and its config summary."""
-    import hashlib
+    """What the export records about a model (:func:`napari_softseg.review.profile.describe_model`)."""
+    from napari_softseg.review.profile import describe_model as describe
 
-    cfg = config or {}
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
-    training = cfg.get("training") or {}
-    return {"name": choice.name if choice else None, "kind": choice.kind if choice else None,
-            "file": path.name if path is not None else None, "sha256": digest, "preset": cfg.get("preset"),
-            "contrasts": cfg.get("contrasts"), "classes": cfg.get("classes"), "threshold": cfg.get("threshold"),
-            "version": cfg.get("version"), "trained_on": training.get("data") or training.get("label_source")}
+    return describe(choice.name if choice else None, choice.kind if choice else None, path, config)
 
 
 def file_stem(scan) -> str:

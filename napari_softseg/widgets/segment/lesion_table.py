@@ -1,4 +1,5 @@
-"""The lesion table of the Segment dock: one sortable row per lesion, flagged rows highlighted.
+"""The lesion table of the Segment dock: one sortable row per lesion (and per possible
+missed lesion), flagged rows highlighted.
 
 Rows are identified by the lesion id (the value in the lesion label image), kept in the
 first column's ``UserRole`` so that sorting never loses track of them.
@@ -27,13 +28,24 @@ class Column:
     tooltip: str = ""
 
 
+#: how the kind of a record is shown
+KIND_TEXT = {"lesion": "lesion", "candidate": "possible"}
+
+
 def _num(v):
     return v if not (isinstance(v, float) and not math.isfinite(v)) else None
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("id", lambda r, d: r.id, tooltip="Lesion number (its value in the lesion label image)"),
+    Column("kind", lambda r, d: KIND_TEXT.get(r.kind, r.kind),
+           tooltip="lesion: a part of the mask; possible: a sub-threshold blob that may be a lesion the mask "
+                   "missed (not in the mask unless you accept it)"),
     Column("flag", lambda r, d: "⚑" if r.flagged else "", tooltip="Flagged for review (see the reason)"),
+    Column("score", lambda r, d: _num(r.flag_score), "{:.2f}",
+           "Lesions: probability that the lesion needs a correction (false, wrong outline, merged or split), "
+           "learned for the model at its own threshold. Possible lesions: probability that it is a lesion the "
+           "mask missed."),
     Column("decision", lambda r, d: d.status, tooltip="pending, accepted, rejected (removed from the final mask) or edited"),
     Column("vol mm³", lambda r, d: r.hard_volume_mm3, "{:.1f}", "Hard volume: voxels x voxel volume"),
     Column("soft mm³", lambda r, d: r.soft_volume_mm3, "{:.1f}",

@@ -1,7 +1,9 @@
 """The review half of the Segment dock: flag rule, lesion table, navigation and decisions.
 
 The panel only shows and collects; the Segment dock owns the :class:`~napari_softseg.review.session.Review`
-and reacts to the panel's signals.
+and reacts to the panel's signals. For a tissue model (:data:`napari_softseg.review.session.TARGETS`)
+it shows the structure's volumes and uncertainty instead of the lesion table
+(:meth:`ReviewPanel.set_target`).
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ class ReviewPanel(QWidget):
         self.summary = QLabel("No lesions yet: click Segment.")
         fixed_lines(self.summary, 2)
         lay.addWidget(self.summary)
+        self.structure = QLabel()
+        self.structure.setWordWrap(True)
+        self.structure.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.structure.setVisible(False)
+        lay.addWidget(self.structure)
         self.table = LesionTableWidget()
         lay.addWidget(self.table, 1)
         self._build_navigation(lay)
         self._build_decisions(lay)
         self.set_selection(None)
+        self.target = "lesions"
 
     def _build_rule(self, lay) -> None:
         self.rule_toggle = QToolButton()
@@ -73,7 +81,10 @@ class ReviewPanel(QWidget):
         self.next_button.setToolTip(f"Go to the next flagged lesion in table order (shortcut {NEXT_KEY} in the viewer).")
         nav.addWidget(self.previous_button)
         nav.addWidget(self.next_button)
-        lay.addLayout(nav)
+        self._navigation = QWidget()
+        self._navigation.setLayout(nav)
+        nav.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self._navigation)
         self.previous_button.clicked.connect(lambda: self.step_requested.emit(-1))
         self.next_button.clicked.connect(lambda: self.step_requested.emit(1))
 
@@ -91,7 +102,10 @@ class ReviewPanel(QWidget):
         self.reset_button.setToolTip(f"Set the selected lesion back to pending: {DECISIONS['pending']}.")
         for b in (self.accept_button, self.reject_button, self.edit_button, self.reset_button):
             row.addWidget(b)
-        lay.addLayout(row)
+        self._decisions = QWidget()
+        self._decisions.setLayout(row)
+        row.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self._decisions)
         self.comment = QLineEdit()
         self.comment.setPlaceholderText("Comment on the selected lesion (kept in the export)")
         lay.addWidget(self.comment)
@@ -114,13 +128,47 @@ class ReviewPanel(QWidget):
         self.comment.setText(comment if on else "")
         self.comment.blockSignals(False)
 
+    def set_target(self, target: str) -> None:
+        """Show the lesion review ("lesions") or the structure summary ("tissue")."""
+        self.target = target
+        lesions = target == "lesions"
+        for w in (self.rule_toggle, self.table, self._navigation, self._decisions, self.comment):
+            w.setVisible(lesions)
+        self.rule.setVisible(lesions and self.rule_toggle.isChecked())
+        self.structure.setVisible(not lesions)
+
     def set_summary(self, review) -> None:
         if review is None or review.table is None:
             self.summary.setText("No lesions yet: click Segment.")
             return
         s = review.summary()
+        if review.target == "tissue":
+            self.summary.setText(f"A tissue model: the structure as a whole, at threshold {review.threshold:.2f} "
+                                 "(no lesion table).")
+            self.structure.setText(structure_text(s["structure"]))
+            return
         d = s["decisions"]
+        possible = f", <b>{s['n_candidates']}</b> possible" if s["n_candidates"] else ""
         self.summary.setText(
-            f"<b>{s['n_lesions']}</b> lesions at threshold {review.threshold:.2f}, <b>{s['n_flagged']}</b> flagged · "
-            f"accepted {d['accepted']}, rejected {d['rejected']}, edited {d['edited']} · final "
+            f"<b>{s['n_lesions']}</b> lesions at threshold {review.threshold:.2f}, <b>{s['n_flagged']}</b> flagged"
+            f"{possible} · accepted {d['accepted']}, rejected {d['rejected']}, edited {d['edited']} · final "
             f"{s['final_volume_mm3']:.0f} mm³")
+
+
+def structure_text(st: dict) -> str:
+    """The structure summary of a tissue model, as rich text lines."""
+    def pct(v) -> str:
+        return "–" if v is None else f"{100 * v:.1f} %"
+
+    lines = [f"<b>Hard volume</b> (p ≥ {st['threshold']:.2f}): {st['hard_volume_mm3']:,.0f} mm³ "
+             f"({st['hard_voxels']:,} voxels)",
+             f"<b>Soft volume</b> (Σp): {st['soft_volume_mm3']:,.0f} mm³",
+             f"<b>Unsure voxels</b> (0.2 ≤ p < 0.8): {st['boundary_volume_mm3']:,.0f} mm³, "
+             f"{pct(st['boundary_fraction'])} of the hard volume",
+             "<b>Mean entropy</b> (p ≥ 0.05): " + ("–" if st["mean_entropy_bits"] is None
+                                                  else f"{st['mean_entropy_bits']:.2f} bits")]
+    if st.get("n_samples"):
+        lines.append(f"<b>Across {st['n_samples']} samples</b>: hard volume CV {pct(st.get('hard_volume_cv'))}, "
+                     f"soft volume CV {pct(st.get('soft_volume_cv'))}, IoU of the masks "
+                     + ("–" if st.get("sample_iou") is None else f"{st['sample_iou']:.2f}"))
+    return "<br>".join(lines)
