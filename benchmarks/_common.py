@@ -343,6 +343,8 @@ def run_job(job: Job, threads: int = 1) -> dict:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     summary = done.summary or {}
+    if n_val != summary.get("n_val_slices", n_val):  # not the trainer's split: never score on other slices
+        raise RuntimeError(f"validation split differs from the trainer's ({n_val} vs {summary.get('n_val_slices')} slices)")
     conv = convergence(summary, cfg.patience)
     return {"key": job.key, "soft": soft, "threshold_checkpoint": float(done.threshold),
             "threshold_val": val_thr if val_thr is not None else float(done.threshold), "n_val_slices": n_val,
