@@ -18,7 +18,8 @@ Dice(conventional) − 1 point at each model's own threshold, over the seeds who
 conventional run converged (validation loss plateaued). Then ``predict_volume`` ≤ 0.25 of
 an eager float32 loop and STAPLE ≤ 0.5 of SimpleITK; the engine's own targets (training
 step ≤ 0.5 of an eager float32 step, predict peak memory ≤ 3 GB on 512x512x200, predict
-GFLOP/s ≥ 0.4 of a bf16 matmul) and the docks' (Segment ≤ 2 s, threshold slider ≤ 100 ms,
+GFLOP/s ≥ 0.4 of a bf16 matmul) and the docks' (Segment's first click ≤ 2 s and later clicks
+≤ 1 s on the lesion phantom, threshold slider ≤ 100 ms,
 largest UI stall ≤ 50 ms during Segment, training and painting with autosave) are listed
 after them.
 
@@ -263,10 +264,12 @@ def _ui_targets(segment: dict | None, resp: dict | None) -> list[dict]:
     """The docks' responsiveness targets; a missed stall target says what one repaint costs."""
     ms = lambda s: f"{1000 * s:.0f} ms"  # noqa: E731
     out = []
-    v = _get(segment, "segment_click_to_layers_s", "median")
-    out.append(_ratio_bar("Segment, click to layers <= 2 s", v, 2.0, "segment.json",
-                          f"{v:.2f} s (model alone {_get(segment, 'segment_model_only_s', 'median') or float('nan'):.2f} s)"
-                          if v is not None else ""))
+    alone = _get(segment, "segment_model_only_s", "median")
+    for name, v, limit in (("Segment, first click to layers <= 2 s", _get(segment, "segment_first_click_s"), 2.0),
+                           ("Segment, later clicks to layers <= 1 s",
+                            _get(segment, "segment_click_to_layers_s", "median"), 1.0)):
+        out.append(_ratio_bar(name, v, limit, "segment.json",
+                              f"{v:.2f} s (model alone {alone or float('nan'):.2f} s)" if v is not None else ""))
     v = _get(segment, "slider_update_s", "median")
     out.append(_ratio_bar("threshold slider update <= 100 ms", v, 0.1, "segment.json",
                           f"{ms(v)} on 256x256x48" if v is not None else ""))

@@ -59,7 +59,8 @@ def dice_percent(a, b) -> float:
 
 def plain_network_prediction(model, volume, axis, normalise=True, flip=(), slices=None):
     """numpy z-score over the volume, edge padding to a multiple of 2^depth, the plain fp32
-    forward pass slice by slice, crop, NormReLU (each slice divided by its maximum). With
+    forward pass slice by slice, crop, NormReLU (each slice divided by its maximum; a sigmoid
+    for sigmoid models). With
     ``flip`` (in-plane axes of the slice, 0 and/or 1), the padded slice is flipped before
     the network and its output flipped back: one test-time augmentation view. ``slices``:
     only these indices along ``axis`` (the z-score still uses the whole volume)."""
@@ -84,6 +85,9 @@ def plain_network_prediction(model, volume, axis, normalise=True, flip=(), slice
         if flip:
             logits = torch.flip(logits, tuple(flip))
         logits = logits[:h, :w]
+        if getattr(model, "activation_name", "normrelu") == "sigmoid":
+            out.append(torch.sigmoid(logits).numpy())
+            continue
         r = logits.clamp(min=0).numpy()
         out.append(r / r.max() if r.max() > 0 else r)
     return np.moveaxis(np.stack(out), 0, axis)

@@ -19,6 +19,24 @@ import pytest
 
 from _paths import REPO, shared_data_dir  # noqa: F401
 
+# One torch/OpenMP thread in the suite and in every process it starts: on a busy 2-core
+# machine two OpenMP threads spin against the other processes (30 training steps of a small
+# U-Net took 125 s with 2 threads and 13 s with 1 at a load average of 9). Tests assert
+# values, not speed, so one thread costs them nothing but time on an idle machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The in-process torch thread count (torch may have been imported before this file)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    yield
+    torch.set_num_threads(old)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cpu_unless_asked():

@@ -98,6 +98,15 @@ def test_verdict_reads_the_other_results(tmp_path):
     why = {b["bar"]: b.get("why", "") for b in r["bars"]}
     assert "88.0 %" in why["phantom: LTPR >= 85 % on non-faint lesions >= 3 mm (own threshold)"]  # LTPR at 0.5
     assert "NOT met" in (tmp_path / "verdict.md").read_text()
+    assert {b["bar"]: b["met"] for b in r["ui_targets"]}["Segment, first click to layers <= 2 s"] is None
+
+    (tmp_path / "segment.json").write_text(json.dumps({
+        "segment_first_click_s": 2.5, "segment_click_to_layers_s": {"median": 0.8, "max": 0.9},
+        "segment_model_only_s": {"median": 0.4}}))
+    ui = {b["bar"]: b for b in bench_verdict.run(out_dir=tmp_path)["ui_targets"]}
+    assert ui["Segment, first click to layers <= 2 s"]["met"] is False  # 2.5 > 2
+    assert ui["Segment, later clicks to layers <= 1 s"]["met"] is True  # 0.8 <= 1
+    assert ui["Segment, later clicks to layers <= 1 s"]["detail"] == "0.80 s (model alone 0.40 s)"
 
 
 def test_verdict_compares_with_converged_baselines_only(tmp_path):
@@ -310,3 +319,12 @@ def test_readme_figures_render_from_the_json_by_hand(tmp_path):
     assert "| x <= 1 | **NOT met** | 2 vs 1 |" in text and "| y <= 1 | met | 0.5 |" in text
     assert "- *x <= 1*: because." in text
     assert "training step" in text and "(not measured)" in text  # no train.json: said, not guessed
+
+    (tmp_path / "segment.json").write_text(json.dumps({
+        "segment_first_click_s": 2.5, "segment_click_to_layers_s": {"median": 0.8, "max": 0.9},
+        "segment_model_only_s": {"median": 0.4}, "volume": {"segment": [142, 178, 47]}}))
+    lines = readme.render(tmp_path).splitlines()
+    first = next(line for line in lines if line.startswith("| Segment, first click"))
+    later = next(line for line in lines if line.startswith("| Segment, later clicks"))
+    assert "142x178x47 | 2.50 s | model alone 0.40 s" in first and first.endswith("≤ 2 s ✗ |")
+    assert "| 0.80 s (max 0.90 s) | model alone 0.40 s" in later and later.endswith("≤ 1 s ✓ |")

@@ -79,6 +79,10 @@ def test_run_estimate_arithmetic():
     assert text == ("Measured on CPU: 23.0 s per epoch (10 steps of 2.00 s, 3 validation batches); 200 epochs "
                     "≈ 1 h 17 min. Epochs set to 25 (≈ 10 min) to fit the 10-minute budget; raise them to train longer.")
     assert describe(est, 200, 10, None).endswith("That is over the 10-minute budget (25 epochs would fit).")
+    # a batch-wide NormReLU network fits its output normaliser in one more pass like the threshold search
+    fitted = RunEstimate("CPU", steps_per_epoch=10, val_batches=3, step_s=2.0, val_batch_s=1.0, prep_s=5.0,
+                         normaliser_pass=True)
+    assert fitted.fixed_s == 24.0  # 5 s + (3 + 2 x (5 + 3)) x 1 s
 
 
 @pytest.mark.gui
@@ -107,6 +111,7 @@ def test_train_measures_the_run_and_starts_with_the_epochs_that_fit(make_napari_
     assert dock.params.epochs.value() == proposed  # ... proposes what fits one minute ...
     assert dock.estimate_label.text() == describe(est, TrainConfig().epochs, 1, proposed)
     assert est.steps_per_epoch >= 1 and est.step_s > 0 and est.val_batches >= 1
+    assert est.normaliser_pass  # the default softseg preset fits its output normaliser after training
     qtbot.waitUntil(lambda: any(e.kind == "start" for e in events), timeout=180_000)
     assert next(e for e in events if e.kind == "start").epochs == proposed  # ... and trains that many
     with qtbot.waitSignal(dock.training_finished, timeout=180_000):

@@ -132,7 +132,7 @@ def test_phantom_raters_with_the_scan_as_reference(make_napari_viewer, phantom_p
     dock.run_now()
     expected = majority_vote(raters)
     assert int(((np.sum(raters, axis=0) == 2)).sum()) > 0  # ties occur on this phantom
-    np.testing.assert_array_equal(viewer.layers["flair consensus"].data, expected)
+    np.testing.assert_array_equal(viewer.layers["flair consensus (majority)"].data, expected)
     np.testing.assert_array_equal(viewer.layers["flair fused (majority)"].data, expected.astype(np.float32))
     for row, r in zip(table(dock), raters):
         assert float(row[3]) == pytest.approx(dice_percent(r, expected), abs=0.051)

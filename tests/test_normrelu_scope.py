@@ -13,7 +13,7 @@ from napari_softseg.engine.model import InferenceUNet, NormReLU, UNet
 from napari_softseg.engine.predict import MODELS_DIR, SHIPPED_MODELS, Prediction, load_model, predict_volume
 from napari_softseg.engine.preprocess import apply_zscore, zscore_stats
 from napari_softseg.engine.training.data import TrainingData
-from napari_softseg.engine.training.train import TrainConfig, run_training
+from napari_softseg.engine.training.train import TrainConfig, run_training, train
 from napari_softseg.errors import UserError
 
 from _oracles import plain_network_prediction
@@ -96,15 +96,20 @@ def _disks(seed: int, n_slices: int = 12, size: int = 32, with_structure: bool =
     return image, label
 
 
+def _disk_data(n: int = 4) -> TrainingData:
+    vols = [_disks(seed) for seed in range(n)]
+    return TrainingData.from_arrays([v[0] for v in vols], [v[1] for v in vols], spacings=[(1.0, 1.0, 3.0)] * n)
+
+
+#: a tiny network trained for a few seconds on 3 volumes of disks, validated on 1
+TINY = dict(batch_size=4, depth=2, base_features=8, lr=1e-2, device="cpu", augment=False, mixed_precision=False,
+            val_fraction=0.25, seed=0, patience=50, num_threads=1)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny SoftSeg network trained for a few seconds on disks (train on 3 volumes,
-    validate on 1), with the defaults of the softseg preset."""
-    vols = [_disks(seed) for seed in range(4)]
-    data = TrainingData.from_arrays([v[0] for v in vols], [v[1] for v in vols], spacings=[(1.0, 1.0, 3.0)] * 4)
-    cfg = TrainConfig(epochs=12, batch_size=4, depth=2, base_features=8, lr=1e-2, device="cpu", augment=False,
-                      mixed_precision=False, val_fraction=0.25, seed=0, patience=50, num_threads=1)
-    done = run_training(cfg, data, checkpoint_path=tmp_path_factory.mktemp("scope") / "disks.pt")
+    """The softseg preset's defaults, 12 epochs."""
+    done = run_training(TrainConfig(epochs=12, **TINY), _disk_data(), checkpoint_path=tmp_path_factory.mktemp("scope") / "disks.pt")
     assert done.status == "completed", done.message
     return done, load_model(done.checkpoint)
 
@@ -119,6 +124,66 @@ def test_a_trained_softseg_checkpoint_stores_its_scope_and_normaliser(trained):
     assert model.activation.scope == "batch" and torch.equal(model.activation.norm_max, m)
     # the structure sampler: 3 training volumes x 6 disk slices, 2 per batch of 4
     assert done.summary["history"] and config["training"]["n_train_slices"] == 36
+
+
+def test_the_stored_normaliser_minimises_the_training_loss_over_training_and_validation_slices(trained):
+    from napari_softseg.engine.training.trainer import Trainer
+
+    _, model = trained
+    d = Trainer(TrainConfig(epochs=1, **TINY), _disk_data()).data  # the same prepared slices
+    with torch.no_grad():
+        logits = model.forward_logits(d.images)
+    m = float(model.activation.norm_max[0])
+    aw = AdaptiveWingLoss(foreground_weight=0.0)
+
+    def loss_at(value):
+        return float(aw.elementwise(torch.clamp(torch.relu(logits) / value, max=1.0), d.truth).sum())
+
+    # a minimum within the fit's grid step (3.9 %): lower than 10 % either side
+    assert loss_at(m) < loss_at(m * 1.1) and loss_at(m) < loss_at(m / 1.1)
+
+
+def test_every_training_batch_holds_the_structure(monkeypatch, tmp_path):
+    from napari_softseg.engine.training import trainer as trainer_mod
+
+    seen, original = [], trainer_mod.Trainer._batch
+
+    def spy(self, idx, raters):
+        seen.append(self.data.has_structure[idx].tolist())
+        return original(self, idx, raters)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_batch", spy)
+    done = run_training(TrainConfig(epochs=2, **TINY), _disk_data(), checkpoint_path=tmp_path / "m.pt")
+    assert done.status == "completed"
+    assert len(seen) == 2 * 9  # 18 disk slices, 2 per batch
+    assert all(batch.count(True) == 2 and len(batch) == 4 for batch in seen)  # empty_fraction 0.5
+
+
+def test_fine_tuning_an_older_checkpoint_keeps_its_recipe(tmp_path):
+    """A checkpoint without a scope is fine-tuned as it was trained: per-slice maximum, W = 10,
+    shuffled batches, no score margin; a batch checkpoint keeps the batch recipe."""
+    from napari_softseg.engine.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    old = UNet(1, 1, depth=2, base_features=8)
+    config = make_config(old)
+    del config["architecture"]["norm_scope"]
+    path = save_checkpoint(tmp_path / "old.pt", old, config)
+    t = Trainer(TrainConfig(epochs=1, **TINY), _disk_data(), init=path)
+    assert t.model.activation.scope == "slice" and t.sampler is None and t.margin_fn is None
+    assert t.loss_fn.foreground_weight == 10.0 and t.model.dropout == 0.3
+    new = Trainer(TrainConfig(epochs=1, **TINY), _disk_data(), init=save_checkpoint(tmp_path / "new.pt", _batch_net(0.5, 0.0),
+                                                                                     make_config(_batch_net(0.5, 0.0))))
+    assert new.sampler is not None and new.margin_fn is not None and new.loss_fn.foreground_weight == 0.0
+
+
+def test_a_dice_normrelu_network_keeps_the_expected_batch_maximum(tmp_path):
+    """Soft Dice has no voxel-wise loss to fit: no normaliser pass, the stored value is the
+    last validation's estimate."""
+    events = list(train(TrainConfig(epochs=2, preset="soft-relu-dice", **TINY), _disk_data(), checkpoint_path=tmp_path / "d.pt"))
+    assert events[-1].status == "completed" and not any(e.phase == "normaliser" for e in events)
+    state, config = load_checkpoint(events[-1].checkpoint)
+    assert config["architecture"]["norm_scope"] == "batch" and float(state["activation.norm_max"][0]) > 0
 
 
 def test_inference_is_independent_of_the_batch_size(trained):
@@ -142,10 +207,15 @@ def test_the_trained_model_finds_the_disks_and_a_structure_free_scan_comes_out_n
 
 
 def test_monte_carlo_dropout_on_a_model_without_dropout_says_so(trained):
-    _, model = trained
+    from napari_softseg.review.segment import SegmentRequest, segment
+
+    done, model = trained
     image, _ = _disks(13)
     with pytest.raises(UserError, match="trained without dropout, so its Monte-Carlo dropout samples would all be"):
         predict_volume(model, image, mc_samples=3, device="cpu")
+    # what the Segment dock runs (its errors are shown as they are)
+    with pytest.raises(UserError, match="use test-time augmentation for samples instead"):
+        segment(SegmentRequest(done.checkpoint, image, (1.0, 1.0, 3.0), mc_samples=5))
     tta = predict_volume(model, image, tta=2, device="cpu", mixed_precision=False)
     assert isinstance(tta, Prediction) and tta.samples.shape[0] == 2 and not np.array_equal(tta.samples[0], tta.samples[1])
 
@@ -253,3 +323,19 @@ def test_a_bad_scope_is_refused(tmp_path, arch, what):
     config["architecture"].update(arch)
     with pytest.raises(UserError, match=what):
         build_model(config, model.state_dict())
+
+
+def test_a_cancel_while_fitting_the_normaliser_keeps_the_validation_estimate(tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    events = []
+    for ev in train(TrainConfig(epochs=1, **TINY), _disk_data(), cancel=cancel, checkpoint_path=tmp_path / "c.pt"):
+        events.append(ev)
+        if ev.phase == "normaliser":
+            cancel.set()
+    done = events[-1]
+    assert done.status == "cancelled" and done.message.endswith("The output normaliser was not fitted.")
+    assert sum(e.phase == "normaliser" for e in events[:-1]) == 1 and not any(e.phase == "threshold" for e in events)
+    model = load_model(done.checkpoint)  # the estimate of the last validation: a usable checkpoint
+    assert model.activation.calibrated

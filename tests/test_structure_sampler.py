@@ -104,8 +104,13 @@ def test_estimate_normaliser_is_the_expected_batch_maximum():
     maxima = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert estimate_normaliser(maxima, 4) == 4.0 and estimate_normaliser(maxima, 10) == 4.0
     # pairs without replacement: maxima 2, 3, 4, 3, 4, 4 -> 20 / 6
-    assert estimate_normaliser(maxima, 2) == pytest.approx(20 / 6, abs=0.05)
-    assert estimate_normaliser(maxima, 1) == pytest.approx(2.5, abs=0.05)
+    assert estimate_normaliser(maxima[[2, 0, 3, 1]], 2) == pytest.approx(20 / 6, rel=1e-12)  # any order
+    assert estimate_normaliser(maxima, 1) == pytest.approx(2.5, rel=1e-12)
+    # against drawing: 200 values, batches of 4 structure slices
+    values = torch.rand(200, generator=torch.Generator().manual_seed(0))
+    draws = torch.stack([values[torch.randperm(200, generator=torch.Generator().manual_seed(s))[:4]].max()
+                         for s in range(4000)])
+    assert estimate_normaliser(values, 4) == pytest.approx(float(draws.mean()), abs=3 * float(draws.std()) / 4000**0.5)
     assert math.isnan(estimate_normaliser(torch.zeros(0), 2))
 
 

@@ -60,14 +60,14 @@ def _cancel_gate(at_call: int):
 
         original, log, gate = trainer.Trainer.train_step, [], []
 
-        def train_step(self, idx, raters, cancel):
+        def train_step(self, idx, raters, cancel, **kwargs):
             if len(log) + 1 == at_call:
                 deadline = _time.monotonic() + 300  # the test fails rather than hangs
                 while not is_cancelled(cancel) and _time.monotonic() < deadline:
                     _time.sleep(0.005)
                 gate.append(is_cancelled(cancel))
             before = is_cancelled(cancel)
-            loss = original(self, idx, raters, cancel)  # raises once cancel is set
+            loss = original(self, idx, raters, cancel, **kwargs)  # raises once cancel is set
             log.append((before, is_cancelled(cancel)))
             return loss
 

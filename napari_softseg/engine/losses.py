@@ -248,7 +248,7 @@ class ScoreMargin(nn.Module):
     blow up when a batch's maximum is tiny. Defaults: :math:`\lambda_b = \lambda_f = 1`,
     :math:`\delta = 0.1`.
 
-    Why (measured on the lesion phantom and spinal-cord grey matter, issue 15): Adaptive Wing
+    Why (measured on the lesion phantom cohort and spinal-cord grey matter): Adaptive Wing
     on :math:`p = \mathrm{ReLU}(x)/m` cannot see a negative logit and barely penalises a small
     output where :math:`y = 0` (it grows like :math:`\omega\,p^{2.1}`), so a trained network
     leaves its background logits just below 0 (mean -0.4, 2 % of them above 0) and any shift

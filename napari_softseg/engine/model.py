@@ -76,9 +76,9 @@ class NormReLU(nn.Module):
         :func:`~napari_softseg.engine.training.normaliser.fit_by_loss`). The output depends
         neither on the batch size nor on which slices are present, a scan without the
         structure comes out near zero, and every Monte-Carlo dropout or test-time
-        augmentation sample is divided by the same :math:`m`. Measured (lesion phantom, issue
-        15): slices without lesions reaching p >= 0.5 went from 23 of 26 (``"slice"``) to 0,
-        a lesion-free scan's largest p is 0.02, and batch sizes 1 and 16 differ by 1e-7.
+        augmentation sample is divided by the same :math:`m`. Measured (lesion phantom
+        cohort): slices without lesions reaching p >= 0.5 went from 23 of 26 (``"slice"``) to
+        0, a lesion-free scan's largest p is 0.02, and batch sizes 1 and 16 differ by 1e-7.
     ``"slice"`` (every checkpoint written before the scope existed)
         :math:`m` is the maximum of each sample and channel, in training and at inference.
         The output reaches 1 in every slice with a positive score, so in a slice without the

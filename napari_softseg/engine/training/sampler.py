@@ -17,7 +17,7 @@ nothing), so every batch mixes the two:
 
 ``empty_fraction = 0.5`` gives every batch what ivadomed's ``BalancedSampler`` gives on
 average (both classes weighted equally); with it the lesion phantom's structure-free slices
-stayed free of false lesions (issue 15: no lesion-free slice reached p >= 0.5, 0.07 % of the
+stayed free of false lesions (no lesion-free slice reached p >= 0.5, 0.07 % of the
 lesion volume in them). At batch size 1 every batch is one structure slice: a structure-free
 slice alone in a batch would be normalised by its own maximum.
 

@@ -12,6 +12,15 @@ precision follows the chosen device (:func:`~napari_softseg.engine.devices.train
 float16 comes with a gradient scaler. On an accelerator the host reads the losses back only
 every :data:`SYNC_EVERY` steps and at the end of each epoch, so it keeps queueing work.
 
+NormReLU with the batch-wide maximum (``scope="batch"``). Batches come from
+:class:`~napari_softseg.engine.training.sampler.StructureBatchSampler` (each holds the
+structure), the loss adds :class:`~napari_softseg.engine.losses.ScoreMargin`, and the stored
+output normaliser is estimated before every validation pass (:meth:`Trainer._calibrate`, on the
+validation slices with the structure; it travels with rank 0's batch-norm buffers) and, after
+a completed run, fitted by the training loss over the training and validation slices
+(:meth:`Trainer.normaliser_batches`, events of phase ``"normaliser"``) before the threshold is
+chosen with it.
+
 Failures. Every unit of work runs under :meth:`Trainer._guard`: running out of memory
 (moving a batch, a training step, validation at twice the batch, the threshold search, the
 preview) becomes one sentence naming the stage, the batch and crop sizes and what to change,
@@ -343,12 +352,13 @@ class Trainer:
         with self._autocast():
             return self.model(x.contiguous(memory_format=self.memory_format)).float()
 
-    def _evaluation_start(self) -> None:
-        """Eval mode with rank 0's batch-norm statistics (those the checkpoint gets) in every
-        process, after an agreement (the broadcast is a collective)."""
+    def _evaluation_start(self, failure: _Failure | None = None) -> None:
+        """Eval mode with rank 0's buffers -- batch-norm statistics and a stored NormReLU
+        normaliser, those the checkpoint gets -- in every process, after an agreement that
+        carries ``failure`` (the broadcast is a collective)."""
         self.model.eval()
         if self.ctx.enabled:
-            self._agree(None)
+            self._agree(failure)
             dist_utils.broadcast(self.ctx, list(self.model.buffers()))
 
     def _predict_slices(self, idx: torch.Tensor, cancel=None) -> torch.Tensor:
@@ -362,13 +372,15 @@ class Trainer:
             outs.append(self._predict(gather_to_device(self.images, part, self.device)))
         return torch.cat(outs)
 
-    def validate(self, cancel=None):
+    def validate(self, cancel=None, calibrate: bool = True):
         """Yield after each validation batch; finally returns ``(loss, dice)`` (None if no set).
-        A batch-wide NormReLU first gets the normaliser of the current weights (:meth:`_calibrate`)."""
-        self._evaluation_start()
-        if self.batch_scope:
+        A batch-wide NormReLU first gets the normaliser of the current weights (:meth:`_calibrate`),
+        with ``calibrate``."""
+        failure = None
+        if self.batch_scope and calibrate:
+            self.model.eval()
             _, failure = self._guard("validation", self._calibrate, self._calibration_idx(), cancel)
-            self._agree_on_normaliser(failure)
+        self._evaluation_start(failure)  # every process takes rank 0's normaliser with its buffers
         bs = 2 * self.config.batch_size
         rows, counts, failure = [], [], None
         for s in range(self.val_steps):
@@ -451,17 +463,6 @@ class Trainer:
             m = estimate_normaliser(maxima[:, c], self.sampler.n_fg)
             fallback = float(act.running_max[c])
             act.norm_max[c] = m if math.isfinite(m) and m > 0 else (fallback if fallback > 0 else 1.0)
-
-    def _agree_on_normaliser(self, failure: _Failure | None) -> None:
-        """Every process takes rank 0's normaliser (a sum where the others give 0), together
-        with the agreement on failures."""
-        if not self.ctx.enabled:
-            self._agree(failure)
-            return
-        m = self.model.activation.norm_max
-        mine = m.detach().double().cpu() * (1.0 if self.ctx.is_main else 0.0)
-        self._agree(failure, mine)
-        m.copy_(mine.to(m))
 
     def normaliser_batches(self, cancel=None):
         """Fit the stored normaliser: the ``m`` minimising the training loss in eval mode over
@@ -574,7 +575,8 @@ class Trainer:
 
     def _validation(self, epoch: int, cancel, clock: "_Clock", common: dict, **extra):
         """Run one validation pass, yielding an event per batch; return ``(loss, dice)``."""
-        gen = self.validate(cancel)
+        # without a validation set the normaliser is first needed for the weights of epoch 1
+        gen = self.validate(cancel, calibrate=epoch > 0 or self.data.val_idx.numel() > 0)
         while True:
             self._check_cancel(cancel)
             try:

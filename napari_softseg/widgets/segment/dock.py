@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -46,6 +47,16 @@ ANALYSIS_DELAY_MS = 250  # after the slider stops, the lesion table is recompute
 STEP_GAP_MS = 15  # between two layer additions the event loop repaints and serves input
 
 
+def _timed_segment(request, **kwargs):
+    """:func:`~napari_softseg.review.segment.segment` with the worker thread's start and end
+    times (``worker_start`` / ``worker_end`` in its timings: how long the click waited for the
+    thread, and the result for the UI thread)."""
+    start = time.perf_counter()
+    result = segment(request, **kwargs)
+    result.timings.update(worker_start=start, worker_end=time.perf_counter())
+    return result
+
+
 class _Relay(QObject):
     progress = Signal(int, int)  # emitted from the worker thread, delivered on the UI thread
 
@@ -66,12 +77,16 @@ class SegmentWidget(DockBase):
         self._worker = None
         self._analysis_worker = None
         self._cancel = threading.Event()
-        self._t_click = 0.0
+        self._t_click = self._t_done = 0.0
         self._pending_scan = None
         self._step_times: list = []
         self._writing = False
         self._selected = None
         self._hooked = None  # the mask layer whose paint events are followed
+        self._warm_key = None  # (model, scan shape, spacing) of the latest warm-up asked for
+        self._warm_worker = None
+        self._warm_stop = threading.Event()  # set by a Segment click: the running warm-up stops
+        self._closed = threading.Event()  # set when the dock is destroyed
         self._relay = _Relay()
         self._relay.progress.connect(lambda done, total: self.run_controls.set_progress(done, total))
         #: restarted by every threshold change; the lesion table is recomputed when it fires
@@ -81,6 +96,8 @@ class SegmentWidget(DockBase):
         self.analysis_timer.timeout.connect(self._reanalyse)
         self._build_groups()
         self._connect()
+        closed = self._closed
+        self.destroyed.connect(lambda *_: closed.set())
         self._check_inputs()
 
     def _build_groups(self) -> None:
@@ -132,8 +149,9 @@ class SegmentWidget(DockBase):
 
     # ------------------------------------------------------------------ inputs
 
-    def _check_inputs(self) -> str:
-        """Show (and return) why Segment cannot run now; '' when it can."""
+    def _check_inputs(self, warm: bool = True) -> str:
+        """Show (and return) why Segment cannot run now; '' when it can. With ``warm``, a
+        valid model and scan start the warm-up (:meth:`_warm_up`)."""
         scan = self.scan_combo.current()
         problem = self.models.error() or ("Choose a model." if self.models.config() is None else "") \
             or self.inputs.problem()
@@ -143,13 +161,58 @@ class SegmentWidget(DockBase):
             geo = layer_geometry(scan)
             sp = geometry.spacing(geo.affine)
             self.scan_info.setText(f"{'x'.join(map(str, geo.shape))} voxels of {' x '.join(f'{s:.2g}' for s in sp)} mm")
+            if warm:
+                self._warm_up(geo.shape, sp)
         return problem
+
+    def _warm_up(self, shape, spacing) -> None:
+        """Load the model and prepare its kernels for this scan in the background
+        (:mod:`.warm`), once per model, scan shape and voxel size.
+
+        One warm-up runs at a time; a request made meanwhile runs when it ends (only the
+        latest). None starts while Segment runs or from a Segment click; a click cancels the
+        running one between two batches (Segment does the same work and needs the CPU), and
+        so does closing the dock. A warm-up that fails is ignored: its worker keeps the
+        exception, and Segment, which loads the same model, says what went wrong when clicked."""
+        path = self.models.path()
+        if path is None or self._worker is not None:
+            return
+        key = (Path(path), tuple(int(n) for n in shape), tuple(float(v) for v in spacing))
+        if key == self._warm_key:
+            return
+        self._warm_key = key  # the latest request
+        if self._warm_worker is None:
+            self._start_warm_up(key)
+
+    def _start_warm_up(self, key: tuple) -> None:
+        from napari.qt.threading import create_worker
+
+        from napari_softseg.widgets.segment import warm
+
+        stop, closed = threading.Event(), self._closed
+        worker = create_worker(warm.warm_up, *key, cancel=lambda: stop.is_set() or closed.is_set(),
+                               _start_thread=False, _ignore_errors=True)
+        worker.finished.connect(lambda: self._warm_up_finished(key))
+        self._warm_worker, self._warm_stop = worker, stop
+        worker.start()
+
+    def _warm_up_finished(self, key: tuple) -> None:
+        """The warm-up of ``key`` ended (done, cancelled or failed): start the latest request
+        if it is another one and neither Segment runs nor the dock was closed."""
+        self._warm_worker = None
+        if self._warm_key != key and self._worker is None and not self._closed.is_set():
+            self._start_warm_up(self._warm_key)
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether a warm-up is running."""
+        return self._warm_worker is not None
 
     # ------------------------------------------------------------------ Segment
 
     def segment(self):
         """Start Segment in a worker; returns the worker (None when the inputs are wrong)."""
-        problem = self._check_inputs()
+        problem = self._check_inputs(warm=False)
         if problem:
             notify_error(problem)
             return None
@@ -167,9 +230,10 @@ class SegmentWidget(DockBase):
             spacing=geometry.spacing(geo.affine),
             mc_samples=self.run_controls.mc_spin.value(), tta=self.run_controls.tta(), rule=self.panel.rule.rule())
         self._t_click = time.perf_counter()
+        self._warm_stop.set()
         self._cancel.clear()
         self._pending_scan = scan
-        worker = create_worker(segment, request, progress=self._relay.progress.emit, cancel=self._cancel.is_set,
+        worker = create_worker(_timed_segment, request, progress=self._relay.progress.emit, cancel=self._cancel.is_set,
                                _start_thread=False, _ignore_errors=True)  # _on_error reports them
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._on_error)
@@ -202,6 +266,7 @@ class SegmentWidget(DockBase):
         self.run_controls.set_progress(1 if self.review is not None else 0, 1)
 
     def _on_done(self, result) -> None:
+        self._t_done = time.perf_counter()
         self.result, self.review, self.scan_layer = result, result.review, self._pending_scan
         self._selected = None
         self._step_times = []
@@ -233,8 +298,12 @@ class SegmentWidget(DockBase):
         self._refresh_table()
 
     def _finish_segment(self) -> None:
-        self.last_timings = dict(self.result.timings, click_to_layers_s=time.perf_counter() - self._t_click,
-                                 ui_steps_s={name: round(dt, 4) for name, dt in self._step_times})
+        timings = dict(self.result.timings)
+        start, end = timings.pop("worker_start", self._t_click), timings.pop("worker_end", self._t_done)
+        self.last_timings = dict(timings, click_to_layers_s=time.perf_counter() - self._t_click,
+                                 ui_steps_s={name: round(dt, 4) for name, dt in self._step_times},
+                                 to_worker_s=start - self._t_click, to_ui_s=self._t_done - end,
+                                 layers_wall_s=time.perf_counter() - self._t_done)
         t = self.last_timings
         self.say(f"Segmented in {t['click_to_layers_s']:.2f} s (prediction {t['predict_s']:.2f} s, lesion analysis "
                  f"{t['lesions_s']:.2f} s).")

@@ -10,7 +10,8 @@ them, with ``S`` training steps and ``V`` validation batches per epoch:
 * a run of ``E`` epochs takes ``E`` epochs, the preparation of the data (measured: the wall
   time before the probe's first event, less that event's elapsed time), the initial
   validation pass and the threshold search after training (one forward pass over every
-  slice: about ``S/2 + V`` batches of validation size);
+  slice: about ``S/2 + V`` batches of validation size), twice for a network whose NormReLU
+  takes the batch-wide maximum (its output normaliser is fitted in one more such pass);
 * the epochs that fit a budget ``B`` are ``floor((B - fixed) / epoch)``, at least 1 and at
   most the number asked for.
 
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_softseg.engine.presets import DEFAULT_PRESET, get_preset
 from napari_softseg.errors import UserError
 
 #: training steps run by a probe (the first warms up)
@@ -46,6 +48,7 @@ class RunEstimate:
     step_s: float
     val_batch_s: float
     prep_s: float = 0.0
+    normaliser_pass: bool = False  # the stored NormReLU normaliser is fitted after training
 
     @property
     def epoch_s(self) -> float:
@@ -53,9 +56,10 @@ class RunEstimate:
 
     @property
     def fixed_s(self) -> float:
-        """Data preparation, the initial validation pass and the threshold search after training."""
-        threshold_batches = math.ceil(self.steps_per_epoch / 2) + self.val_batches
-        return self.prep_s + (self.val_batches + threshold_batches) * self.val_batch_s
+        """Data preparation, the initial validation pass, the normaliser fit and the threshold
+        search after training."""
+        final_batches = (math.ceil(self.steps_per_epoch / 2) + self.val_batches) * (2 if self.normaliser_pass else 1)
+        return self.prep_s + (self.val_batches + final_batches) * self.val_batch_s
 
     def total_s(self, epochs: int) -> float:
         return epochs * self.epoch_s + self.fixed_s
@@ -133,4 +137,5 @@ def probe(process, snapshots, folders, label_source: str, config, init, device_l
         raise UserError(failed or "The time estimate failed: no training step ran.")
     step_s = statistics.median(_durations(train, start))
     val_s = statistics.median(_durations(val, 0.0)) if val else step_s / 3  # a forward pass ~ 1/3 of a step
-    return RunEstimate(device_label, per_epoch, len(val), step_s, val_s, prep or 0.0)
+    return RunEstimate(device_label, per_epoch, len(val), step_s, val_s, prep or 0.0,
+                       normaliser_pass=init is None and get_preset(config.preset or DEFAULT_PRESET).norm_scope == "batch")
