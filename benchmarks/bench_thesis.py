@@ -142,19 +142,23 @@ def fusion_rows(fusion: dict | None) -> list[dict]:
     rows.append(_row("conventional models over-confident (predicted entropy below the raters')", "[F]",
                      "conventional models over-confident, under-estimate the inter-rater uncertainty [F]",
                      "; ".join(f"{src} {C.fmt(v, 4)} bits" for src, v in conv), all(v is not None and v < 0 for _, v in conv),
-                     "predicted minus rater entropy per lesion slice is not negative for every fusion"))
+                     "; ".join(f"{src}: converged {_plateau(c)}, Σp {C.fmt(_mean(c, 'soft_err_truth'), 0)} % against the "
+                               f"exact truth, LFDR {C.fmt(_mean(c, 'lfdr_own'), 0)} %" for src, s, c in pairs)))
     avg = t.get("average / SoftSeg")
     v = _mean(avg, "entropy_diff_slices")
     rows.append(_row("average + SoftSeg under-confident (predicted entropy above the raters')", "[F]",
                      "averaging with SoftSeg gives under-confident outputs, over-estimating the disagreement [F]",
                      None if v is None else f"{v:+.4f} bits", None if v is None else v > 0,
-                     "the predicted entropy per lesion slice is below the rater average's"))
+                     f"its Σp is {C.fmt(_mean(avg, 'soft_err_truth'), 0)} % off the exact truth and its ECE against the "
+                     f"rater average {C.fmt(_mean(avg, 'ece_average'), 4)}"))
     dice = [(src, (_mean(s, "dice_own") or 0.0) - (_mean(c, "dice_own") or 0.0)) for src, s, c in pairs]
     rows.append(_row("segmentation: SoftSeg ≥ conventional for every fusion (own thresholds)", "[F]",
                      "SoftSeg's segmentation systematically superior or equal [F]",
                      "; ".join(f"{src} {d:+.1f} points" for src, d in dice), all(d >= -1.0 for _, d in dice),
                      "Dice more than 1 point below the conventional model's for "
-                     + ", ".join(src for src, d in dice if d < -1.0)))
+                     + ", ".join(f"{src} (own thresholds {C.fmt(_mean(s, 'threshold_own'))} vs "
+                                 f"{C.fmt(_mean(c, 'threshold_own'))}; LTPR {C.fmt(_mean(s, 'ltpr_own'), 0)} vs "
+                                 f"{C.fmt(_mean(c, 'ltpr_own'), 0)} %)" for (src, s, c), (_, d) in zip(pairs, dice) if d < -1.0)))
     best = max(t, key=lambda n: _mean(t[n], "dice_own") or -1)
     rows.append(_row("best fusion method for segmentation is task-dependent", "[F]",
                      "differs between the two datasets [F]", f"best Dice here: {best} (one task)", None))
