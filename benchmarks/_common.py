@@ -162,18 +162,18 @@ class Subject:
 def cohort_subject(offset: int, with_lesions: bool = True, quick: bool = False) -> Subject:
     """Subject ``SEED + offset`` of the cohort (with the six rater styles, the extra ones
     ``spurious`` and ``sloppy`` included), cropped to :data:`COHORT_BOX`; ``quick``: a
-    48 x 48 box around the subject's largest lesion."""
+    48 x 48 x 16 box around the subject's largest lesion."""
     from napari_softseg.io.phantom import SEED, build_phantom, render_fraction
 
     ph = build_phantom(SEED + offset, vary=True, with_lesions=with_lesions, extra_raters=True)
     box = COHORT_BOX
+    crop = box + (slice(0, ph.truth.shape[2]),)
     if quick and not with_lesions:  # the same box as the subject with lesions
-        box = tuple(slice(o, o + 48) for o in cohort_subject(offset, True, True).offset[:2])
+        crop = tuple(slice(o, o + n) for o, n in zip(cohort_subject(offset, True, True).offset, (48, 48, 16)))
     elif quick:
         c = np.round(max(ph.lesions, key=lambda l: l.volume_mm3).centre).astype(int)
-        box = tuple(slice(int(np.clip(x - 24, 0, n - 48)), int(np.clip(x - 24, 0, n - 48)) + 48)
-                    for x, n in zip(c[:2], ph.truth.shape[:2]))
-    crop = box + (slice(0, ph.truth.shape[2]),)
+        crop = tuple(slice(int(np.clip(x - k // 2, 0, n - k)), int(np.clip(x - k // 2, 0, n - k)) + k)
+                     for x, n, k in zip(c, ph.truth.shape, (48, 48, 16)))
     faint = np.zeros(ph.truth.shape, bool)
     inside = []
     for les in ph.lesions:
@@ -191,10 +191,10 @@ def cohort_subject(offset: int, with_lesions: bool = True, quick: bool = False) 
 
 def cohort(quick: bool = False) -> dict:
     """The phantom cohort: ``fit`` (training + validation subjects), ``test`` and ``free``
-    (the lesion-free scan). Quick mode: one fit subject (a slab of its slices validates) and
-    one test subject, 48 x 48 crops."""
+    (the lesion-free scan). Quick mode: two fit subjects (one validates) and one test subject,
+    48 x 48 x 16 crops."""
     if quick:
-        return {"fit": [cohort_subject(100, True, True)],
+        return {"fit": [cohort_subject(o, True, True) for o in (100, 200)],
                 "test": [cohort_subject(300, True, True)], "free": cohort_subject(300, False, True)}
     return {"fit": [cohort_subject(o) for o in COHORT["fit"]], "test": [cohort_subject(o) for o in COHORT["test"]],
             "free": cohort_subject(COHORT["free"], False)}
@@ -313,7 +313,7 @@ def validation_threshold(model, data, cfg) -> tuple[float | None, int]:
     return search_threshold(preds, truths)[0], int(idx.numel())
 
 
-def run_job(job: Job, threads: int = THREADS) -> dict:
+def run_job(job: Job, threads: int = 1) -> dict:
     """Train ``job`` with the product's trainer, then predict its images with the best
     checkpoint; the checkpoint goes to a temporary folder that is removed afterwards."""
     from napari_softseg.engine.predict import load_model, predict_volume
@@ -343,6 +343,8 @@ def run_job(job: Job, threads: int = THREADS) -> dict:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     summary = done.summary or {}
+    if n_val != summary.get("n_val_slices", n_val):  # not the trainer's split: never score on other slices
+        raise RuntimeError(f"validation split differs from the trainer's ({n_val} vs {summary.get('n_val_slices')} slices)")
     conv = convergence(summary, cfg.patience)
     return {"key": job.key, "soft": soft, "threshold_checkpoint": float(done.threshold),
             "threshold_val": val_thr if val_thr is not None else float(done.threshold), "n_val_slices": n_val,
@@ -356,14 +358,15 @@ def _worker_init(threads: int) -> None:
 
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1, log=print) -> list[dict]:
-    """Run the jobs (results in job order): in this process with :data:`THREADS` threads when
-    ``workers`` is 1, else in ``workers`` single-thread processes (for these small networks two
-    1-thread processes use 2 cores better than one 2-thread process). Each run is seeded, so
-    its result does not depend on the worker that ran it."""
+    """Run the jobs (results in job order): one after the other in this process when
+    ``workers`` is 1, else in ``workers`` processes; one torch thread per run either way (for
+    these small networks two 1-thread processes use 2 cores better than one 2-thread process,
+    and a single thread does not spin on a busy machine). Each run is seeded, so its result
+    does not depend on the worker that ran it."""
     if workers <= 1 or len(jobs) <= 1:
         out = []
         for job in jobs:
-            out.append(run_job(job))
+            out.append(run_job(job, threads=1))
             log(_progress(out[-1], len(out), len(jobs)))
         return out
     import multiprocessing

@@ -82,7 +82,10 @@ def plans(quick: bool) -> list[Plan]:
             Plan("sct_gm", lambda: C.sct_gm(size=16), C.Budget(**tiny), 2, 0, CANDIDATES[:2], workers=1, folds=2),
         ]
     return [
-        Plan("brain_gm", C.brain_gm, C.Budget(epochs=300, batch_size=8), 5, 1),
+        # a brain run costs 5-8 times a cord run (README, sizing): the three candidates that matter for SoftSeg's
+        # defaults on a dense target; the five-candidate ablation runs on the cord
+        Plan("brain_gm", C.brain_gm, C.Budget(epochs=600, batch_size=8), 5, 1,
+             ("softseg", "conventional", "softseg-weighted")),
         Plan("sct_gm", C.sct_gm, C.Budget(epochs=800, batch_size=4, val_fraction=0.25), 5, 0),
     ]
 

@@ -14,7 +14,7 @@ Sources:
 * [F] Lemay, Gros, Naga Karthik, Cohen-Adad, "Label fusion and training methods for
   reliable representation of inter-rater uncertainty", MELBA 2022:031 (arXiv 2202.07550),
   abstract.
-* [I] issue 15 of this project, which quotes the thesis: Dice gains of +2 to +3 points and
+* [I] the thesis (Gros 2021) quoted second-hand, not checked against its tables here: Dice gains of +2 to +3 points and
   parity on MS lesions; on the spinal cord SoftSeg's ECE (against the binarised STAPLE) was
   the lower; Soft-ReLU-Wing "always converged".
 
@@ -73,8 +73,8 @@ def dice_rows(ablation: dict | None, pv: dict | None) -> list[dict]:
         diff, p = a - b, (c.get("dice_own") or {}).get("p_vs_softseg")
         ours = f"{diff:+.1f} points ({a:.1f} vs {b:.1f} %, Wilcoxon p {C.fmt_p(p)}); conventional converged {_plateau(c)}"
         same = diff > 0 if published else None
-        why = (f"at 0.5 the difference is {_mean(s, 'dice') - _mean(c, 'dice'):+.1f} points; own thresholds "
-               f"{_mean(s, 'threshold_own'):.2f} (SoftSeg) vs {_mean(c, 'threshold_own'):.2f}; conventional converged "
+        why = (f"at 0.5 the difference is {C.fmt(_mean(s, 'dice') - _mean(c, 'dice'), 1)} points; own thresholds "
+               f"{C.fmt(_mean(s, 'threshold_own'), 2)} (SoftSeg) vs {C.fmt(_mean(c, 'threshold_own'), 2)}; conventional converged "
                f"{_plateau(c)}") if same is False else ""
         rows.append(_row(f"{name}: Dice, SoftSeg − conventional (own thresholds)", src, theirs, ours, same, why))
     s, c = ((pv or {}).get("summary", {}).get(k) for k in ("softseg", "conventional"))
@@ -83,8 +83,8 @@ def dice_rows(ablation: dict | None, pv: dict | None) -> list[dict]:
     rows.append(_row("MS-like lesions (our phantom): Dice, SoftSeg − conventional (own thresholds)", "[S], [I]",
                      "+3.3 % Dice on MS lesions [S]; parity on MS lesions [I]", ours,
                      None if ours is None else a - b >= -1.0,
-                     "" if ours is None else f"LTPR {_mean(s, 'ltpr_own'):.1f} vs {_mean(c, 'ltpr_own'):.1f} %, "
-                     f"LFDR {_mean(s, 'lfdr_own'):.1f} vs {_mean(c, 'lfdr_own'):.1f} %"))
+                     "" if ours is None else f"LTPR {C.fmt(_mean(s, 'ltpr_own'), 1)} vs {C.fmt(_mean(c, 'ltpr_own'), 1)} %, "
+                     f"LFDR {C.fmt(_mean(s, 'lfdr_own'), 1)} vs {C.fmt(_mean(c, 'lfdr_own'), 1)} %"))
     rows.append(_row("Brain tumours: Dice, SoftSeg − conventional", "[S]", "+6.5 % Dice [S]",
                      "no brain-tumour data here", None))
     rows.append(_row("Tables 4.2–4.4: every candidate's figures (Hard-ReLU-Wing, Soft-ReLU-Dice, Soft-Sig-Wing)", "—", NA,
@@ -110,11 +110,11 @@ def calibration_rows(ablation: dict | None, pv: dict | None, fusion: dict | None
         else:
             s, c = ((_ds(ablation, name) or {}).get("summary", {}).get(k) for k in ("softseg", "conventional"))
         a, b = _mean(s, "ece_bin"), _mean(c, "ece_bin")
-        ours = None if a is None or b is None else (f"{a:.4f} vs {b:.4f} (ratio {a / b:.2f}); conventional converged "
+        ours = None if a is None or b is None else (f"{a:.4f} vs {b:.4f} (ratio {C.fmt(a / b if b else None)}); conventional converged "
                                                     f"{_plateau(c)}")
         same = None if ours is None or NA in theirs else a < b
-        why = "" if ours is None else (f"against the soft truth ECE is {_mean(s, 'ece') or _mean(s, 'ece_soft'):.4f} vs "
-                                       f"{_mean(c, 'ece') or _mean(c, 'ece_soft'):.4f}")
+        why = "" if ours is None else (f"against the soft truth ECE is {C.fmt(_mean(s, 'ece') or _mean(s, 'ece_soft'), 4)} vs "
+                                       f"{C.fmt(_mean(c, 'ece') or _mean(c, 'ece_soft'), 4)}")
         rows.append(_row(f"{name}: ECE vs binarised truth, SoftSeg vs conventional", "[I], [F]", theirs, ours, same, why))
     rows += fusion_rows(fusion)
     return rows
@@ -132,8 +132,8 @@ def fusion_rows(fusion: dict | None) -> list[dict]:
             ("entropy_mae", "entropy MAE, SoftSeg vs conventional, per fusion",
              "SoftSeg preserves the inter-rater variability better for every fusion method [F]")):
         vals = [(src, _mean(s, key), _mean(c, key)) for src, s, c in pairs]
-        ours = "; ".join(f"{src} {a:.4f} vs {b:.4f}" for src, a, b in vals)
-        worse = [src for src, a, b in vals if not a < b]
+        ours = "; ".join(f"{src} {C.fmt(a, 4)} vs {C.fmt(b, 4)}" for src, a, b in vals)
+        worse = [src for src, a, b in vals if a is None or b is None or not a < b]
         rows.append(_row(finding, "[F]", theirs, ours, not worse,
                          f"not lower for {', '.join(worse)}: " + "; ".join(
                              f"{src}: SoftSeg converged {_plateau(s)}, conventional {_plateau(c)}" for src, s, c in pairs
@@ -141,20 +141,24 @@ def fusion_rows(fusion: dict | None) -> list[dict]:
     conv = [(src, _mean(c, "entropy_diff_slices")) for src, s, c in pairs]
     rows.append(_row("conventional models over-confident (predicted entropy below the raters')", "[F]",
                      "conventional models over-confident, under-estimate the inter-rater uncertainty [F]",
-                     "; ".join(f"{src} {v:+.4f} bits" for src, v in conv), all(v < 0 for _, v in conv),
-                     "predicted minus rater entropy per lesion slice is not negative for every fusion"))
+                     "; ".join(f"{src} {C.fmt(v, 4)} bits" for src, v in conv), all(v is not None and v < 0 for _, v in conv),
+                     "; ".join(f"{src}: converged {_plateau(c)}, Σp {C.fmt(_mean(c, 'soft_err_truth'), 0)} % against the "
+                               f"exact truth, LFDR {C.fmt(_mean(c, 'lfdr_own'), 0)} %" for src, s, c in pairs)))
     avg = t.get("average / SoftSeg")
     v = _mean(avg, "entropy_diff_slices")
     rows.append(_row("average + SoftSeg under-confident (predicted entropy above the raters')", "[F]",
                      "averaging with SoftSeg gives under-confident outputs, over-estimating the disagreement [F]",
                      None if v is None else f"{v:+.4f} bits", None if v is None else v > 0,
-                     "the predicted entropy per lesion slice is below the rater average's"))
-    dice = [(src, _mean(s, "dice_own") - _mean(c, "dice_own")) for src, s, c in pairs]
+                     f"its Σp is {C.fmt(_mean(avg, 'soft_err_truth'), 0)} % off the exact truth and its ECE against the "
+                     f"rater average {C.fmt(_mean(avg, 'ece_average'), 4)}"))
+    dice = [(src, (_mean(s, "dice_own") or 0.0) - (_mean(c, "dice_own") or 0.0)) for src, s, c in pairs]
     rows.append(_row("segmentation: SoftSeg ≥ conventional for every fusion (own thresholds)", "[F]",
                      "SoftSeg's segmentation systematically superior or equal [F]",
                      "; ".join(f"{src} {d:+.1f} points" for src, d in dice), all(d >= -1.0 for _, d in dice),
                      "Dice more than 1 point below the conventional model's for "
-                     + ", ".join(src for src, d in dice if d < -1.0)))
+                     + ", ".join(f"{src} (own thresholds {C.fmt(_mean(s, 'threshold_own'))} vs "
+                                 f"{C.fmt(_mean(c, 'threshold_own'))}; LTPR {C.fmt(_mean(s, 'ltpr_own'), 0)} vs "
+                                 f"{C.fmt(_mean(c, 'ltpr_own'), 0)} %)" for (src, s, c), (_, d) in zip(pairs, dice) if d < -1.0)))
     best = max(t, key=lambda n: _mean(t[n], "dice_own") or -1)
     rows.append(_row("best fusion method for segmentation is task-dependent", "[F]",
                      "differs between the two datasets [F]", f"best Dice here: {best} (one task)", None))
@@ -168,14 +172,14 @@ def other_rows(ablation: dict | None, pv: dict | None, collapse: dict | None) ->
     for d in (ablation or {}).get("datasets", {}).values():
         s, c = d["summary"].get("softseg"), d["summary"].get("conventional")
         if s and c and _mean(s, "softness") is not None and _mean(c, "softness") is not None:
-            soft.append(f"{d['dataset']} {_mean(s, 'softness'):.1f} vs {_mean(c, 'softness'):.1f} %")
+            soft.append(f"{d['dataset']} {C.fmt(_mean(s, 'softness'), 1)} vs {C.fmt(_mean(c, 'softness'), 1)} %")
     rows.append(_row("soft predictions at tissue interfaces (softness: share of p > 0.05 below 0.95)", "[S]",
                      "consistent soft predictions at interfaces [S]; figures " + NA, "; ".join(soft) or None, None))
     s, c = ((pv or {}).get("summary", {}).get(k) for k in ("softseg", "conventional"))
     a, b = _mean(s, "ltpr_own"), _mean(c, "ltpr_own")
     rows.append(_row("sensitivity for small objects (LTPR, phantom, own thresholds)", "[S]", "increased sensitivity [S]",
                      None if a is None or b is None else f"{a:.1f} vs {b:.1f} %", None if a is None or b is None else a >= b,
-                     "" if a is None or b is None else f"at 0.5: {_mean(s, 'ltpr_05'):.1f} vs {_mean(c, 'ltpr_05'):.1f} %"))
+                     "" if a is None or b is None else f"at 0.5: {C.fmt(_mean(s, 'ltpr_05'), 1)} vs {C.fmt(_mean(c, 'ltpr_05'), 1)} %"))
     rows.append(threshold_row(ablation))
     rows.append(convergence_row(ablation, pv, collapse))
     return rows
@@ -239,8 +243,8 @@ def markdown(r: dict) -> str:
     if r["quick"]:
         lines += ["**Quick smoke run: the comparisons below mean nothing.**", ""]
     lines += ["Sources: [S] Gros, Lemay & Cohen-Adad, SoftSeg, Medical Image Analysis 71 (2021) 102038, abstract; "
-              "[F] Lemay, Gros, Naga Karthik & Cohen-Adad, label fusion, MELBA 2022:031, abstract; [I] issue 15, quoting "
-              f"the thesis. Figures that are not in these sources are marked \"{NA}\". Ours: means over seeds from this "
+              "[F] Lemay, Gros, Naga Karthik & Cohen-Adad, label fusion, MELBA 2022:031, abstract; [I] the thesis, quoted "
+              f"second-hand. Figures that are not in these sources are marked \"{NA}\". Ours: means over seeds from this "
               "folder's ablation, phantom, fusion and collapse results (own thresholds chosen on validation data; ECE "
               "against the binarised truth).", ""]
     mark = {True: "yes", False: "**no**", None: "—"}

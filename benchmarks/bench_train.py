@@ -79,7 +79,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     idx = trainer.data.train_idx[:batch]
 
     torch.manual_seed(0)
-    base = UNet(**trainer.model.config())  # the trainer's network (its preset's dropout and NormReLU scope)
+    base = UNet(**trainer.model.config())  # the trainer's network (dropout and NormReLU scope of its preset)
     base.load_state_dict(trainer.model.state_dict())
     base_opt = torch.optim.Adam(base.parameters(), lr=cfg.lr)
     loss_fn = trainer.loss_fn

@@ -7,7 +7,7 @@ reported as "not measured", never guessed. Writes ``verdict.json`` and ``verdict
 line per bar with the measured value, the limit, met / NOT met, and the numbers behind it;
 for every bar that is not met, why, in the measured numbers that explain it.
 
-Bars (issue 15's targets, SoftSeg with the engine's defaults, unseen phantoms, means over
+Bars (the sparse-target bars, SoftSeg with the engine's defaults, unseen phantoms, means over
 seeds): |Σp − true volume| ≤ 5 % of the true volume; Σp in lesion-free slices ≤ 1 %; no
 lesion-free slice (nor slice of the lesion-free scan) reaching p ≥ 0.5; LTPR ≥ 85 % on the
 non-faint lesions (all ≥ 3 mm) and LFDR ≤ 30 % at the own threshold; the same prediction
@@ -18,7 +18,8 @@ Dice(conventional) − 1 point at each model's own threshold, over the seeds who
 conventional run converged (validation loss plateaued). Then ``predict_volume`` ≤ 0.25 of
 an eager float32 loop and STAPLE ≤ 0.5 of SimpleITK; the engine's own targets (training
 step ≤ 0.5 of an eager float32 step, predict peak memory ≤ 3 GB on 512x512x200, predict
-GFLOP/s ≥ 0.4 of a bf16 matmul) and the docks' (Segment's first click ≤ 2 s and later clicks ≤ 1 s on the phantom, threshold slider ≤ 100 ms,
+GFLOP/s ≥ 0.4 of a bf16 matmul) and the docks' (Segment's first click ≤ 2 s and later clicks
+≤ 1 s on the lesion phantom, threshold slider ≤ 100 ms,
 largest UI stall ≤ 50 ms during Segment, training and painting with autosave) are listed
 after them.
 
@@ -75,7 +76,8 @@ def _converged_pairs(runs: list[dict], key, ref: str = "softseg", base: str = "c
     plateaued; ``key(run)`` gives a run's value, runs are grouped by seed."""
     ours = {r["seed"]: r for r in runs if r["cand"] == ref}
     theirs = {r["seed"]: r for r in runs if r["cand"] == base and r["plateaued"]}
-    return [(key(ours[k]), key(theirs[k])) for k in sorted(set(ours) & set(theirs))]
+    pairs = [(key(ours[k]), key(theirs[k])) for k in sorted(set(ours) & set(theirs))]
+    return [(a, b) for a, b in pairs if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
 
 
 def _dataset_runs(ablation: dict | None, pv: dict | None) -> dict:
@@ -144,7 +146,7 @@ def _why_comparison(name: str, ablation: dict | None, runs: list[dict], pairs_e:
 
 
 def phantom_bars(pv: dict | None) -> list[dict]:
-    """The issue's targets on the unseen phantoms (SoftSeg, mean over seeds)."""
+    """The sparse-target bars on the unseen phantoms (SoftSeg, mean over seeds)."""
     names = ("phantom: |Σp − true volume| <= 5 % of the true volume (aim 2 %)",
              "phantom: Σp in lesion-free slices <= 1 % of the true volume",
              "phantom: no lesion-free slice reaches p >= 0.5 (test scans and the lesion-free scan)",
@@ -155,31 +157,32 @@ def phantom_bars(pv: dict | None) -> list[dict]:
     if not s:
         return [{"bar": n, "value": None, "limit": None, "met": None, "detail": "not measured (no partial_volume.json)"}
                 for n in names]
-    m = lambda k: s[k]["mean"]  # noqa: E731
+    m = lambda k: s[k]["mean"]  # noqa: E731  (None where the runs gave no value)
+    f = C.fmt
     n_free = sum(s["n_free_slices"]) * s["n_runs"]
     free = s["free_slices_ge_05_total"] + s["free_scan_slices_ge_05_total"]
     bars = [
-        _ratio_bar(names[0], abs(m("soft_err")), 5.0, "partial_volume.json",
-                   f"Σp error {m('soft_err'):+.2f} ± {s['soft_err']['std']:.2f} %"),
+        _ratio_bar(names[0], abs(m("soft_err")) if m("soft_err") is not None else None, 5.0, "partial_volume.json",
+                   f"Σp error {f(m('soft_err'), 2)} ± {f(s['soft_err']['std'], 2)} %"),
         _ratio_bar(names[1], m("free_sum_p_pct"), 1.0, "partial_volume.json",
-                   f"{m('free_sum_p_pct'):.3f} % ({m('free_haze_voxels'):.0f} voxels at 0.01 <= p < 0.2 per scan)"),
+                   f"{f(m('free_sum_p_pct'), 3)} % ({f(m('free_haze_voxels'), 0)} voxels at 0.01 <= p < 0.2 per scan)"),
         _ratio_bar(names[2], float(free), 0.0, "partial_volume.json",
                    f"{s['free_slices_ge_05_total']} of {n_free} lesion-free test slices and "
                    f"{s['free_scan_slices_ge_05_total']} lesion-free-scan slices over {s['n_runs']} runs; lesion-free "
-                   f"scan max p {s['free_scan']['max_p']['mean']:.3f}"),
+                   f"scan max p {f(s['free_scan']['max_p']['mean'], 3)}"),
         _ratio_bar(names[3], m("ltpr_own"), 85.0, "partial_volume.json",
-                   f"LTPR {m('ltpr_own'):.1f} % at the own threshold ({m('threshold_own'):.2f}), {m('ltpr_05'):.1f} % at 0.5",
+                   f"LTPR {f(m('ltpr_own'), 1)} % at the own threshold ({f(m('threshold_own'), 2)}), {f(m('ltpr_05'), 1)} % at 0.5",
                    upper=False),
         _ratio_bar(names[4], m("lfdr_own"), 30.0, "partial_volume.json",
-                   f"LFDR {m('lfdr_own'):.1f} % at the own threshold, {m('lfdr_05'):.1f} % at 0.5"),
+                   f"LFDR {f(m('lfdr_own'), 1)} % at the own threshold, {f(m('lfdr_05'), 1)} % at 0.5"),
         _ratio_bar(names[5], s.get("batch_1_vs_16_max"), 1e-4, "partial_volume.json",
                    f"{s['batch_1_vs_16_max']:.1e} over every SoftSeg run" if s.get("batch_1_vs_16_max") is not None else ""),
     ]
     if bars[0]["met"] is False:
         bars[0]["why"] = why_soft_volume(s)
     if bars[3]["met"] is False:
-        bars[3]["why"] = (f"at 0.5 the LTPR is {m('ltpr_05'):.1f} %; the own threshold, chosen for Dice on one "
-                          f"validation subject, is {m('threshold_own'):.2f}")
+        bars[3]["why"] = (f"at 0.5 the LTPR is {f(m('ltpr_05'), 1)} %; the own threshold, chosen for Dice on one "
+                          f"validation subject, is {f(m('threshold_own'), 2)}")
     return bars
 
 
@@ -189,7 +192,8 @@ def why_soft_volume(s: dict) -> str:
     texts = {"lesion_free_slices": "Σp in the lesion-free slices", "away_in_lesion_slices": "false positives in lesion slices",
              "faint_lesions": "the faint lesions", "other_lesions": "the other (non-faint) lesions",
              "rest": "truth outside the lesion neighbourhoods"}
-    out = [f"{parts[k]['mean']:+.1f} % {t}" for k, t in texts.items() if k in parts and abs(parts[k]["mean"]) >= 0.05]
+    out = [f"{parts[k]['mean']:+.1f} % {t}" for k, t in texts.items()
+           if k in parts and parts[k]["mean"] is not None and abs(parts[k]["mean"]) >= 0.05]
     at1 = s.get("free_slices_at_1") or []
     text = "the error splits into " + ", ".join(out) if out else ""
     if at1 and max(at1) > 0:

@@ -20,6 +20,7 @@ import os
 import platform
 import pkgutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -55,6 +56,15 @@ def machine() -> dict:
     }
 
 
+#: where quick runs write by default: never over the committed results (quick numbers mean nothing)
+QUICK_OUT = Path(tempfile.gettempdir()) / "napari-softseg-bench-quick"
+
+
+def output_folder(args) -> Path:
+    """``--out``, else the committed results folder (full runs) or :data:`QUICK_OUT` (quick runs)."""
+    return Path(args.out) if args.out else (QUICK_OUT if args.quick else HERE / "results")
+
+
 def bench_cli(module_doc: str | None, run, name: str, argv: list[str] | None = None) -> int:
     """The command line of one benchmark module: ``python -m benchmarks.bench_<name> [--quick] [--out DIR]``.
 
@@ -62,9 +72,9 @@ def bench_cli(module_doc: str | None, run, name: str, argv: list[str] | None = N
     """
     parser = argparse.ArgumentParser(description=module_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=None, help=f"default {HERE / 'results'}; quick runs: {QUICK_OUT}")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = output_folder(args)
     out.mkdir(parents=True, exist_ok=True)
     run(quick=args.quick, out_dir=out)
     table = out / f"{name}.md"
@@ -99,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke runs")
     parser.add_argument("--only", nargs="*", default=None, help="benchmark names (bench_<name>.py)")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=None, help=f"default {HERE / 'results'}; quick runs: {QUICK_OUT}")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = output_folder(args)
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
     if args.only:

@@ -58,7 +58,7 @@ EXPECTED = {
     "truncated_raw": "truncated_raw.nii is truncated or corrupt",
     "not_nifti": "notes.nii.gz is not a readable NIfTI file",
     "five_d": "five_d.nii.gz has 5 dimensions",
-    "nan": "nan.nii.gz contains 1 infinite voxel;",  # NaN alone would be background (issue 17)
+    "nan": "nan.nii.gz contains 1 infinite voxel;",  # NaN alone would be background
     "empty_axis": "empty.nii.gz has an empty axis",
     "singular": "singular.nii.gz has a singular affine",
     "nonfinite": "nonfinite.nii.gz has a non-finite affine",

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     preload("numpy", "nibabel", "torch", "scipy.ndimage", "napari_softseg.engine.predict")
     import numpy as np
 
-    from napari_softseg.engine.predict import TTA_FLIPS, Prediction, load_model, predict_volume
+    from napari_softseg.engine.predict import Prediction, load_model, predict_volume
     from napari_softseg.io.nifti import write_nifti
 
     out = Path(args.out)
@@ -170,10 +170,7 @@ def run(args: argparse.Namespace) -> int:
             f"The model {Path(str(args.model)).name} expects {model.in_channels} contrast(s) ({names}) "
             f"but {n_channels} image(s) were given."
         )
-    # --uncertainty alone: 10 Monte-Carlo dropout draws, or the flipped views for a model without dropout
-    default_mc = 10 if args.uncertainty and not args.tta and model.has_dropout else 0
-    mc = args.mc_samples if args.mc_samples is not None else default_mc
-    tta = args.tta or (args.uncertainty and args.mc_samples is None and not model.has_dropout)
+    mc, tta = sampling(args, model)
     if args.review and model.n_structures > 1:
         raise UserError(f"--review reviews the lesions of one structure; {Path(str(args.model)).name} predicts "
                         f"{model.n_structures}.")
@@ -189,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         mixed_precision=not args.no_mixed_precision,
         mc_samples=mc,
-        tta=len(TTA_FLIPS) if tta else 0,
+        tta=tta,
         keep_samples=bool(args.review),
         return_prediction=args.uncertainty or bool(args.review),
         progress=bar,
@@ -204,11 +201,21 @@ def run(args: argparse.Namespace) -> int:
         entropy_path = Path(args.entropy_out) if args.entropy_out else _sibling(out, "_entropy")
         written.append(write_nifti(entropy_path, result.entropy, like=reference, dtype=np.float32))
     if args.review:
-        views = (mc, len(TTA_FLIPS) if tta else 0)  # the samples the prediction really drew
-        written.append(write_review_table(args, result, reference, data, model, threshold, written, views))
+        written.append(write_review_table(args, result, reference, data, model, threshold, written, (mc, tta)))
     for path in written:
         print(path)
     return 0
+
+
+def sampling(args, model) -> tuple[int, int]:
+    """(Monte-Carlo dropout draws, flipped views) of this prediction: as asked; ``--uncertainty``
+    alone means 10 draws, or the flipped views for a model trained without dropout."""
+    from napari_softseg.engine.predict import TTA_FLIPS
+
+    default_mc = 10 if args.uncertainty and not args.tta and model.has_dropout else 0
+    mc = args.mc_samples if args.mc_samples is not None else default_mc
+    tta = args.tta or (args.uncertainty and args.mc_samples is None and not model.has_dropout)
+    return mc, len(TTA_FLIPS) if tta else 0
 
 
 def write_review_table(args, prediction, reference, data, model, threshold, written, views) -> Path:
