@@ -382,11 +382,20 @@ def predict_volume(
     soft = np.zeros(out_shape, dtype=np.float32)
     samples = np.zeros((n_samples,) + out_shape, dtype=np.float32) if n_samples > 1 and keep_samples else None
     run = dict(grid=grid, views=views, draws=draws, batch_size=batch_size, progress=progress, cancel=cancel)
+    _predict_on_device(model, dtype, dev, mc_samples > 0, soft, samples, slice_axis, run)
+    if not (n_samples > 1 or return_prediction):
+        return soft
+    return Prediction(soft=soft, entropy=prediction_entropy(soft, multiclass=model.multiclass), samples=samples)
+
+
+def _predict_on_device(model: UNet, dtype, dev: torch.device, mc: bool, soft, samples, slice_axis: int, run: dict) -> None:
+    """:func:`_predict_slices` with the networks on ``dev``; running out of memory becomes one
+    sentence (batch size, or the CPU) after the memory is handed back."""
     failed, nets = False, None
     exact = strict_float32(dev) if dtype == torch.float32 else contextlib.nullcontext()
     try:
         with exact:
-            nets = _Networks(model, dtype, dev, mc_samples > 0)
+            nets = _Networks(model, dtype, dev, mc)
             _predict_slices(nets, soft, samples, slice_axis, **run)
     except Exception as err:  # noqa: BLE001 - only running out of memory is handled
         if not is_out_of_memory(err):
@@ -395,10 +404,7 @@ def predict_volume(
     if failed:  # outside the handler: its traceback no longer holds the batch
         del nets
         release_memory(dev)
-        raise UserError(_out_of_memory_message(dev, batch_size, grid))
-    if not (n_samples > 1 or return_prediction):
-        return soft
-    return Prediction(soft=soft, entropy=prediction_entropy(soft, multiclass=model.multiclass), samples=samples)
+        raise UserError(_out_of_memory_message(dev, run["batch_size"], run["grid"]))
 
 
 def _predict_slices(nets: _Networks, soft: np.ndarray, samples, slice_axis: int, *, grid: _SliceGrid, views,
