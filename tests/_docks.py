@@ -22,3 +22,19 @@ def open_dock(viewer, name: str):
 def real(obj):
     """The napari object behind a proxy handed out by a plugin dock (layers it returns)."""
     return getattr(obj, "__wrapped__", obj)
+
+
+def phantom_segment_dock(viewer):
+    """The Segment dock of ``viewer`` on the lesion phantom sample with the shipped ``ms-lesion``."""
+    viewer.open_sample("napari-softseg", "lesion_phantom")
+    widget = open_dock(viewer, SEGMENT)
+    widget.models.set_model("ms-lesion")
+    widget.scan_combo.set_current(viewer.layers["phantom_flair"])
+    return widget
+
+
+def run_segment(qtbot, widget):
+    """Click Segment and wait for its layers."""
+    with qtbot.waitSignal(widget.segmented, timeout=180_000):
+        assert widget.segment() is not None
+    return widget

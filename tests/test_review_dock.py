@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from _docks import SEGMENT, open_dock
+from _docks import phantom_segment_dock, run_segment
 from _oracles import components
 
 gui = pytest.mark.gui
@@ -23,18 +23,7 @@ slow = pytest.mark.slow
 
 @pytest.fixture
 def dock(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-softseg", "lesion_phantom")
-    widget = open_dock(viewer, SEGMENT)
-    widget.models.set_model("ms-lesion")
-    widget.scan_combo.set_current(viewer.layers["phantom_flair"])
-    return widget
-
-
-def run_segment(qtbot, widget):
-    with qtbot.waitSignal(widget.segmented, timeout=180_000):
-        assert widget.segment() is not None
-    return widget
+    return phantom_segment_dock(make_napari_viewer())
 
 
 def columns(table) -> dict[str, int]:

@@ -25,32 +25,10 @@ FINISH_MS = int(__import__("os").environ.get("T6_FINISH_MS", 180_000))
 
 
 # ------------------------------------------------------------------ probes (training process)
-def probe_steps():
-    """Record, for every completed training step, whether cancel was set before and after."""
-    from napari_softseg.engine.training import trainer
-    from napari_softseg.engine.training.config import is_cancelled
-
-    original, log = trainer.Trainer.train_step, []
-
-    def train_step(self, idx, raters, cancel, **kwargs):
-        before = is_cancelled(cancel)
-        loss = original(self, idx, raters, cancel, **kwargs)  # raises once cancel is set
-        log.append((before, is_cancelled(cancel)))
-        return loss
-
-    trainer.Trainer.train_step = train_step
-
-    def collect():
-        trainer.Trainer.train_step = original
-        return log
-
-    return collect
-
-
 def _cancel_gate(at_call: int):
     """A probe: the ``at_call``-th training step waits (before it runs) until the run's cancel
-    flag is set, so that a cancel sent by the viewer always arrives at that step; steps are
-    logged as ``probe_steps`` does."""
+    flag is set, so that a cancel sent by the viewer always arrives at that step; every
+    completed step is logged as (cancel set before it, cancel set after it)."""
 
     def install():
         import time as _time

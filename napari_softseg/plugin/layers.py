@@ -36,11 +36,16 @@ _SOFT_RAMP = np.array(
 )
 
 
-def soft_colormap():
-    """The napari Colormap used for soft maps (probabilities in [0, 1])."""
+def _ramp_colormap(ramp: np.ndarray, name: str):
+    """A napari Colormap from rows ``(value, r, g, b, alpha)``."""
     from napari.utils.colormaps import Colormap
 
-    return Colormap(colors=_SOFT_RAMP[:, 1:], controls=_SOFT_RAMP[:, 0], name=SOFT_COLORMAP_NAME)
+    return Colormap(colors=ramp[:, 1:], controls=ramp[:, 0], name=name)
+
+
+def soft_colormap():
+    """The napari Colormap used for soft maps (probabilities in [0, 1])."""
+    return _ramp_colormap(_SOFT_RAMP, SOFT_COLORMAP_NAME)
 
 
 #: The training preview: the network's live guess, drawn in greens so that it is never mistaken
@@ -59,9 +64,7 @@ _PREVIEW_RAMP = np.array(
 
 def preview_colormap():
     """The napari Colormap of the training preview (probabilities in [0, 1])."""
-    from napari.utils.colormaps import Colormap
-
-    return Colormap(colors=_PREVIEW_RAMP[:, 1:], controls=_PREVIEW_RAMP[:, 0], name=PREVIEW_COLORMAP_NAME)
+    return _ramp_colormap(_PREVIEW_RAMP, PREVIEW_COLORMAP_NAME)
 
 
 def robust_contrast(data: np.ndarray) -> tuple[float, float]:

@@ -232,13 +232,22 @@ def candidate_operating_point(cases: list[CaseData], scores: list[np.ndarray], m
     return best
 
 
+def _design(names: list[str], every: list[str], xs: list, ys: list):
+    """Each case's feature columns ``names`` (of ``every``) and the pooled labels, or None when
+    either class has fewer than 2 examples (nothing to fit)."""
+    cols = _columns(names, every)
+    xs = [x[:, cols] for x in xs]
+    y = np.concatenate(ys)
+    return None if y.sum() < 2 or (~y).sum() < 2 else (xs, y)
+
+
 def _fit_lesions(cs: list[CaseData], sampling: str, target_recall: float, l2: float) -> Logistic | None:
     names = feature_names("lesion", sampling)
-    cols = _columns(names, ALL_LESION)
-    xs, ys = [c.lesion_x[:, cols] for c in cs], [c.lesion_y for c in cs]
-    y = np.concatenate(ys)
-    if y.sum() < 2 or (~y).sum() < 2:
+    ys = [c.lesion_y for c in cs]
+    design = _design(names, ALL_LESION, [c.lesion_x for c in cs], ys)
+    if design is None:
         return None
+    xs, y = design
     cv = _cv_scores(xs, ys, names, l2)
     model = Logistic.fit(np.concatenate(xs), y, names, l2=l2)
     model.operating_point = math.floor(100 * recall_operating_point(np.concatenate(cv), y, target_recall)) / 100
@@ -249,11 +258,11 @@ def _fit_lesions(cs: list[CaseData], sampling: str, target_recall: float, l2: fl
 
 def _fit_candidates(cs: list[CaseData], sampling: str, max_false: float, l2: float) -> Logistic | None:
     names = feature_names("candidate", sampling)
-    cols = _columns(names, ALL_CANDIDATE)
-    xs, ys = [c.cand_x[:, cols] for c in cs], [c.cand_true for c in cs]
-    y = np.concatenate(ys)
-    if y.sum() < 2 or (~y).sum() < 2:
+    ys = [c.cand_true for c in cs]
+    design = _design(names, ALL_CANDIDATE, [c.cand_x for c in cs], ys)
+    if design is None:
         return None
+    xs, y = design
     cv = _cv_scores(xs, ys, names, l2)
     op = min(math.ceil(100 * candidate_operating_point(cs, cv, max_false)) / 100, 1.0)
     metrics = candidate_metrics(cs, cv, op)
