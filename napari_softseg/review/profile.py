@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from napari_softseg.review.flags import FlagModel
@@ -64,6 +65,14 @@ def sidecar_path(checkpoint) -> Path:
 
 
 def file_sha256(path) -> str:
+    """SHA-256 of a file, read once per version of it (path, size and modification time): the
+    Segment dock asks again at every change of its sampling settings."""
+    stat = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
