@@ -217,6 +217,7 @@ class Budget:
     epochs: int
     batch_size: int = 8
     crop_size: tuple | None = None
+    patch_size: tuple | None = None
     depth: int = 3
     base_features: int = 16
     lr: float = 1e-3
@@ -236,12 +237,15 @@ class Budget:
         optional = {k: getattr(self, k) for k in ("foreground_weight", "dropout", "score_margin", "empty_fraction")
                     if getattr(self, k) is not None}
         return TrainConfig(preset=preset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           crop_size=self.crop_size, depth=self.depth, base_features=self.base_features,
+                           crop_size=self.crop_size, patch_size=self.patch_size, depth=self.depth, base_features=self.base_features,
                            val_fraction=self.val_fraction, patience=self.patience, early_stop_eps=self.eps, seed=seed,
                            device="cpu", augment=self.augment, slice_axis=slice_axis, num_threads=threads, **optional)
 
     def describe(self) -> str:
         crop = "x".join(map(str, self.crop_size)) if self.crop_size else "whole slices"
+        if self.patch_size:
+            crop = (f"steps on random {'x'.join(map(str, self.patch_size))} patches of the {crop} (centred near "
+                    "the structure in slices that hold some; validation on whole slices)")
         extra = [f"{k.replace('_', ' ')} {getattr(self, k):g}" for k in ("foreground_weight", "dropout", "score_margin",
                                                                         "empty_fraction") if getattr(self, k) is not None]
         return (f"at most {self.epochs} epochs, early stopping after {self.patience} epochs without a relative "

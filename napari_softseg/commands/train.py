@@ -46,6 +46,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
     p.add_argument("--crop", metavar="HxW", help="in-plane training size, e.g. 128 or 160x192 "
                    "(multiples of 2**depth; default: the whole slice)")
+    p.add_argument("--patch", metavar="HxW", help="train each step on random windows of this size, centred near the "
+                   "structure in slices that hold some (faster; validation uses whole slices; default: whole slices)")
     p.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3)")
     p.add_argument("--features", type=int, default=16, help="feature maps of the first level (default 16)")
     p.add_argument("--dropout", type=float, default=None,
@@ -64,7 +66,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def parse_crop(text: str | None):
+def parse_crop(text: str | None, option: str = "--crop"):
     from napari_softseg.errors import UserError
 
     if text is None:
@@ -77,7 +79,7 @@ def parse_crop(text: str | None):
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or min(values) <= 0:
-        raise UserError(f"--crop {text!r} is not a size like 128 or 160x192.")
+        raise UserError(f"{option} {text!r} is not a size like 128 or 160x192.")
     return tuple(values)
 
 
@@ -161,6 +163,7 @@ def check(args) -> None:
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val-fraction must lie in [0, 1), got {args.val_fraction:g}.")
     parse_crop(args.crop)
+    parse_crop(args.patch, "--patch")
     inputs = [("--image", p) for p in args.image] + [("--label", p) for p in args.label or []]
     inputs += [("--rater", p) for p in args.rater or []] + ([("--init", args.init)] if args.init else [])
     guard([Output("--out", args.out, "checkpoint")], inputs)
@@ -201,7 +204,7 @@ def run(args) -> int:
     init = resolve_model_path(args.init) if args.init else None
     config = TrainConfig(
         preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        crop_size=parse_crop(args.crop), depth=args.depth, base_features=args.features, dropout=args.dropout,
+        crop_size=parse_crop(args.crop), patch_size=parse_crop(args.patch, "--patch"), depth=args.depth, base_features=args.features, dropout=args.dropout,
         foreground_weight=args.foreground_weight,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
         mixed_precision=not args.no_mixed_precision, augment=not args.no_augment,

@@ -70,6 +70,7 @@ TRAIN = [
     (["--threads", "0"], "--threads must be at least 1, got 0."),
     (["--seed", "-1"], "--seed must be at least 0, got -1."),
     (["--crop", "abc"], "--crop 'abc' is not a size like 128 or 160x192."),
+    (["--patch", "0x64"], "--patch '0x64' is not a size like 128 or 160x192."),
 ]
 
 

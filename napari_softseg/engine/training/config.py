@@ -37,6 +37,12 @@ class TrainConfig:
     crop_size : (H, W) or None
         In-plane training size, multiples of ``2**depth``; None: the largest slice (padded),
         or the checkpoint's when fine-tuning.
+    patch_size : (H, W) or None
+        Train each step on a random window of this in-plane size of every slice, centred
+        near the structure when the slice holds some
+        (:func:`~napari_softseg.engine.training.patches.random_patches`; multiples of
+        ``2**depth``, at most the crop); validation, threshold and normaliser still use whole
+        slices. None: whole slices.
     depth, base_features :
         U-Net size (3, 16 as in the paper); ignored when fine-tuning.
     dropout : float or None
@@ -90,6 +96,7 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     crop_size: tuple | None = None
+    patch_size: tuple | None = None
     depth: int = 3
     base_features: int = 16
     dropout: float | None = None

@@ -62,6 +62,7 @@ from napari_softseg.engine.training import distributed as dist_utils
 from napari_softseg.engine.training.augment import RandomAffine
 from napari_softseg.engine.training.config import TrainConfig, TrainEvent, is_cancelled
 from napari_softseg.engine.training.normaliser import best_of_curve, estimate_normaliser, loss_curve, normaliser_grid
+from napari_softseg.engine.training.patches import random_patches
 from napari_softseg.engine.training.sampler import StructureBatchSampler
 from napari_softseg.engine.training.slices import prepare_slices
 from napari_softseg.engine.training.threshold import DiceAccumulator, best_threshold
@@ -103,6 +104,19 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:200].rstrip(".") if text else type(err).__name__
 
 
+def _patch_size(patch, crop: tuple, multiple: int) -> tuple[int, int] | None:
+    """The training patch (None: whole slices), checked against the crop and the network."""
+    if patch is None:
+        return None
+    size = tuple(int(v) for v in patch)
+    if len(size) != 2 or min(size) < 1 or any(s % multiple for s in size):
+        raise UserError(f"The training patch must be two positive multiples of {multiple}, got {tuple(patch)}.")
+    if size[0] > crop[0] or size[1] > crop[1]:
+        raise UserError(f"The training patch {size[0]}x{size[1]} is larger than the training slices "
+                        f"({crop[0]}x{crop[1]}); choose a smaller patch.")
+    return size
+
+
 def _host_state(model: torch.nn.Module) -> dict:
     """A copy of the model's weights on the host (the best weights never hold device memory)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -132,6 +146,7 @@ class Trainer:
         )
         if d.train_idx.numel() == 0:
             raise UserError("No slice is left for training after the validation split; lower the validation fraction.")
+        self.patch = _patch_size(cfg.patch_size, d.crop_size, model.multiple)
         self._pending: _Failure | None = None
         self._losses: list = []
         self._prepare(model)
@@ -193,6 +208,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type if scaled else "cpu", enabled=scaled)
         self.augment = RandomAffine(image_mode=cfg.image_interpolation) if cfg.augment else None
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1009 + 17 + self.ctx.rank)
+        self.patch_gen = torch.Generator().manual_seed(cfg.seed * 2003 + 29 + self.ctx.rank)
         self.binarise = partial(binarise, multiclass=preset.multiclass)
         self.fg = slice(1, None) if preset.multiclass else slice(None)
 
@@ -293,6 +309,8 @@ class Trainer:
         y = gather_to_device(self.labels.flatten(0, 1), rows, self.device)  # (R, N, ...) seen as (R * N, ...)
         if self.augment is not None:
             x, y = self.augment(x, y, generator=self.aug_gen, hard=self.data.hard, binarise=self.binarise)
+        if self.patch is not None:  # after augmentation: no padded corners inside a patch
+            x, y = random_patches(x, y, self.patch, self.patch_gen)
         return x.contiguous(memory_format=self.memory_format), self._target(y)
 
     def train_step(self, idx: torch.Tensor, raters, cancel, sync: bool = True) -> float | None:
