@@ -2,7 +2,7 @@
 
 Runs last (``run_all`` goes in name order) and reads ``partial_volume.json``,
 ``collapse.json``, ``ablation.json``, ``predict.json``, ``staple.json``, ``train.json``,
-``segment.json`` and ``responsiveness.json`` from the same folder; a missing file or key is
+``segment.json``, ``responsiveness.json`` and ``flags.json`` (the review-flag bars) from the same folder; a missing file or key is
 reported as "not measured", never guessed. Writes ``verdict.json`` and ``verdict.md``: one
 line per bar with the measured value, the limit, met / NOT met, and the numbers behind it;
 for every bar that is not met, why, in the measured numbers that explain it.
@@ -258,9 +258,20 @@ def collect(out_dir: Path) -> dict:
     r = _get(predict, "ours_gflops_vs_bf16_matmul")
     engine.append(_ratio_bar("predict GFLOP/s / bf16 matmul GFLOP/s >= 0.4 (aim)", r, 0.4, "predict.json",
                              f"ratio {r:.3f}" if r is not None else "", upper=False))
-    quick = any(bool(_get(d, "quick")) for d in (ablation, pv, predict, staple, train) if d)
-    return {"quick": quick, "bars": bars, "engine_targets": engine,
+    flags = _load(out_dir, "flags")
+    quick = any(bool(_get(d, "quick")) for d in (ablation, pv, predict, staple, train, flags) if d)
+    return {"quick": quick, "bars": bars, "engine_targets": engine, "review_flags": flag_bars(flags),
             "ui_targets": _ui_targets(_load(out_dir, "segment"), _load(out_dir, "responsiveness"))}
+
+
+def flag_bars(flags: dict | None) -> list[dict]:
+    """The review-flag bars ``bench_flags`` measured (per sampling kind), as they stand in
+    ``flags.json``; without that file, one "not measured" line."""
+    if not flags or not isinstance(flags.get("bars"), list):
+        return [{"bar": "review flags (flag AUROC, recall, false flags, candidates)", "value": None, "limit": None,
+                 "met": None, "detail": "not measured (no flags.json)"}]
+    model = _get(flags, "model", "name") or _get(flags, "model") or "?"
+    return [dict(b, detail=f"{b.get('detail', '')} ({model if isinstance(model, str) else '?'})") for b in flags["bars"]]
 
 
 def _ui_targets(segment: dict | None, resp: dict | None) -> list[dict]:
@@ -309,6 +320,10 @@ def markdown(r: dict) -> str:
     lines += ["Engine targets (from the engine's specification):", ""]
     rows = [[b["bar"], f"**{_status(b)}**", b["detail"]] for b in r["engine_targets"]]
     lines += [C.md_table(["target", "status", "measured"], rows, "lll"), ""]
+    if r.get("review_flags"):
+        lines += ["Review flags on unseen phantoms (`bench_flags`, per sampling):", ""]
+        rows = [[b["bar"], f"**{_status(b)}**", b["detail"]] for b in r["review_flags"]]
+        lines += [C.md_table(["bar", "status", "measured"], rows, "lll"), ""]
     if r.get("ui_targets"):
         lines += ["Dock responsiveness targets (under Xvfb, software OpenGL):", ""]
         rows = [[b["bar"], f"**{_status(b)}**", b["detail"] + (f"; {b['why']}" if b.get("why") else "")]

@@ -99,6 +99,15 @@ def test_verdict_reads_the_other_results(tmp_path):
     assert "88.0 %" in why["phantom: LTPR >= 85 % on non-faint lesions >= 3 mm (own threshold)"]  # LTPR at 0.5
     assert "NOT met" in (tmp_path / "verdict.md").read_text()
     assert {b["bar"]: b["met"] for b in r["ui_targets"]}["Segment, first click to layers <= 2 s"] is None
+    assert [b["met"] for b in r["review_flags"]] == [None]  # no flags.json: not measured
+
+    (tmp_path / "flags.json").write_text(json.dumps({"model": {"name": "ms-lesion"}, "bars": [
+        {"bar": "tta: flag AUROC >= 0.85", "value": 0.9, "limit": 0.85, "met": True, "detail": "0.90"},
+        {"bar": "tta: correct lesions flagged <= 0.3", "value": 0.4, "limit": 0.3, "met": False, "detail": "0.40"}]}))
+    flags = {b["bar"]: b for b in bench_verdict.run(out_dir=tmp_path)["review_flags"]}
+    assert flags["tta: flag AUROC >= 0.85"]["met"] is True and flags["tta: correct lesions flagged <= 0.3"]["met"] is False
+    assert flags["tta: flag AUROC >= 0.85"]["detail"] == "0.90 (ms-lesion)"
+    assert "tta: correct lesions flagged <= 0.3 | **NOT met**" in (tmp_path / "verdict.md").read_text()
 
     (tmp_path / "segment.json").write_text(json.dumps({
         "segment_first_click_s": 2.5, "segment_click_to_layers_s": {"median": 0.8, "max": 0.9},
