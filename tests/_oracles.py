@@ -59,7 +59,8 @@ def dice_percent(a, b) -> float:
 
 def plain_network_prediction(model, volume, axis, normalise=True, flip=(), slices=None):
     """numpy z-score over the volume, edge padding to a multiple of 2^depth, the plain fp32
-    forward pass slice by slice, crop, NormReLU (each slice divided by its maximum; a sigmoid
+    forward pass slice by slice, crop, NormReLU (each slice divided by its maximum, or for a
+    network trained with the batch-wide maximum min(ReLU / m, 1) with its stored m; a sigmoid
     for sigmoid models). With
     ``flip`` (in-plane axes of the slice, 0 and/or 1), the padded slice is flipped before
     the network and its output flipped back: one test-time augmentation view. ``slices``:
@@ -89,6 +90,9 @@ def plain_network_prediction(model, volume, axis, normalise=True, flip=(), slice
             out.append(torch.sigmoid(logits).numpy())
             continue
         r = logits.clamp(min=0).numpy()
+        if getattr(getattr(model, "activation", None), "scope", "slice") == "batch":  # the stored normaliser
+            out.append(np.minimum(r / float(model.activation.norm_max[0]), 1.0))
+            continue
         out.append(r / r.max() if r.max() > 0 else r)
     return np.moveaxis(np.stack(out), 0, axis)
 

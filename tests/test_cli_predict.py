@@ -89,7 +89,7 @@ def test_predict_tta_uncertainty_and_custom_paths(tmp_path, checkpoint, capsys):
 
 def test_predict_with_the_shipped_model_by_name(phantom_paths, tmp_path, capsys):
     """README: MODEL is a checkpoint or a shipped model name; ``--threshold auto`` uses the
-    model's optimised threshold (0.05 for ms-lesion, as its model card says)."""
+    model's optimised threshold (the one its model card gives)."""
     import json
 
     from napari_softseg.engine.predict import MODELS_DIR

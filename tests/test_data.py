@@ -87,6 +87,25 @@ def test_validation_split_by_volume_and_by_slab():
     assert split_validation(volume, fg, 0.0, seed=0)[1].size == 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_validation_split_never_holds_out_all_the_structure(seed):
+    # one volume painted on one slice only (a user fine-tuning on one slice): a slab without it is held out
+    volume, fg = np.zeros(20, int), np.zeros(20, bool)
+    fg[9] = True
+    tr, va = split_validation(volume, fg, 0.2, seed=seed)
+    assert 9 in tr and not fg[va].any() and np.all(np.diff(va) == 1) and len(va) == 4
+    # painted in two slabs (slices 9 and 12 of the slabs 8-11 and 12-15): either may be held out
+    fg[12] = True
+    held = {tuple(int(i) for i in split_validation(volume, fg, 0.2, seed=s)[1]) for s in range(20)}
+    assert held == {tuple(range(8, 12)), tuple(range(12, 16))}
+    # five volumes, only volume 3 labelled: it stays in training, one other volume validates
+    volume = np.repeat(np.arange(5), 4)
+    fg = volume == 3
+    tr, va = split_validation(volume, fg, 0.2, seed=seed)
+    assert set(np.flatnonzero(fg)) <= set(tr.tolist())
+    assert len(np.unique(volume[va])) == 1 and 3 not in volume[va]
+
+
 def test_subject_checks_give_one_sentence_errors():
     img = np.random.rand(10, 12, 4).astype(np.float32)
     lab = _ball((10, 12, 4), 3)

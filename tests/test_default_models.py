@@ -1,7 +1,8 @@
 """The shipped default models: small, documented, addressable by name, and good at their job.
 
-* ``ms-lesion`` finds most lesions of the phantom (lesions of the exact truth fraction
-  ``> 0.5``; detection counted independently here with ``scipy.ndimage.label``).
+* ``ms-lesion`` finds the sample phantom's non-faint lesions (not in its training set;
+  lesions of the exact truth fraction ``>= 0.5``; detection counted independently here with
+  ``scipy.ndimage.label``), as its model card says.
 * ``brain-gm`` reproduces FSL FAST's soft gray matter on the brain T1's held-out slices.
 """
 
@@ -38,24 +39,51 @@ def test_shipped_model_is_small_documented_and_loadable(name):
     assert (MODELS_DIR / f"{name}.md").read_text().startswith(f"# Default model `{name}`")
 
 
+#: floors on the sample phantom alone (13 non-faint lesions: one lesion is 7.7 LTPR points); the card's
+#: mean over its unseen phantoms is held to the targets LTPR >= 90 %, LFDR <= 20 %, |sum p - truth| <= 10 %
+FLOOR = {"ltpr": 0.8, "lfdr": 0.2, "volume": 0.1}
+
+
 @pytest.mark.slow
-def test_lesion_model_finds_most_phantom_lesions(phantom):
+def test_lesion_model_finds_the_sample_phantoms_lesions_as_its_card_says(phantom):
+    """On the sample phantom (not in its training set), counted independently here: the
+    non-faint lesions found, few false ones, the total soft volume close to the true one,
+    no lesion-free slice reaching p = 0.5; and the card's numbers are what the model does."""
+    from napari_softseg.io.phantom import render_fraction
+
     model = load_model("ms-lesion")
     threshold = model.softseg_config["threshold"]
     soft = predict_volume(model, phantom.image, spacing=(1.0, 1.0, 3.0))
-    truth, n_truth = ndimage.label(phantom.truth > 0.5, structure=CONN18)
-    pred, n_pred = ndimage.label(soft > threshold, structure=CONN18)
+    faint = np.zeros(phantom.truth.shape, bool)
+    for les in phantom.lesions:
+        if les.faint:
+            box, frac = render_fraction(les, faint.shape)
+            faint[box] |= frac > 0
+    truth, n_truth = ndimage.label(np.where(faint, 0.0, phantom.truth) >= 0.5, structure=CONN18)
+    pred, n_pred = ndimage.label(soft >= threshold, structure=CONN18)
     sizes = np.bincount(truth.ravel(), minlength=n_truth + 1)[1:]
     hit = np.bincount(truth[pred > 0], minlength=n_truth + 1)[1:]
-    detected = np.count_nonzero(hit >= np.minimum(3, sizes))
-    false = sum(1 for i in range(1, n_pred + 1) if not np.any(phantom.truth[pred == i] > 0.5))
-    ltpr, lfdr = detected / n_truth, false / max(n_pred, 1)
-    assert ltpr > 0.5, (detected, n_truth)  # most lesions (all non-faint ones of 5 mm and more)
-    assert lfdr <= 0.25, (false, n_pred)
-    # the numbers written beside the model are what the model does
+    ltpr = np.count_nonzero(hit >= np.minimum(3, sizes)) / n_truth
+    false = sum(1 for i in range(1, n_pred + 1) if not np.any(phantom.truth[pred == i] >= 0.5))
+    lfdr = false / max(n_pred, 1)
+    brain = phantom.image > 0
+    volume_error = (soft[brain].sum(dtype=np.float64) - phantom.truth.sum(dtype=np.float64)) / phantom.truth.sum()
+    lesion_slice = phantom.truth.sum(axis=(0, 1)) > 0
+    free_peaks = [soft[:, :, z][brain[:, :, z]].max(initial=0.0) for z in range(soft.shape[2])
+                  if brain[:, :, z].any() and not lesion_slice[z]]
+    assert ltpr >= FLOOR["ltpr"], (ltpr, n_truth)
+    assert lfdr <= FLOOR["lfdr"], (false, n_pred)
+    assert abs(volume_error) <= FLOOR["volume"], volume_error
+    assert max(free_peaks) < 0.5 and len(free_peaks) > 10
     info = json.loads((MODELS_DIR / "ms-lesion.json").read_text())
-    recorded = next(v for k, v in info["metrics"].items() if "in training" in k)
-    assert recorded["ltpr_%"] == pytest.approx(100 * ltpr, abs=100 / n_truth + 0.1)  # within one lesion
+    recorded = next(v for k, v in info["metrics"].items() if k.startswith("sample phantom"))
+    assert recorded["ltpr_nonfaint_%"] == pytest.approx(100 * ltpr, abs=0.01)
+    assert recorded["lfdr_%"] == pytest.approx(100 * lfdr, abs=0.01)
+    assert recorded["sum_p_error_%"] == pytest.approx(100 * volume_error, abs=0.01)
+    assert recorded["lesion_free_slices_ge_0.5"] == 0
+    unseen = next(v for k, v in info["metrics"].items() if k.startswith("mean over"))
+    assert unseen["ltpr_nonfaint_%"] >= 90 and unseen["lfdr_%"] <= 20 and abs(unseen["sum_p_error_%"]) <= 10
+    assert unseen["lesion_free_slices_ge_0.5"] == 0 and unseen["lesion_free_scan_slices_ge_0.5"] == 0
 
 
 @pytest.mark.slow

@@ -254,31 +254,59 @@ def test_mc_dropout_and_tta_samples_share_the_stored_normaliser():
 # ----------------------------------------------------------------------------- checkpoints
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
-def test_shipped_checkpoints_predict_exactly_with_their_per_slice_maximum(name, phantom):
-    """The shipped models were written before the scope existed: they load as "slice" and
-    predict exactly what an independent per-slice maximum of their logits gives."""
-    path = MODELS_DIR / f"{name}.pt"
-    if not path.is_file():
-        pytest.skip(f"{name} is not installed")
-    state, config = load_checkpoint(path)
-    assert "norm_scope" not in config["architecture"] and "activation.norm_max" not in state
-    model = load_model(path)
-    assert model.activation.scope == "slice"
-    volume = phantom.image[40:104, 60:132, 20:26]  # lesions in a 64 x 72 x 6 box: no padding
-    soft = predict_volume(model, volume, slice_axis=2, batch_size=4, device="cpu", mixed_precision=False)
+def _logits(model, volume: np.ndarray) -> np.ndarray:
+    """The network's logits of ``volume``'s axial slices, z-scored as prediction does: (S, H, W)."""
     mean, std = zscore_stats(volume)
     x = torch.from_numpy(apply_zscore(np.moveaxis(volume, 2, 0)[..., None], mean, std)).permute(0, 3, 1, 2)
     net = InferenceUNet(model)
     with torch.inference_mode():
-        logits = torch.cat([net.forward_logits(x[i : i + 4]) for i in range(0, 6, 4)])[:, 0].numpy()
-    r = np.maximum(logits, np.float32(0))
+        return torch.cat([net.forward_logits(x[i : i + 4]) for i in range(0, x.shape[0], 4)])[:, 0].numpy()
+
+
+def test_a_checkpoint_written_before_the_scope_predicts_exactly_with_its_per_slice_maximum(tmp_path, phantom):
+    """A NormReLU checkpoint as written before the scope existed (no ``norm_scope``, no stored
+    normaliser: the earlier shipped models and users' models) loads as "slice" and predicts
+    exactly what an independent per-slice maximum of its logits gives."""
+    torch.manual_seed(1)
+    net = UNet(1, 1, depth=2, base_features=6, dropout=0.0, norm_scope="slice").eval()
+    volume = phantom.image[40:104, 60:132, 20:26]  # lesions in a 64 x 72 x 6 box: no padding
+    with torch.no_grad():  # centre the logits so that part of each slice is positive
+        net.head.bias -= float(np.median(_logits(net, volume)))
+    config = make_config(net)
+    del config["architecture"]["norm_scope"]
+    path = save_checkpoint(tmp_path / "legacy.pt", net, config)
+    state, config = load_checkpoint(path)
+    assert "norm_scope" not in config["architecture"] and "activation.norm_max" not in state
+    model = load_model(path)
+    assert model.activation.scope == "slice"
+    soft = predict_volume(model, volume, slice_axis=2, batch_size=4, device="cpu", mixed_precision=False)
+    r = np.maximum(_logits(model, volume), np.float32(0))
     peak = r.max(axis=(1, 2), keepdims=True)
     expected = np.where(peak > 0, r / np.where(peak > 0, peak, 1), np.float32(0))
     assert np.array_equal(soft, np.moveaxis(expected, 0, 2))  # bit for bit, given the same logits
     assert np.all(soft.max(axis=(0, 1)) == 1.0)
     # and within float32 rounding of a plain slice-by-slice forward pass of the network
     np.testing.assert_allclose(soft, plain_network_prediction(model, volume, 2), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_shipped_models_predict_with_their_stored_normaliser_whatever_the_batch(name, phantom):
+    """The shipped models are trained with the batch-wide maximum: they predict
+    min(ReLU(x) / m, 1) with their stored m, the same with batch sizes 1 and 16."""
+    path = MODELS_DIR / f"{name}.pt"
+    if not path.is_file():
+        pytest.skip(f"{name} is not installed")
+    state, config = load_checkpoint(path)
+    assert config["architecture"]["norm_scope"] == "batch"
+    m = float(state["activation.norm_max"][0])
+    assert np.isfinite(m) and m > 0
+    model = load_model(path)
+    volume = phantom.image[40:104, 60:132, 20:26]
+    one, many = (predict_volume(model, volume, slice_axis=2, batch_size=b, device="cpu", mixed_precision=False)
+                 for b in (1, 16))
+    assert np.max(np.abs(one - many)) <= 1e-4
+    expected = np.minimum(np.maximum(_logits(model, volume), np.float32(0)) / np.float32(m), np.float32(1))
+    np.testing.assert_allclose(one, np.moveaxis(expected, 0, 2), atol=1e-6)
 
 
 def test_a_checkpoint_without_a_scope_is_a_slice_checkpoint(tmp_path):

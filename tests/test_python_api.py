@@ -4,6 +4,7 @@ a plain forward pass of the network and hand-computed numbers."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -12,6 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
+from napari_softseg.engine.predict import MODELS_DIR
 
 from _oracles import itk_staple, plain_network_prediction
 from _paths import REPO, SHARED
@@ -46,7 +49,7 @@ def test_the_readme_snippet_runs_on_the_phantom(phantom_paths, tmp_path, monkeyp
     model = ns["model"]
     assert isinstance(model, ns["UNet"]) and not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert model.softseg_config["contrasts"] == ["FLAIR"] and model.softseg_config["threshold"] == 0.05
+    assert model.softseg_config["contrasts"] == ["FLAIR"] and model.softseg_config["threshold"] == json.loads((MODELS_DIR / "ms-lesion.json").read_text())["threshold"]
 
     soft = ns["soft"]
     assert soft.dtype == np.float32 and soft.shape == scan.data.shape

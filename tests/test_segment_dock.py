@@ -48,6 +48,12 @@ def columns(table) -> dict[str, int]:
     return {table.horizontalHeaderItem(c).text(): c for c in range(table.columnCount())}
 
 
+def lesion_rows(table) -> list[int]:
+    """The rows of lesions (parts of the mask); possible lesions, sub-threshold blobs, follow them."""
+    kind = columns(table)["kind"]
+    return [r for r in range(table.rowCount()) if table.item(r, kind).text() == "lesion"]
+
+
 def make_every_lesion_flagged(dock) -> None:
     dock.panel.rule_toggle.setChecked(True)
     check, spin = dock.panel.rule.controls()["min_volume_mm3"]
@@ -76,11 +82,15 @@ def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
     np.testing.assert_allclose(soft.data[:, :, SOME], expected, atol=FAST_PATH_ATOL)
     assert soft.data.dtype == np.float32 and 0.0 <= soft.data.min() and soft.data.max() <= 1.0
     assert tuple(soft.contrast_limits) == (0.0, 1.0)
-    # the mask is soft >= the model's optimised threshold (0.05, as its model card says)
+    # the mask is soft >= the model's optimised threshold (as its model card says)
+    from napari_softseg.engine.checkpoint import load_checkpoint
     from napari_softseg.engine.predict import MODELS_DIR
 
     threshold = json.loads((MODELS_DIR / "ms-lesion.json").read_text())["threshold"]
-    assert threshold == 0.05 and dock.threshold.value() == pytest.approx(threshold, abs=0.005)
+    assert threshold == load_checkpoint(MODELS_DIR / "ms-lesion.pt")[1]["threshold"]
+    assert dock.threshold.value() == pytest.approx(threshold, abs=0.005)
+    # the dock says plainly what the shipped lesion model was trained on, and how to adapt it
+    assert "trained on synthetic data only" in dock.models.info.text() and "fine-tune" in dock.models.info.text()
     np.testing.assert_array_equal(mask.data > 0, soft.data >= np.float32(threshold))
     clear = np.abs(expected - threshold) > FAST_PATH_ATOL
     np.testing.assert_array_equal((mask.data[:, :, SOME] > 0)[clear], (expected >= threshold)[clear])
@@ -99,13 +109,13 @@ def test_threshold_slider_rebinarises_and_table_follows(dock, qtbot):
         np.testing.assert_array_equal(mask_layer.data > 0, soft >= np.float32(0.2))  # at once, before the table
     low = mask_layer.data > 0
     _, n = components(soft >= np.float32(0.2))
-    assert dock.panel.table.rowCount() == n
+    assert len(lesion_rows(dock.panel.table)) == n
     with qtbot.waitSignal(dock.analysed, timeout=60_000):
         dock.threshold.spin.setValue(0.6)
     high = mask_layer.data > 0
     np.testing.assert_array_equal(high, soft >= np.float32(0.6))
     _, n_high = components(high)
-    assert dock.panel.table.rowCount() == n_high
+    assert len(lesion_rows(dock.panel.table)) == n_high
     assert high.sum() < low.sum() and not np.any(high & ~low)
 
 
@@ -126,14 +136,14 @@ def test_table_lists_the_components_and_their_statistics(dock, qtbot):
     t = np.float32(dock.threshold.value())
     labels, n = components(soft >= t)
     table = dock.panel.table
-    assert n > 2 and table.rowCount() == n
+    assert n > 2 and len(lesion_rows(table)) == n
     col = columns(table)
     by_size = {}
     for k in range(1, n + 1):  # every component, described by numpy
         p = soft[labels == k].astype(np.float64)
         by_size.setdefault(p.size, []).append((3.0 * p.size, p.mean(), p.min(), p.mean() < 0.6))
     shown = {}
-    for row in range(table.rowCount()):
+    for row in lesion_rows(table):
         cells = {name: table.item(row, c).text() for name, c in col.items()}
         shown.setdefault(int(cells["voxels"]), []).append(
             (float(cells["vol mm³"]), float(cells["mean p"]), float(cells["min p"]), cells["flag"] != ""))
@@ -159,7 +169,7 @@ def test_table_lists_the_components_and_their_statistics(dock, qtbot):
     check, spin = dock.panel.rule.controls()["min_volume_mm3"]
     check.setChecked(True)
     spin.setValue(10000.0)
-    assert all(table.item(r, col["flag"]).text() for r in range(table.rowCount()))
+    assert all(table.item(r, col["flag"]).text() for r in lesion_rows(table))
     for check, _ in dock.panel.rule.controls().values():
         check.setChecked(False)
     assert not any(table.item(r, col["flag"]).text() for r in range(table.rowCount()))
@@ -174,10 +184,10 @@ def test_selecting_rows_and_the_n_keys_move_to_flagged_lesions(dock, qtbot):
     make_every_lesion_flagged(dock)
     run_segment(qtbot, dock)
     review, viewer, table = dock.review, dock.viewer, dock.panel.table
-    order = table.ids_in_order()  # every lesion is flagged: N walks the table in display order
+    order = table.ids_in_order()  # every row is flagged: N walks the table in display order
     assert len(order) >= 3 and all(table.item(r, columns(table)["flag"]).text() for r in range(len(order)))
-    target = order[-1]
-    table.selectRow(table.row_of(target))  # the user clicks the last row
+    target = table.id_at(lesion_rows(table)[-1])
+    table.selectRow(table.row_of(target))  # the user clicks the last lesion row
     scan = viewer.layers["phantom_flair"]
     centroid = np.argwhere(review.table.labels == target).mean(axis=0)  # numpy, from the label image
     voxel = scan.world_to_data(viewer.dims.point)
@@ -191,6 +201,7 @@ def test_selecting_rows_and_the_n_keys_move_to_flagged_lesions(dock, qtbot):
 
     # the real keys on the canvas: N goes to the next flagged row (wrapping), Shift+N back
     canvas = viewer.window._qt_viewer.canvas.native
+    table.selectRow(table.row_of(order[-1]))  # the last row (a possible lesion, if the table lists any)
     canvas.setFocus()
     seen = []
     for _ in range(3):
@@ -203,7 +214,10 @@ def test_selecting_rows_and_the_n_keys_move_to_flagged_lesions(dock, qtbot):
     assert table.selected_id() == order[0]
     qtbot.keyClick(canvas, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
     assert table.selected_id() == order[-1]  # and Shift+N wraps backwards
-    np.testing.assert_array_equal(viewer.layers["phantom_flair mask"].data == 2, review.table.labels == order[-1])
+    last_is_lesion = review.table.by_id(order[-1]).kind == "lesion"
+    # a selected lesion is highlighted in the mask; a possible lesion is not part of the mask
+    np.testing.assert_array_equal(viewer.layers["phantom_flair mask"].data == 2,
+                                  (review.table.labels == order[-1]) & last_is_lesion)
 
 
 @gui
@@ -330,7 +344,20 @@ def _structure_stats(labels, n, samples, threshold):
 
 @gui
 @slow
-def test_mc_dropout_samples_feed_the_lesion_statistics(dock, qtbot):
+def test_mc_dropout_samples_feed_the_lesion_statistics(dock, qtbot, tmp_path):
+    from napari_softseg.engine.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from napari_softseg.engine.predict import resolve_model_path
+    from napari_softseg.widgets.models import RECENT_MODELS
+    from napari_softseg.widgets.segment.controls import MC_OFF_TIP
+
+    # the shipped ms-lesion has no dropout: the MC box is off and says why
+    assert not dock.run_controls.mc_spin.isEnabled() and dock.run_controls.mc_spin.toolTip() == MC_OFF_TIP
+    # the same weights with dropout 0.1: a model MC dropout can sample
+    state, config = load_checkpoint(resolve_model_path("ms-lesion"))
+    config["architecture"]["dropout"] = 0.1
+    path = save_checkpoint(tmp_path / "with-dropout.pt", build_model(config, state), config)
+    RECENT_MODELS.add(path, "ms-lesion with dropout")
+    assert dock.models.current().name == str(path) and dock.run_controls.mc_spin.isEnabled()
     dock.run_controls.mc_spin.setValue(3)
     run_segment(qtbot, dock)
     samples = dock.review.samples
@@ -344,9 +371,9 @@ def test_mc_dropout_samples_feed_the_lesion_statistics(dock, qtbot):
     iou, cv = _structure_stats(labels, n, samples, t)
     table = dock.panel.table
     col = columns(table)
-    lesion_rows = [row for row in range(table.rowCount()) if table.item(row, col["kind"]).text() == "lesion"]
-    assert len(lesion_rows) == n > 0  # (possible lesions, listed after them, are blobs below the threshold)
-    for row in lesion_rows:
+    rows = lesion_rows(table)
+    assert len(rows) == n > 0  # (possible lesions, listed after them, are blobs below the threshold)
+    for row in rows:
         k = int(np.bincount(labels[dock.review.table.labels == table.id_at(row)]).argmax())
         assert float(table.item(row, col["IoU"]).text()) == pytest.approx(iou[k - 1], abs=0.0051)
         cell = table.item(row, col["vol CV"]).text()

@@ -543,4 +543,11 @@ def test_fused_label_source_preset_and_fine_tuning_a_file(make_napari_viewer, qt
     assert start.start_loss == pytest.approx(config["training"]["best_val_loss"], rel=1e-4)
     _, config2 = load_checkpoint(done2.checkpoint)
     assert config2["training"]["init"] == "start.pt" and config2["preset"] == "conventional"
-    assert f"Fine-tuning start.pt: continues after epoch 1" in dock.start_label.text()
+    assert "Fine-tuning start.pt: continues after epoch 1" in dock.start_label.text()
+
+    # a shipped model by name, as the Segment dock's note for ms-lesion says
+    from napari_softseg.engine.predict import MODELS_DIR
+
+    dock.params.init_path.setText("ms-lesion")
+    assert dock.params.init_checkpoint() == MODELS_DIR / "ms-lesion.pt"
+    assert dock.params.preset_combo.currentData() == "softseg"  # the shipped model's preset, followed

@@ -170,7 +170,10 @@ def split_validation(volume: np.ndarray, has_foreground: np.ndarray, val_fractio
     Several volumes: ``max(1, round(val_fraction * V))`` whole volumes (at most ``V - 1``)
     drawn with ``seed``. One volume: its slices are cut into ``round(1 / val_fraction)``
     contiguous slabs and one slab holding foreground (any slab if none does) is held out.
-    ``val_fraction = 0`` (or a single slice) gives an empty validation set.
+    The split never holds out all the foreground: when the draw would (one painted slab,
+    one labelled volume), a slab or volumes without it are held out instead, so that
+    training always sees the structure. ``val_fraction = 0`` (or a single slice) gives an
+    empty validation set.
     """
     volume = np.asarray(volume)
     n = volume.size
@@ -180,14 +183,21 @@ def split_validation(volume: np.ndarray, has_foreground: np.ndarray, val_fractio
         return everything, empty
     rng = np.random.default_rng(seed)
     vols = np.unique(volume)
+    has_foreground = np.asarray(has_foreground, dtype=bool)
     if vols.size >= 2:
         n_val = min(vols.size - 1, max(1, int(round(val_fraction * vols.size))))
         held = rng.choice(vols, size=n_val, replace=False)
         is_val = np.isin(volume, held)
+        if has_foreground.any() and not has_foreground[~is_val].any():  # keep one labelled volume for training
+            keep = rng.choice(np.unique(volume[has_foreground]))
+            held = rng.choice(vols[vols != keep], size=n_val, replace=False)
+            is_val = np.isin(volume, held)
         return everything[~is_val], everything[is_val]
     n_slabs = min(n, max(2, int(round(1.0 / val_fraction))))
     slabs = np.array_split(everything, n_slabs)
-    candidates = [i for i, s in enumerate(slabs) if np.any(has_foreground[s])] or list(range(n_slabs))
+    total = int(np.count_nonzero(has_foreground))
+    candidates = ([i for i, s in enumerate(slabs) if 0 < np.count_nonzero(has_foreground[s]) < total]
+                  or [i for i, s in enumerate(slabs) if not np.any(has_foreground[s])] or list(range(n_slabs)))
     pick = slabs[int(rng.choice(candidates))]
     is_val = np.isin(everything, pick)
     return everything[~is_val], everything[is_val]

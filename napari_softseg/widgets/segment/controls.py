@@ -27,6 +27,12 @@ PROGRESS_INTERVAL_S = 0.25
 TTA_CHOICES = {"off": 0, "2 views (flip)": 2, "4 views (flips)": 4}
 
 
+MC_TIP = ("Monte-Carlo dropout: predict this many times with dropout on; the mean is the soft map and the samples "
+          "give each lesion's IoU and volume CV (0 = off; each sample costs one prediction).")
+MC_OFF_TIP = ("This model has no dropout (networks with the normalised ReLU train without it), so Monte-Carlo "
+              "dropout would draw the same map every time; use test-time augmentation for samples.")
+
+
 class RunControls(QWidget):
     """MC-dropout samples, test-time augmentation, Segment / Cancel and a progress bar."""
 
@@ -37,9 +43,7 @@ class RunControls(QWidget):
         form = QFormLayout()
         self.mc_spin = QSpinBox()
         self.mc_spin.setRange(0, 30)
-        self.mc_spin.setToolTip("Monte-Carlo dropout: predict this many times with dropout on; the mean is the soft "
-                                "map and the samples give each lesion's IoU and volume CV (0 = off; each sample costs "
-                                "one prediction).")
+        self.mc_spin.setToolTip(MC_TIP)
         self.tta_combo = QComboBox()
         self.tta_combo.addItems(list(TTA_CHOICES))
         self.tta_combo.setToolTip("Test-time augmentation: also predict flipped slices and average; the views feed the "
@@ -59,6 +63,15 @@ class RunControls(QWidget):
         self.progress.setFixedHeight(self.progress.sizeHint().height())
         self._last_progress = 0.0
         lay.addWidget(self.progress)
+
+    def set_model(self, config: dict | None) -> None:
+        """MC dropout only for a model that has dropout (its checkpoint's architecture)."""
+        dropout = float(((config or {}).get("architecture") or {}).get("dropout", 0.3) or 0.0)
+        has = config is None or dropout > 0.0
+        if not has:
+            self.mc_spin.setValue(0)
+        self.mc_spin.setEnabled(has)
+        self.mc_spin.setToolTip(MC_TIP if has else MC_OFF_TIP)
 
     def tta(self) -> int:
         return TTA_CHOICES[self.tta_combo.currentText()]

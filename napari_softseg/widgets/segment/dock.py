@@ -123,11 +123,13 @@ class SegmentWidget(DockBase):
 
     def _connect(self) -> None:
         self.models.changed.connect(lambda *_: self.inputs.set_model(self.models.config()))
+        self.models.changed.connect(lambda *_: self.run_controls.set_model(self.models.config()))
         self.models.changed.connect(self._fitted_scores)
         self.run_controls.mc_spin.valueChanged.connect(self._fitted_scores)
         self.run_controls.tta_combo.currentIndexChanged.connect(self._fitted_scores)
         self.inputs.changed.connect(self._check_inputs)
         self.inputs.set_model(self.models.config())
+        self.run_controls.set_model(self.models.config())
         self._fitted_scores()
         self.run_controls.segment_button.clicked.connect(self.segment)
         self.run_controls.cancel_button.clicked.connect(self.cancel)

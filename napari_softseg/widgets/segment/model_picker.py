@@ -57,6 +57,8 @@ def describe(config: dict, path: Path | None = None) -> str:
         f"<b>Threshold:</b> {float(config.get('threshold', 0.5)):.2f} &nbsp; <b>Preset:</b> {html.escape(str(config.get('preset')))}"
         + (f" &nbsp; <b>Epochs:</b> {epochs}" if epochs else ""),
     ]
+    if training.get("note"):
+        parts.append(f"<b>Note:</b> {html.escape(str(training['note']))}")
     if path is not None:
         parts.append(f"<span style='color:gray'>{html.escape(path.name)}</span>")
     return "<br>".join(p for p in parts if p)

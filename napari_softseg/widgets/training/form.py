@@ -92,8 +92,9 @@ class HyperParameters(QWidget):
         row.addStretch(1)
         form.addRow("Start", row)
         self.init_path = QLineEdit()
-        self.init_path.setPlaceholderText("model checkpoint (.pt)")
-        self.init_path.setToolTip("The checkpoint to fine-tune: its architecture, slice axis, voxel size and crop are kept.")
+        self.init_path.setPlaceholderText("model checkpoint (.pt), or ms-lesion / brain-gm")
+        self.init_path.setToolTip("The checkpoint to fine-tune (a file, or a shipped model's name): its architecture, "
+                                  "slice axis, voxel size and crop are kept.")
         self.browse_button = QPushButton("…")
         self.browse_button.setFixedWidth(28)
         self.browse_button.setToolTip("Choose a checkpoint file.")
@@ -157,8 +158,8 @@ class HyperParameters(QWidget):
 
     def _init_changed(self, text: str) -> None:
         """Follow the chosen checkpoint's preset (fine-tuning keeps its final activation)."""
-        path = Path(text.strip()).expanduser()
-        if not text.strip() or not path.is_file():
+        path = _init_path(text)
+        if path is None or not path.is_file():
             return
         from napari_softseg.engine.checkpoint import load_checkpoint
         from napari_softseg.errors import UserError
@@ -190,5 +191,15 @@ class HyperParameters(QWidget):
     def init_checkpoint(self) -> Path | None:
         if not self.finetune_radio.isChecked():
             return None
-        text = self.init_path.text().strip()
-        return Path(text).expanduser() if text else None
+        return _init_path(self.init_path.text())
+
+
+def _init_path(text: str) -> Path | None:
+    """The checkpoint the "Model" box names: a file, or a shipped model by name (as in
+    ``napari-softseg train --init ms-lesion``)."""
+    from napari_softseg.engine.predict import SHIPPED_MODELS, resolve_model_path
+
+    text = text.strip()
+    if text in SHIPPED_MODELS:
+        return resolve_model_path(text)
+    return Path(text).expanduser() if text else None
