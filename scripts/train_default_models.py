@@ -140,7 +140,8 @@ def _write_sidecars(name: str, info: dict, out_dir: Path) -> None:
     (out_dir / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
     lines = [f"# Default model `{name}`", "", info["description"], "",
              f"- command: `{info['command']}`", f"- seed: {info['seed']}",
-             f"- data: {info['data']}", f"- label source: {info['label_source']}",
+             f"- data: {info['data']}" + (f" ({info['data_details']})" if info.get("data_details") else ""),
+             f"- label source: {info['label_source']}",
              f"- preset: {info['preset']}; network: {info['architecture']}",
              f"- epochs: {info['epochs_run']} run, best epoch {info['best_epoch']} (max {info['epochs_max']})",
              f"- threshold: {info['threshold']}",
@@ -328,15 +329,16 @@ def train_ms_lesion(args) -> dict:
         "description": "Multiple-sclerosis-like white-matter lesions on FLAIR-like images (soft map in [0, 1]). "
                        "Trained on synthetic data only (the lesion phantom); fine-tune it on your own raters "
                        "(Train SoftSeg dock: Start = Fine-tune, Model = ms-lesion).",
-        "data": f"{len(LESION_TRAIN)} varied lesion phantoms (build_phantom(SEED+{LESION_TRAIN[0]}..{LESION_TRAIN[-1]}, "
-                f"vary=True): mirrored anatomy, tissue and lesion contrast, noise, bias field, 8-14 isolated lesions "
-                f"plus touching pairs), 142x178x47 at 1x1x3 mm; subjects "
-                f"{', '.join(f'SEED+{o}' for o in LESION_COARSE)} resampled to {sorted(set(LESION_COARSE.values()))} mm "
-                f"in-plane; volumes {held} of the list hold out for validation (early stopping; the stored normaliser and the "
-                f"threshold are chosen on all 8)",
+        "data": f"synthetic: {len(LESION_TRAIN)} varied lesion phantoms, 1x1x3 mm ({len(LESION_COARSE)} resampled to "
+                f"{max(LESION_COARSE.values()):g} mm in-plane), {len(held)} of them for validation",
+        "data_details": f"build_phantom(SEED+{LESION_TRAIN[0]}..{LESION_TRAIN[-1]}, vary=True): mirrored anatomy, tissue "
+                        f"and lesion contrast, noise, bias field, 8-14 isolated lesions plus touching pairs, 142x178x47 at "
+                        f"1x1x3 mm; subjects {', '.join(f'SEED+{o}' for o in LESION_COARSE)} resampled to "
+                        f"{max(LESION_COARSE.values()):g} mm in-plane; volumes {held} of the list held out for validation "
+                        f"(early stopping; the stored normaliser and the threshold are chosen on all {len(LESION_TRAIN)})",
         "label_source": "the phantom's exact partial-volume lesion fraction (soft)",
-        "dock_note": "trained on synthetic data only (lesion phantoms). To adapt it to your scans, paint or "
-                     "import your raters' masks and fine-tune it in the Train SoftSeg dock (Start: Fine-tune, Model: ms-lesion).",
+        "dock_note": "synthetic training data only: fine-tune it on your raters' masks to adapt it "
+                     "(Train SoftSeg, Fine-tune).",
         "metrics": {
             f"mean over {len(LESION_TEST)} unseen phantoms": _mean_metrics(tests),
             **{f"unseen phantom {k}": v for k, v in tests.items()},

@@ -203,6 +203,9 @@ def train(j: Journey) -> None:
     assert checkpoint.parent == j.tmp / "userdata" / "models"
     assert dock.progress_bar.format() == "completed" and len(dock.plot.epochs) == 2
     assert dock.result_label.text().startswith("Optimised threshold ") and checkpoint.name in dock.result_label.text()
+    # one painted slice: no validation set, and the dock says which loss chose the kept epoch
+    assert done.summary["n_val_slices"] == 0 and "no validation set" in dock.start_label.text()
+    assert ", training loss " in dock.result_label.text()
     assert "training preview" in j.viewer.layers
     j.shot("train", TRAINING)
 

@@ -90,7 +90,7 @@ def test_segment_adds_layers_on_the_scan_geometry(dock, qtbot):
     assert threshold == load_checkpoint(MODELS_DIR / "ms-lesion.pt")[1]["threshold"]
     assert dock.threshold.value() == pytest.approx(threshold, abs=0.005)
     # the dock says plainly what the shipped lesion model was trained on, and how to adapt it
-    assert "trained on synthetic data only" in dock.models.info.text() and "fine-tune" in dock.models.info.text()
+    assert "synthetic training data only" in dock.models.info.text() and "Fine-tune" in dock.models.info.text()
     np.testing.assert_array_equal(mask.data > 0, soft.data >= np.float32(threshold))
     clear = np.abs(expected - threshold) > FAST_PATH_ATOL
     np.testing.assert_array_equal((mask.data[:, :, SOME] > 0)[clear], (expected >= threshold)[clear])

@@ -170,10 +170,12 @@ def split_validation(volume: np.ndarray, has_foreground: np.ndarray, val_fractio
     Several volumes: ``max(1, round(val_fraction * V))`` whole volumes (at most ``V - 1``)
     drawn with ``seed``. One volume: its slices are cut into ``round(1 / val_fraction)``
     contiguous slabs and one slab holding foreground (any slab if none does) is held out.
-    The split never holds out all the foreground: when the draw would (one painted slab,
-    one labelled volume), a slab or volumes without it are held out instead, so that
-    training always sees the structure. ``val_fraction = 0`` (or a single slice) gives an
-    empty validation set.
+    The split never holds out all the foreground, and a validation set without foreground
+    would be useless (a network that predicts nothing scores a perfect 0 there, so no
+    training epoch could beat the start): when the foreground lies in a single slab, or in
+    a single volume, the validation set is empty and the trainer keeps the epoch with the
+    lowest training loss. ``val_fraction = 0`` (or a single slice) gives an empty
+    validation set.
     """
     volume = np.asarray(volume)
     n = volume.size
@@ -188,16 +190,21 @@ def split_validation(volume: np.ndarray, has_foreground: np.ndarray, val_fractio
         n_val = min(vols.size - 1, max(1, int(round(val_fraction * vols.size))))
         held = rng.choice(vols, size=n_val, replace=False)
         is_val = np.isin(volume, held)
-        if has_foreground.any() and not has_foreground[~is_val].any():  # keep one labelled volume for training
-            keep = rng.choice(np.unique(volume[has_foreground]))
-            held = rng.choice(vols[vols != keep], size=n_val, replace=False)
-            is_val = np.isin(volume, held)
+        if has_foreground.any() and np.unique(volume[has_foreground]).size < 2:  # one labelled volume: no validation
+            return everything, empty
+        if has_foreground.any() and not (has_foreground[~is_val].any() and has_foreground[is_val].any()):
+            labelled = np.unique(volume[has_foreground])  # redraw: labelled volumes on both sides
+            keep = rng.choice(labelled)
+            first = rng.choice(labelled[labelled != keep])
+            rest = rng.choice(vols[(vols != keep) & (vols != first)], size=n_val - 1, replace=False)
+            is_val = np.isin(volume, np.concatenate([[first], rest]))
         return everything[~is_val], everything[is_val]
     n_slabs = min(n, max(2, int(round(1.0 / val_fraction))))
     slabs = np.array_split(everything, n_slabs)
     total = int(np.count_nonzero(has_foreground))
-    candidates = ([i for i, s in enumerate(slabs) if 0 < np.count_nonzero(has_foreground[s]) < total]
-                  or [i for i, s in enumerate(slabs) if not np.any(has_foreground[s])] or list(range(n_slabs)))
-    pick = slabs[int(rng.choice(candidates))]
+    candidates = [i for i, s in enumerate(slabs) if 0 < np.count_nonzero(has_foreground[s]) < total]
+    if total and not candidates:  # the foreground lies in one slab: no validation
+        return everything, empty
+    pick = slabs[int(rng.choice(candidates or list(range(n_slabs))))]
     is_val = np.isin(everything, pick)
     return everything[~is_val], everything[is_val]

@@ -419,10 +419,11 @@ class TrainingWidget(DockBase):
             run["start_epoch"] = ev.start_epoch
             self.progress_bar.setRange(0, max(1, ev.epochs * ev.steps_per_epoch))
             init = run["init"]
-            self.start_label.setText(
-                f"Fine-tuning {init.name}: continues after epoch {ev.start_epoch}; validation loss before "
-                f"the first step {_fmt(ev.start_loss)}." if init is not None else
-                f"Training from scratch; validation loss before the first step {_fmt(ev.start_loss)}.")
+            start = (f"validation loss before the first step {_fmt(ev.start_loss)}" if ev.start_loss is not None else
+                     "no validation set, so the epoch with the lowest training loss is kept (validation needs the "
+                     "structure painted in two slabs or two scans)")
+            self.start_label.setText(f"Fine-tuning {init.name}: continues after epoch {ev.start_epoch}; {start}."
+                                     if init is not None else f"Training from scratch; {start}.")
             self.plot.set_start(ev.start_epoch, ev.start_loss)
         elif ev.kind in ("step", "epoch"):
             run["step"] = ev
@@ -475,7 +476,8 @@ class TrainingWidget(DockBase):
             dice = summary.get("threshold_dice")
             self.result_label.setText(
                 f"Optimised threshold {ev.threshold:.2f}" + (f" (Dice {dice:.3f})" if dice is not None else "")
-                + f"; best epoch {best}, validation loss {_fmt(ev.best_val_loss)}; saved as {path.name}.")
+                + f"; best epoch {best}, {'validation' if summary.get('n_val_slices') else 'training'} loss "
+                f"{_fmt(ev.best_val_loss)}; saved as {path.name}.")
             if ev.status == "early_stopped":
                 notify_info(ev.message)
         elif ev.status == "cancelled":
