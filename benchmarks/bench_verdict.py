@@ -270,8 +270,8 @@ def flag_bars(flags: dict | None) -> list[dict]:
     if not flags or not isinstance(flags.get("bars"), list):
         return [{"bar": "review flags (flag AUROC, recall, false flags, candidates)", "value": None, "limit": None,
                  "met": None, "detail": "not measured (no flags.json)"}]
-    model = _get(flags, "model", "name") or _get(flags, "model") or "?"
-    return [dict(b, detail=f"{b.get('detail', '')} ({model if isinstance(model, str) else '?'})") for b in flags["bars"]]
+    model = flags.get("model", "?")  # bench_flags writes the model's name
+    return [dict(b, detail=f"{b.get('detail', '')} ({model})") for b in flags["bars"]]
 
 
 def _ui_targets(segment: dict | None, resp: dict | None) -> list[dict]:

@@ -101,7 +101,7 @@ def test_verdict_reads_the_other_results(tmp_path):
     assert {b["bar"]: b["met"] for b in r["ui_targets"]}["Segment, first click to layers <= 2 s"] is None
     assert [b["met"] for b in r["review_flags"]] == [None]  # no flags.json: not measured
 
-    (tmp_path / "flags.json").write_text(json.dumps({"model": {"name": "ms-lesion"}, "bars": [
+    (tmp_path / "flags.json").write_text(json.dumps({"model": "ms-lesion", "bars": [
         {"bar": "tta: flag AUROC >= 0.85", "value": 0.9, "limit": 0.85, "met": True, "detail": "0.90"},
         {"bar": "tta: correct lesions flagged <= 0.3", "value": 0.4, "limit": 0.3, "met": False, "detail": "0.40"}]}))
     flags = {b["bar"]: b for b in bench_verdict.run(out_dir=tmp_path)["review_flags"]}

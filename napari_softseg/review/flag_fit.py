@@ -241,14 +241,22 @@ def _design(names: list[str], every: list[str], xs: list, ys: list):
     return None if y.sum() < 2 or (~y).sum() < 2 else (xs, y)
 
 
-def _fit_lesions(cs: list[CaseData], sampling: str, target_recall: float, l2: float) -> Logistic | None:
-    names = feature_names("lesion", sampling)
-    ys = [c.lesion_y for c in cs]
-    design = _design(names, ALL_LESION, [c.lesion_x for c in cs], ys)
+def _cross_validated(kind: str, sampling: str, every: tuple, xs: list, ys: list, l2: float):
+    """``(names, xs, y, cv)``: the kind's feature columns, the stacked labels and the
+    leave-one-case-out scores; None when either class has fewer than two examples."""
+    names = feature_names(kind, sampling)
+    design = _design(names, every, xs, ys)
     if design is None:
         return None
     xs, y = design
-    cv = _cv_scores(xs, ys, names, l2)
+    return names, xs, y, _cv_scores(xs, ys, names, l2)
+
+
+def _fit_lesions(cs: list[CaseData], sampling: str, target_recall: float, l2: float) -> Logistic | None:
+    fitted = _cross_validated("lesion", sampling, ALL_LESION, [c.lesion_x for c in cs], [c.lesion_y for c in cs], l2)
+    if fitted is None:
+        return None
+    names, xs, y, cv = fitted
     model = Logistic.fit(np.concatenate(xs), y, names, l2=l2)
     model.operating_point = math.floor(100 * recall_operating_point(np.concatenate(cv), y, target_recall)) / 100
     model.info.update({"cv": lesion_metrics(np.concatenate(cv), y, model.operating_point),
@@ -257,13 +265,10 @@ def _fit_lesions(cs: list[CaseData], sampling: str, target_recall: float, l2: fl
 
 
 def _fit_candidates(cs: list[CaseData], sampling: str, max_false: float, l2: float) -> Logistic | None:
-    names = feature_names("candidate", sampling)
-    ys = [c.cand_true for c in cs]
-    design = _design(names, ALL_CANDIDATE, [c.cand_x for c in cs], ys)
-    if design is None:
+    fitted = _cross_validated("candidate", sampling, ALL_CANDIDATE, [c.cand_x for c in cs], [c.cand_true for c in cs], l2)
+    if fitted is None:
         return None
-    xs, y = design
-    cv = _cv_scores(xs, ys, names, l2)
+    names, xs, y, cv = fitted
     op = min(math.ceil(100 * candidate_operating_point(cs, cv, max_false)) / 100, 1.0)
     metrics = candidate_metrics(cs, cv, op)
     true_share = 1.0 - metrics["false_per_scan"] / metrics["listed_per_scan"] if metrics["listed_per_scan"] else 0.0
