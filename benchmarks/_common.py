@@ -14,7 +14,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -240,6 +240,11 @@ class Budget:
                            crop_size=self.crop_size, patch_size=self.patch_size, depth=self.depth, base_features=self.base_features,
                            val_fraction=self.val_fraction, patience=self.patience, early_stop_eps=self.eps, seed=seed,
                            device="cpu", augment=self.augment, slice_axis=slice_axis, num_threads=threads, **optional)
+
+    def made(self, result: Mapping | None) -> bool:
+        """Whether a results file (or one dataset of it) was made with this protocol: its
+        ``budget`` is this one as JSON writes it."""
+        return bool(result) and result.get("budget") == json.loads(json.dumps(asdict(self)))
 
     def describe(self) -> str:
         crop = "x".join(map(str, self.crop_size)) if self.crop_size else "whole slices"

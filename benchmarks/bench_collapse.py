@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from . import _common as C
@@ -46,7 +46,7 @@ def reused_ablation(out_dir: Path, plan, quick: bool) -> dict:
     """seed -> record of the ``softseg`` runs of ``ablation.json`` made with ``plan``'s protocol."""
     ab = _earlier(out_dir, "ablation")
     d = (ab or {}).get("datasets", {}).get(plan.key)
-    if not d or bool(ab.get("quick")) != quick or d.get("budget") != json.loads(json.dumps(asdict(plan.budget))):
+    if not plan.budget.made(d) or bool(ab.get("quick")) != quick:
         return {}
     return {r["seed"]: _record(r["metrics"]["max_p"], r["convergence"], "ablation.json")
             for r in d["runs"] if r["candidate"] == "softseg"}
@@ -54,7 +54,7 @@ def reused_ablation(out_dir: Path, plan, quick: bool) -> dict:
 
 def reused_phantom(out_dir: Path, budget: C.Budget, quick: bool) -> dict:
     pv = _earlier(out_dir, "partial_volume")
-    if not pv or bool(pv.get("quick")) != quick or pv.get("budget") != json.loads(json.dumps(vars(budget))):
+    if not budget.made(pv) or bool(pv.get("quick")) != quick:
         return {}
     return {r["seed"]: _record(max(s["max_p"] for s in r["scans"]), r["convergence"], "partial_volume.json")
             for r in pv["runs"] if r["pipeline"] == "softseg"}

@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 
 from . import _common as C
+from .bench_partial_volume import settings
 
 READS_RESULTS = True  # reads the other benchmarks' JSON; trains nothing
 NA = "not available here"
@@ -120,7 +121,21 @@ def calibration_rows(ablation: dict | None, pv: dict | None, fusion: dict | None
     return rows
 
 
+def current_fusion(fusion: dict | None) -> dict | None:
+    """``fusion.json`` when it was made with the phantom studies' present protocol and seeds
+    for its mode (``bench_partial_volume.settings``), else a note saying what it was made with."""
+    if fusion is None:
+        return None
+    s = settings(bool(fusion.get("quick")))
+    if s["budget"].made(fusion) and fusion.get("seeds") == s["seeds"]:
+        return fusion
+    return {"stale": f"fusion.json was made with an earlier protocol ({fusion.get('seeds')} seed(s); "
+                     f"{fusion.get('budget_text')}): run `make bench-fusion`"}
+
+
 def fusion_rows(fusion: dict | None) -> list[dict]:
+    if (fusion or {}).get("stale"):
+        return [_row("Tables 5.1–5.3 (fusion)", "[F]", "", fusion["stale"], None)]
     t = (fusion or {}).get("table", {})
     rows = []
     pairs = [(src, t.get(f"{src} / SoftSeg"), t.get(f"{src} / conventional")) for src in ("STAPLE", "average", "random sampling")]
@@ -227,6 +242,7 @@ def convergence_row(ablation: dict | None, pv: dict | None, collapse: dict | Non
 def run(quick: bool = False, out_dir: Path = C.RESULTS) -> dict:
     out_dir = Path(out_dir)
     ablation, pv, fusion = (_load(out_dir, n) for n in ("ablation", "partial_volume", "fusion"))
+    fusion = current_fusion(fusion)
     collapse = _load(out_dir, "collapse")
     rows = dice_rows(ablation, pv) + calibration_rows(ablation, pv, fusion) + other_rows(ablation, pv, collapse)
     q = quick or any(bool((d or {}).get("quick")) for d in (ablation, pv, fusion, collapse))

@@ -204,6 +204,32 @@ def test_thesis_rows_say_the_direction_from_the_data(tmp_path):
     assert "not available here" in (tmp_path / "thesis.md").read_text()
 
 
+def test_thesis_quotes_fusion_results_only_when_made_with_the_present_protocol(tmp_path):
+    from dataclasses import asdict, replace
+
+    from benchmarks import bench_thesis
+    from benchmarks.bench_partial_volume import settings
+
+    m = lambda v: {"mean": v, "std": 0.0}  # noqa: E731
+    cell = lambda ece: {"ece_bin": m(ece), "entropy_mae": m(ece), "dice_own": m(80.0), "n_runs": 5,  # noqa: E731
+                        "plateaued": [True] * 5}
+    s = settings(quick=False)
+    table = {f"{src} / {pipe}": cell(0.01 if pipe == "SoftSeg" else 0.02)
+             for src in ("STAPLE", "average", "random sampling") for pipe in ("SoftSeg", "conventional")}
+    fusion = {"quick": False, "budget": asdict(s["budget"]), "budget_text": "now", "seeds": s["seeds"], "table": table}
+    (tmp_path / "fusion.json").write_text(json.dumps(fusion))
+    rows = {x["finding"]: x for x in bench_thesis.run(out_dir=tmp_path)["rows"]}
+    ece = rows["ECE vs binarised STAPLE, SoftSeg vs conventional, per fusion"]
+    assert ece["same_direction"] is True and "STAPLE 0.0100 vs 0.0200" in ece["ours"]
+    for old in ({**fusion, "seeds": 3}, {**fusion, "budget": asdict(replace(s["budget"], patch_size=None))}):
+        (tmp_path / "fusion.json").write_text(json.dumps(old))
+        rows = {x["finding"]: x for x in bench_thesis.run(out_dir=tmp_path)["rows"]}
+        assert "ECE vs binarised STAPLE, SoftSeg vs conventional, per fusion" not in rows  # not quoted
+        stale = rows["Tables 5.1–5.3 (fusion)"]
+        assert "earlier protocol" in stale["ours"] and "make bench-fusion" in stale["ours"]
+        assert stale["same_direction"] is None
+
+
 def test_block_mean_and_softness_by_hand():
     from benchmarks._common import block_mean, softness
 
