@@ -363,3 +363,14 @@ def test_readme_figures_render_from_the_json_by_hand(tmp_path):
     later = next(line for line in lines if line.startswith("| Segment, later clicks"))
     assert "142x178x47 | 2.50 s | model alone 0.40 s" in first and first.endswith("≤ 2 s ✗ |")
     assert "| 0.80 s (max 0.90 s) | model alone 0.40 s" in later and later.endswith("≤ 1 s ✓ |")
+
+    # a CPU without native bf16: the rows say float32 and compare with the fp32 matmul (400 / 800 = 0.5)
+    (tmp_path / "train.json").write_text(json.dumps({"mixed_precision": "float32", "batch": 8, "crop": [160, 192]}))
+    (tmp_path / "predict.json").write_text(json.dumps({"default_threads": 2, "runs_by_threads": {"2": {
+        "gflops": {"ours": 400.0}, "matmul_gflops": {"bfloat16": None, "float32": 800.0}}}}))
+    lines = readme.render(tmp_path).splitlines()
+    step = next(line for line in lines if line.startswith("| training step"))
+    assert "(float32, no native bf16 on this CPU, channels-last" in step and "bf16 autocast" not in step
+    assert "fused conv+ReLU, float32;" in next(line for line in lines if line.startswith("| `predict_volume`"))
+    gflops = next(line for line in lines if line.startswith("| achieved GFLOP/s"))
+    assert "| 400 | fp32 matmul 800, same run | **0.50** | ≥ 0.4 of bf16 matmul (no native bf16 here) |" in gflops
