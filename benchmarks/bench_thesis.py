@@ -74,9 +74,10 @@ def dice_rows(ablation: dict | None, pv: dict | None) -> list[dict]:
         diff, p = a - b, (c.get("dice_own") or {}).get("p_vs_softseg")
         ours = f"{diff:+.1f} points ({a:.1f} vs {b:.1f} %, Wilcoxon p {C.fmt_p(p)}); conventional converged {_plateau(c)}"
         same = diff > 0 if published else None
-        why = (f"at 0.5 the difference is {C.fmt(_mean(s, 'dice') - _mean(c, 'dice'), 1)} points; own thresholds "
-               f"{C.fmt(_mean(s, 'threshold_own'), 2)} (SoftSeg) vs {C.fmt(_mean(c, 'threshold_own'), 2)}; conventional converged "
-               f"{_plateau(c)}") if same is False else ""
+        d05 = None if _mean(s, "dice") is None or _mean(c, "dice") is None else _mean(s, "dice") - _mean(c, "dice")
+        why = (f"at 0.5 the difference is {'?' if d05 is None else f'{d05:+.1f}'} points; own thresholds "
+               f"{C.fmt(_mean(s, 'threshold_own'), 2)} (SoftSeg) vs {C.fmt(_mean(c, 'threshold_own'), 2)}, each chosen on "
+               f"its run's validation data; Wilcoxon p {C.fmt_p(p)}; conventional converged {_plateau(c)}") if same is False else ""
         rows.append(_row(f"{name}: Dice, SoftSeg − conventional (own thresholds)", src, theirs, ours, same, why))
     s, c = ((pv or {}).get("summary", {}).get(k) for k in ("softseg", "conventional"))
     a, b = _mean(s, "dice_own"), _mean(c, "dice_own")

@@ -146,6 +146,29 @@ def test_verdict_compares_with_converged_baselines_only(tmp_path):
     assert bars["cord: ECE(SoftSeg) <= 0.5 x ECE(converged conventional), vs binarised truth"]["met"] is None
 
 
+def test_verdict_says_why_a_dice_or_ece_bar_is_missed(tmp_path):
+    """A missed Dice bar quotes Dice at 0.5, SoftSeg's own thresholds and the seeds that lose; a
+    missed ECE bar the ECE against the soft truth (means over the converged pairs)."""
+    from benchmarks import bench_verdict
+
+    def run(cand, seed, dice_own, dice_05, thr, ece_bin, ece_soft):
+        return {"candidate": cand, "seed": seed, "convergence": {"plateaued": True},
+                "metrics": {"dice_own": dice_own, "dice": dice_05, "threshold_own": thr, "ece_bin": ece_bin,
+                            "ece": ece_soft, "brier": None}}
+
+    runs = [run("softseg", 0, 70.0, 78.0, 0.2, 0.004, 0.001), run("softseg", 1, 80.0, 80.0, 0.6, 0.004, 0.003),
+            run("conventional", 0, 76.0, 75.0, 0.5, 0.006, 0.008), run("conventional", 1, 78.0, 77.0, 0.5, 0.006, 0.012)]
+    (tmp_path / "ablation.json").write_text(json.dumps({"datasets": {"cord": {"dataset": "cord", "runs": runs}}}))
+    bars = {b["bar"]: b for b in bench_verdict.run(out_dir=tmp_path)["bars"]}
+    dice = bars["cord: Dice(SoftSeg) >= Dice(conventional) - 1 point, own thresholds"]
+    assert dice["value"] == pytest.approx(-2.0) and dice["met"] is False  # 75 - 77
+    assert "at 0.5 the Dice is 79.0 (SoftSeg) vs 76.0 %" in dice["why"]  # (78 + 80) / 2 vs (75 + 77) / 2
+    assert "range 0.20–0.60" in dice["why"] and "lower in 1 of the 2 seeds" in dice["why"]  # 70 < 76; 80 > 78
+    ece = bars["cord: ECE(SoftSeg) <= 0.5 x ECE(converged conventional), vs binarised truth"]
+    assert ece["value"] == pytest.approx(0.004 / 0.006) and ece["met"] is False
+    assert "against the soft truth the ECE is 0.0020 (SoftSeg) vs 0.0100 (conventional), ratio 0.20" in ece["why"]
+
+
 def test_why_soft_volume_from_the_breakdown():
     from benchmarks.bench_verdict import why_soft_volume
 
@@ -374,3 +397,21 @@ def test_readme_figures_render_from_the_json_by_hand(tmp_path):
     assert "fused conv+ReLU, float32;" in next(line for line in lines if line.startswith("| `predict_volume`"))
     gflops = next(line for line in lines if line.startswith("| achieved GFLOP/s"))
     assert "| 400 | fp32 matmul 800, same run | **0.50** | ≥ 0.4 of bf16 matmul (no native bf16 here) |" in gflops
+
+
+def test_verdict_explains_the_speed_bars_on_a_cpu_without_bf16(tmp_path):
+    from benchmarks import bench_verdict
+
+    (tmp_path / "predict.json").write_text(json.dumps({
+        "ratio_ours_vs_baseline": 0.74, "cpu_bf16": False, "default_threads": 2, "runs_by_threads": {"2": {
+            "gflops": {"ours": 160.0}, "matmul_gflops": {"bfloat16": None, "float32": 200.0},
+            "baseline_gflops_vs_fp32_matmul": 0.6, "ratio_bound_at_bf16_matmul_speed": None}}}))
+    (tmp_path / "train.json").write_text(json.dumps({"ratio_ours_over_baseline": 0.95, "mixed_precision": "float32",
+                                                     "augment_share_of_step": 0.005}))
+    r = bench_verdict.run(out_dir=tmp_path)
+    why = {b["bar"]: b.get("why", "") for b in r["bars"]}["predict_volume time / eager float32 loop <= 0.25"]
+    assert "no native bf16" in why and "at 0.60 of the fp32 matmul rate" in why and "ours at 0.80" in why  # 160 / 200
+    assert "could not go below 0.60" in why
+    engine = {b["bar"]: b for b in r["engine_targets"]}
+    assert "0.5 % of its step" in engine["training step / eager float32 step <= 0.5"]["why"]
+    assert "no native bf16" in engine["predict GFLOP/s / bf16 matmul GFLOP/s >= 0.4 (aim)"]["detail"]
