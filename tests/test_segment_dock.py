@@ -22,7 +22,7 @@ from _oracles import binary_entropy_bits, components, plain_network_prediction
 gui = pytest.mark.gui
 slow = pytest.mark.slow
 
-#: the bf16 fast path of the dock against the plain fp32 network (README: max abs diff 0.0099)
+#: the bf16 fast path of the dock against the plain fp32 network (bench_predict measured a max abs diff of 0.0099 on a CPU with bf16)
 FAST_PATH_ATOL = 0.02
 
 
