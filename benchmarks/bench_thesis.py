@@ -142,7 +142,7 @@ def fusion_rows(fusion: dict | None) -> list[dict]:
     pairs = [(src, t.get(f"{src} / SoftSeg"), t.get(f"{src} / conventional")) for src in ("STAPLE", "average", "random sampling")]
     pairs = [(src, s, c) for src, s, c in pairs if s and c]
     if not pairs:
-        return [_row("Tables 5.1–5.3 (fusion)", "[F]", "", None, None)]
+        return [_row("Tables 5.1–5.3 (fusion)", "[F]", "", "not measured: run `make bench-fusion`", None)]
     for key, finding, theirs in (
             ("ece_bin", "ECE vs binarised STAPLE, SoftSeg vs conventional, per fusion", "SoftSeg better calibrated for every fusion method [F]"),
             ("entropy_mae", "entropy MAE, SoftSeg vs conventional, per fusion",

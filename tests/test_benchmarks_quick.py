@@ -251,6 +251,9 @@ def test_thesis_quotes_fusion_results_only_when_made_with_the_present_protocol(t
         stale = rows["Tables 5.1–5.3 (fusion)"]
         assert "earlier protocol" in stale["ours"] and "make bench-fusion" in stale["ours"]
         assert stale["same_direction"] is None
+    (tmp_path / "fusion.json").unlink()  # no fusion results at all: said, with the command that makes them
+    rows = {x["finding"]: x for x in bench_thesis.run(out_dir=tmp_path)["rows"]}
+    assert rows["Tables 5.1–5.3 (fusion)"]["ours"] == "not measured: run `make bench-fusion`"
 
 
 def test_block_mean_and_softness_by_hand():
