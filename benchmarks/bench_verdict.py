@@ -71,12 +71,12 @@ def _memory_gb(predict: dict | None):
     return None, None
 
 
-def _converged_pairs(runs: list[dict], key, ref: str = "softseg", base: str = "conventional") -> list[tuple]:
-    """(ours, baseline) metric pairs over the seeds where the baseline's validation loss
-    plateaued; ``key(run)`` gives a run's value, runs are grouped by seed."""
+def _converged_pairs(runs: list[dict], key: str, ref: str = "softseg", base: str = "conventional") -> list[tuple]:
+    """(ours, baseline) pairs of the metric ``key`` over the seeds where the baseline's
+    validation loss plateaued (runs are grouped by seed; missing or non-finite values dropped)."""
     ours = {r["seed"]: r for r in runs if r["cand"] == ref}
     theirs = {r["seed"]: r for r in runs if r["cand"] == base and r["plateaued"]}
-    pairs = [(key(ours[k]), key(theirs[k])) for k in sorted(set(ours) & set(theirs))]
+    pairs = [(ours[k].get(key), theirs[k].get(key)) for k in sorted(set(ours) & set(theirs))]
     return [(a, b) for a, b in pairs if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
 
 
@@ -109,8 +109,7 @@ def comparison_bars(ablation: dict | None, pv: dict | None) -> list[dict]:
         if not runs:
             continue
         n_conv = sum(1 for r in runs if r["cand"] == "conventional")
-        pairs_e = _converged_pairs(runs, lambda r: r["ece_bin"])
-        pairs_d = _converged_pairs(runs, lambda r: r["dice_own"])
+        pairs_e, pairs_d = _converged_pairs(runs, "ece_bin"), _converged_pairs(runs, "dice_own")
         conv = f"the conventional model plateaued in {len(pairs_e)} of {n_conv} runs"
         for bar, pairs, fn, limit, upper, fmt in (
                 (f"{name}: ECE(SoftSeg) <= 0.5 x ECE(converged conventional), vs binarised truth", pairs_e,
@@ -121,7 +120,7 @@ def comparison_bars(ablation: dict | None, pv: dict | None) -> list[dict]:
                 bars.append({"bar": bar, "value": None, "limit": limit, "met": None,
                              "detail": f"not comparable: {conv}"})
                 continue
-            a, b = (sum(x) / len(x) for x in zip(*pairs))
+            a, b = _pair_means(pairs)
             v = fn(a, b)
             met = v <= limit if upper else v >= limit
             bars.append({"bar": bar, "value": v, "limit": limit, "met": bool(met),
@@ -131,9 +130,8 @@ def comparison_bars(ablation: dict | None, pv: dict | None) -> list[dict]:
     return bars
 
 
-def _pair_means(runs: list[dict], key: str) -> tuple[float, float] | None:
-    """Mean of ``key`` over the converged pairs (SoftSeg, conventional), None without one."""
-    pairs = _converged_pairs(runs, lambda r: r.get(key))
+def _pair_means(pairs: list[tuple]) -> tuple[float, float] | None:
+    """The means (SoftSeg, conventional) of :func:`_converged_pairs`, None without a pair."""
     return tuple(sum(x) / len(x) for x in zip(*pairs)) if pairs else None
 
 
@@ -144,11 +142,11 @@ def _why_ece(name: str, ablation: dict | None, runs: list[dict]) -> str:
     hist = (d or {}).get("truth_histogram") or []
     if hist and sum(hist):
         parts.append(f"{100.0 * sum(hist[1:-1]) / sum(hist):.1f} % of the truth's voxels lie between 0.05 and 0.95")
-    soft = _pair_means(runs, "ece_soft")
+    soft = _pair_means(_converged_pairs(runs, "ece_soft"))
     if soft:
         parts.append(f"against the soft truth the ECE is {soft[0]:.4f} (SoftSeg) vs {soft[1]:.4f} (conventional), "
                      f"ratio {soft[0] / soft[1]:.2f}" if soft[1] else "")
-    br = _pair_means(runs, "brier")
+    br = _pair_means(_converged_pairs(runs, "brier"))
     if br:
         parts.append(f"the Brier score against the soft truth is {br[0]:.4f} (SoftSeg) vs {br[1]:.4f} (conventional)")
     return "; ".join(p for p in parts if p)
@@ -156,7 +154,7 @@ def _why_ece(name: str, ablation: dict | None, runs: list[dict]) -> str:
 
 def _why_dice(runs: list[dict]) -> str:
     """Why a Dice bar is missed: Dice at 0.5, the own thresholds and the seeds that lose."""
-    at05, pairs = _pair_means(runs, "dice_05"), _converged_pairs(runs, lambda r: r.get("dice_own"))
+    at05, pairs = _pair_means(_converged_pairs(runs, "dice_05")), _converged_pairs(runs, "dice_own")
     thr = sorted(r["threshold_own"] for r in runs if r["cand"] == "softseg" and r.get("threshold_own") is not None)
     parts = [f"at 0.5 the Dice is {at05[0]:.1f} (SoftSeg) vs {at05[1]:.1f} % (conventional)" if at05 else "",
              f"SoftSeg's own thresholds, each chosen on its run's validation data, range {thr[0]:.2f}–{thr[-1]:.2f}"

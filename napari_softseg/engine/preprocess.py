@@ -190,11 +190,11 @@ def split_validation(volume: np.ndarray, has_foreground: np.ndarray, val_fractio
         n_val = min(vols.size - 1, max(1, int(round(val_fraction * vols.size))))
         held = rng.choice(vols, size=n_val, replace=False)
         is_val = np.isin(volume, held)
-        if has_foreground.any() and np.unique(volume[has_foreground]).size < 2:  # one labelled volume: no validation
+        labelled = np.unique(volume[has_foreground])
+        if labelled.size == 1:  # one labelled volume: no validation
             return everything, empty
-        if has_foreground.any() and not (has_foreground[~is_val].any() and has_foreground[is_val].any()):
-            labelled = np.unique(volume[has_foreground])  # redraw: labelled volumes on both sides
-            keep = rng.choice(labelled)
+        if labelled.size and not (has_foreground[~is_val].any() and has_foreground[is_val].any()):
+            keep = rng.choice(labelled)  # redraw: labelled volumes on both sides
             first = rng.choice(labelled[labelled != keep])
             rest = rng.choice(vols[(vols != keep) & (vols != first)], size=n_val - 1, replace=False)
             is_val = np.isin(volume, np.concatenate([[first], rest]))
