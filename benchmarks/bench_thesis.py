@@ -150,10 +150,8 @@ def fusion_rows(fusion: dict | None) -> list[dict]:
         vals = [(src, _mean(s, key), _mean(c, key)) for src, s, c in pairs]
         ours = "; ".join(f"{src} {C.fmt(a, 4)} vs {C.fmt(b, 4)}" for src, a, b in vals)
         worse = [src for src, a, b in vals if a is None or b is None or not a < b]
-        rows.append(_row(finding, "[F]", theirs, ours, not worse,
-                         f"not lower for {', '.join(worse)}: " + "; ".join(
-                             f"{src}: SoftSeg converged {_plateau(s)}, conventional {_plateau(c)}" for src, s, c in pairs
-                             if src in worse)))
+        rows.append(_row(finding, "[F]", theirs, ours, not worse, f"not lower for {', '.join(worse)}: " + "; ".join(
+            _why_fusion_cell(src, s, c, fusion.get("references")) for src, s, c in pairs if src in worse)))
     conv = [(src, _mean(c, "entropy_diff_slices")) for src, s, c in pairs]
     rows.append(_row("conventional models over-confident (predicted entropy below the raters')", "[F]",
                      "conventional models over-confident, under-estimate the inter-rater uncertainty [F]",
@@ -165,8 +163,9 @@ def fusion_rows(fusion: dict | None) -> list[dict]:
     rows.append(_row("average + SoftSeg under-confident (predicted entropy above the raters')", "[F]",
                      "averaging with SoftSeg gives under-confident outputs, over-estimating the disagreement [F]",
                      None if v is None else f"{v:+.4f} bits", None if v is None else v > 0,
-                     f"its Σp is {C.fmt(_mean(avg, 'soft_err_truth'), 0)} % off the exact truth and its ECE against the "
-                     f"rater average {C.fmt(_mean(avg, 'ece_average'), 4)}"))
+                     f"its entropy MAE is {C.fmt(_mean(avg, 'entropy_mae'), 4)} bits (rank {_rank(t, 'average / SoftSeg', 'entropy_mae')} "
+                     f"of {len(t)}, 1 the lowest), its Σp {C.fmt(_mean(avg, 'soft_err_truth'), 0)} % off the exact truth and its ECE "
+                     f"against the rater average {C.fmt(_mean(avg, 'ece_average'), 4)}: it follows the raters' average"))
     dice = [(src, (_mean(s, "dice_own") or 0.0) - (_mean(c, "dice_own") or 0.0)) for src, s, c in pairs]
     rows.append(_row("segmentation: SoftSeg ≥ conventional for every fusion (own thresholds)", "[F]",
                      "SoftSeg's segmentation systematically superior or equal [F]",
@@ -180,6 +179,24 @@ def fusion_rows(fusion: dict | None) -> list[dict]:
                      "differs between the two datasets [F]", f"best Dice here: {best} (one task)", None))
     rows.append(_row("Tables 5.1–5.3: each cell's figures", "—", NA, "see fusion.md", None))
     return rows
+
+
+def _rank(table: dict, name: str, key: str) -> int:
+    """``name``'s place by ``key`` among the table's cells, 1 for the lowest mean."""
+    values = {n: _mean(row, key) for n, row in table.items()}
+    return sorted(table, key=lambda n: math.inf if values[n] is None else values[n]).index(name) + 1
+
+
+def _why_fusion_cell(src: str, soft: dict, conv: dict, refs: dict | None) -> str:
+    """Why SoftSeg trained on one label source is not the better of the two, from the data:
+    each pipeline's entropy against the raters', the volume SoftSeg learnt, what its labels
+    hold (STAPLE against the rater average), and convergence."""
+    labels = (f"; STAPLE ≥ 0.5 holds {refs['staple_voxels']:.0f} voxels against the rater average's "
+              f"{refs['average_voxels']:.0f}" if src == "STAPLE" and refs else "")
+    return (f"{src}: predicted entropy per lesion slice {C.fmt(_mean(soft, 'entropy_diff_slices'), 4)} (SoftSeg) and "
+            f"{C.fmt(_mean(conv, 'entropy_diff_slices'), 4)} bits (conventional) against the raters', SoftSeg's Σp "
+            f"{C.fmt(_mean(soft, 'soft_err_truth'), 0)} % off the exact truth{labels}; converged {_plateau(soft)} (SoftSeg), "
+            f"{_plateau(conv)} (conventional)")
 
 
 def other_rows(ablation: dict | None, pv: dict | None, collapse: dict | None) -> list[dict]:

@@ -218,7 +218,7 @@ def test_import_soft_mask_reports_rounding_and_export_round_trips(make_napari_vi
 
     errors = Notifications("error")
     viewer = make_napari_viewer()
-    scan = add_scan(viewer, copy_scan(MT / "mt1.nii.gz", tmp_path / "scans"))
+    add_scan(viewer, copy_scan(MT / "mt1.nii.gz", tmp_path / "scans"))
     dock = open_dock(viewer)
     soft_path, gold_path = MT / "mt1_gmseg.nii.gz", MT / "mt1_gmseg_goldstandard.nii.gz"
     layers = dock.import_masks([soft_path, gold_path])
