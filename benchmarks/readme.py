@@ -56,9 +56,11 @@ def render(results: Path) -> str:
     head = (f"The committed results come from one full `make bench` run started {m.get('date', '?')[:16].replace('T', ' ')} "
             f"UTC on a {m.get('cores', '?')}-core {m.get('cpu', '?')} ({m.get('memory_gib', '?')} GiB, CPU capability "
             f"{m.get('cpu_capability', '?')}, torch {m.get('torch', '?')})")
-    if rt.get("complete") and not rt.get("quick") and rt.get("total_s") is not None:
-        per = ", ".join(f"{n} {s / 60:.1f}" for n, s in rt.get("seconds", {}).items())
-        head += f"; it took **{rt['total_s'] / 60:.0f} min** ({per} min)."
+    rerun = rt.get("rerun", {})
+    if (rt.get("complete") or rerun) and not rt.get("quick") and rt.get("total_s") is not None:
+        parts = [", ".join(f"{n} {s / 60:.1f}" for n, s in rt.get("seconds", {}).items() if n not in rerun) + " min"]
+        parts += [f"{n} re-run on its own {d[:16].replace('T', ' ')} UTC" for n, d in rerun.items()]
+        head += f"; it took **{rt['total_s'] / 60:.0f} min** ({'; '.join(parts)})."
     else:
         head += "."
     lines += [head, ""]

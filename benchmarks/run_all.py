@@ -86,7 +86,8 @@ def write_runtime(out: Path, info: dict, args, seconds: dict, total_s: float, fa
     """``runtime.json``: a run of every benchmark replaces it; a run of some (``--only``) adds
     their times to it (separate studies under ``separate``), keeping the complete run's total;
     re-running a study of the complete run (not a separate one, nor one that only reads the
-    others' results, ``READS_RESULTS``) marks the folder incomplete."""
+    others' results, ``READS_RESULTS``) marks the folder incomplete and records the study and
+    the date under ``rerun``."""
     path = out / "runtime.json"
     if args.only and path.exists():
         runtime = json.loads(path.read_text())
@@ -95,7 +96,8 @@ def write_runtime(out: Path, info: dict, args, seconds: dict, total_s: float, fa
             separate = getattr(module, "SEPARATE", False)
             runtime.setdefault("separate" if separate else "seconds", {})[name] = s
             if not separate and not getattr(module, "READS_RESULTS", False):
-                runtime["complete"] = False  # a study was re-run after the complete run
+                runtime["complete"] = False  # a study was re-run after the complete run: say which, when
+                runtime.setdefault("rerun", {})[name] = info["date"]
         runtime["failures"] = runtime.get("failures", 0) + failures
     else:
         runtime = {"started": info["date"], "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -135,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {seconds[name]:.1f} s", flush=True)
     runtime = write_runtime(out, info, args, seconds, round(time.perf_counter() - start, 1), failures)
     note = (f"Wall time of the complete run: {runtime['total_s'] / 60:.1f} min ("
-            + ", ".join(f"{n} {s / 60:.1f}" for n, s in runtime["seconds"].items() if n not in runtime.get("separate", {}))
+            + ", ".join(f"{n} {s / 60:.1f}" for n, s in runtime["seconds"].items() if n not in runtime.get("rerun", {}))
             + " min)." if runtime.get("total_s") is not None else "")
+    if runtime.get("rerun"):
+        note += " Re-run since on their own: " + ", ".join(f"{n} {d[:16].replace('T', ' ')} UTC ({runtime['seconds'][n] / 60:.1f} min)"
+                                                     for n, d in runtime["rerun"].items()) + "."
     if runtime.get("separate"):
         note += " Separate studies: " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in runtime["separate"].items()) + "."
     from ._common import rebuild_summary

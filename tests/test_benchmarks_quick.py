@@ -400,6 +400,26 @@ def test_readme_benchmark_figures_are_those_of_the_committed_results():
         "README's benchmark figures differ from benchmarks/results: run python -m benchmarks.readme"
 
 
+def test_runtime_records_a_study_rerun_after_the_complete_run(tmp_path):
+    """Re-running a study of the complete run marks the folder incomplete and names the study
+    and the date; a separate study or one that only reads results does neither."""
+    from types import SimpleNamespace
+
+    from benchmarks.run_all import write_runtime
+
+    full = write_runtime(tmp_path, {"date": "2026-12-01T00:43:00+00:00"}, SimpleNamespace(only=None, quick=False),
+                         {"flags": 46.0, "thesis": 0.1}, 3950.0, 0)
+    assert full["complete"] and full["total_s"] == 3950.0 and "rerun" not in full
+    some = SimpleNamespace(only=["fusion", "thesis"], quick=False)
+    rt = write_runtime(tmp_path, {"date": "2026-12-01T03:00:00+00:00"}, some, {"fusion": 5000.0, "thesis": 0.0}, 5000.0, 0)
+    assert rt["complete"] and "rerun" not in rt and rt["separate"] == {"fusion": 5000.0}
+    again = SimpleNamespace(only=["flags"], quick=False)
+    rt = write_runtime(tmp_path, {"date": "2026-12-01T05:01:32+00:00"}, again, {"flags": 50.0}, 50.0, 0)
+    assert not rt["complete"] and rt["rerun"] == {"flags": "2026-12-01T05:01:32+00:00"}
+    assert rt["total_s"] == 3950.0 and rt["seconds"]["flags"] == 50.0  # the complete run's total is kept
+    assert json.loads((tmp_path / "runtime.json").read_text()) == rt
+
+
 def test_readme_figures_render_from_the_json_by_hand(tmp_path):
     from benchmarks import readme
 
@@ -416,6 +436,14 @@ def test_readme_figures_render_from_the_json_by_hand(tmp_path):
     assert "3 raters x 2.0 M voxels" in staple and "0.300 s" in staple and "**0.600**" in staple
     assert staple.endswith("≤ 0.5 ✗ |")  # 0.6 > 0.5
     assert "it took **30 min** (a 10.0, b 20.0 min)" in text
+    rt = {"complete": False, "quick": False, "total_s": 1800.0, "seconds": {"a": 600.0, "b": 30.0},
+          "rerun": {"b": "2026-12-01T05:01:32+00:00"}}  # b re-run after the complete run
+    (tmp_path / "runtime.json").write_text(json.dumps(rt))
+    assert "it took **30 min** (a 10.0 min; b re-run on its own 2026-12-01 05:01 UTC)" in readme.render(tmp_path)
+    (tmp_path / "runtime.json").write_text(json.dumps({**rt, "rerun": {}, "total_s": None}))  # partial run only
+    assert "took" not in readme.render(tmp_path).splitlines()[0]
+    (tmp_path / "runtime.json").write_text(json.dumps({"complete": True, "quick": False, "total_s": 1800.0,
+                                                       "seconds": {"a": 600.0, "b": 1200.0}}))
     assert "| x <= 1 | **NOT met** | 2 vs 1 |" in text and "| y <= 1 | met | 0.5 |" in text
     assert "- *x <= 1*: because." in text
     assert "training step" in text and "(not measured)" in text  # no train.json: said, not guessed

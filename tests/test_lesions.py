@@ -177,3 +177,23 @@ def test_rim_is_one_voxel_thick_and_sharpness_by_hand():
     assert a.sharpness == pytest.approx(0.9 - 0.3, rel=1e-6)  # inner shell 0.9, outer 0.3
     c = rec(crisp, (30, 30, 30))
     assert c.sharpness == pytest.approx(0.8, rel=1e-6)  # nothing around it
+
+
+def test_elongation_by_hand_and_neutral_below_two_small_lesions():
+    """sqrt(λ1/λ2) of the voxel boxes' covariance: a row of 10 voxels on a 1x1x3 mm grid has
+    variances (10² − 1)/12 + 1/12 = 8.333 along the row, 3²/12 = 0.75 across slices and
+    1/12 in-plane, so sqrt(8.333 / 0.75) = 3.333; a 4x4 square of 2x2x2 mm voxels is round in
+    its plane (1.0). One voxel or two (3 and 6 mm³ < two 3-mm balls, 28.3 mm³) cannot be
+    two merged lesions: 1, where the boxes alone would give 3 and 1.5 (the slice thickness)."""
+    p = np.zeros((14, 14, 9), np.float32)
+    p[2, 2:12, 2] = 0.9  # 30 mm³
+    p[8, 2, 6] = 0.9  # one voxel
+    p[11, 2:4, 6] = 0.9  # two voxels in-plane
+    t = analyse_lesions(p, threshold=0.5, spacing=(1.0, 1.0, 3.0))
+    by_size = {round(r.hard_volume_mm3): r.elongation for r in t.records}
+    assert by_size[30] == pytest.approx(math.sqrt((99 / 12 + 1 / 12) / 0.75), rel=1e-9)
+    assert by_size[3] == 1.0 and by_size[6] == 1.0
+    q = np.zeros((8, 8, 8), np.float32)
+    q[2:6, 2:6, 4] = 0.9  # 16 voxels of 8 mm³: in-plane variance 16/12 + 4/12 both ways
+    (sq,) = analyse_lesions(q, threshold=0.5, spacing=(2.0, 2.0, 2.0)).records
+    assert sq.elongation == pytest.approx(1.0, rel=1e-9)

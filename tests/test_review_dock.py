@@ -56,6 +56,11 @@ def test_flags_follow_the_fitted_score_and_not_the_slider(dock, qtbot):
     for r in lesions:
         k = int(np.bincount(ref_labels[dock.review.table.labels == int(r["id"])]).argmax())
         before[k] = float(r["score"])
+    sizes = {int(r["id"]): int(np.count_nonzero(dock.review.table.labels == int(r["id"]))) for r in lesions}
+    assert 1 in sizes.values()  # the phantom has a one-voxel lesion at the model's threshold
+    for i, n in sizes.items():  # selecting a lesion says its size in words, singular for one voxel
+        dock.select_lesion(i)
+        assert dock.status.text().startswith(f"Lesion {i}: {n} voxel{'' if n == 1 else 's'}, mean p ")
     high = round(dock.review.model_threshold + 0.25, 2)  # the user raises the slider above the model's threshold
     with qtbot.waitSignal(dock.analysed, timeout=60_000):
         dock.threshold.spin.setValue(high)

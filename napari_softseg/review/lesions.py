@@ -24,7 +24,10 @@ For each lesion :func:`analyse_lesions` reports
   two (or more) cores are what two touching lesions merged into one component look like;
 * ``elongation``: ``sqrt(λ1 / λ2)`` of the two largest eigenvalues of the covariance of the
   lesion's voxel positions in mm (each voxel counted as a uniform box, adding ``s²/12`` per
-  axis): 1 for a ball; two touching lesions in one component are elongated;
+  axis): 1 for a ball; two touching lesions in one component are elongated. A lesion smaller
+  than two balls (discs in 2-D) of :data:`MERGE_MIN_DIAMETER_MM` (the smallest lesions MS
+  guidelines count) cannot be two merged lesions, and its shape is mostly its voxels' (one
+  1x1x3 mm voxel alone has elongation 3): its elongation is 1;
 * with samples (MC dropout or test-time augmentation, ``N x shape`` soft maps), the
   structure-wise uncertainty of ivadomed's ``uncertainty.py`` (Roy et al. 2019; Nair et al.
   2020): in each sample the lesion's structure is the union of the sample's components that
@@ -61,6 +64,9 @@ from napari_softseg.metrics.calibration import entropy
 from napari_softseg.metrics.detection import connected_components
 
 _AXES = "ijklmn"
+#: two lesions this wide (mm) merged into one component are the smallest merge the elongation
+#: feature can see; below twice their volume a lesion's elongation is 1
+MERGE_MIN_DIAMETER_MM = 3.0
 _WORLD = "xyz"
 
 
@@ -460,10 +466,13 @@ def _cores(p, labels, n, p_max, connectivity) -> np.ndarray:
 
 
 def _elongation(labels, n, spacing) -> np.ndarray:
-    """``sqrt(λ1 / λ2)`` of each lesion's voxel-position covariance (mm², voxels as boxes)."""
+    """``sqrt(λ1 / λ2)`` of each lesion's voxel-position covariance (mm², voxels as boxes);
+    1 for a lesion smaller than two balls of :data:`MERGE_MIN_DIAMETER_MM`."""
     idx = np.nonzero(labels)
     lab = labels[idx]
     count = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    r = MERGE_MIN_DIAMETER_MM / 2.0
+    small = count * spacing_volume(spacing) < 2.0 * (4.0 / 3.0 * math.pi * r**3 if len(spacing) == 3 else math.pi * r**2)
     pos = [i * s for i, s in zip(idx, spacing)]
     mean = [np.bincount(lab, weights=x, minlength=n + 1)[1:] / count for x in pos]
     cov = np.zeros((n, len(pos), len(pos)))
@@ -473,7 +482,7 @@ def _elongation(labels, n, spacing) -> np.ndarray:
             cov[:, a, b] = cov[:, b, a] = m
         cov[:, a, a] += spacing[a] ** 2 / 12.0
     ev = np.linalg.eigvalsh(cov)  # ascending
-    return np.sqrt(ev[:, -1] / ev[:, -2])
+    return np.where(small, 1.0, np.sqrt(ev[:, -1] / ev[:, -2]))
 
 
 def _sample_uncertainty(samples, labels, n, boxes, threshold, connectivity, shape):

@@ -418,7 +418,7 @@ class SegmentWidget(DockBase):
         self._highlight(rec.id)
         self.panel.set_selection(rec.id, self.review.decision(rec.id).comment)
         what = "Possible lesion" if rec.kind == "candidate" else "Lesion"
-        self.say(f"{what} {rec.id}: {rec.voxels} voxels, mean p {rec.mean_probability:.2f}"
+        self.say(f"{what} {rec.id}: {rec.voxels} voxel{'' if rec.voxels == 1 else 's'}, mean p {rec.mean_probability:.2f}"
                  + (f" — flagged: {rec.reason}" if rec.flagged else ""))
 
     def _highlight(self, lesion_id: int | None) -> None:
