@@ -64,10 +64,10 @@ from napari_softseg.metrics.calibration import entropy
 from napari_softseg.metrics.detection import connected_components
 
 _AXES = "ijklmn"
+_WORLD = "xyz"
 #: two lesions this wide (mm) merged into one component are the smallest merge the elongation
 #: feature can see; below twice their volume a lesion's elongation is 1
 MERGE_MIN_DIAMETER_MM = 3.0
-_WORLD = "xyz"
 
 
 @dataclass(frozen=True)
@@ -465,14 +465,18 @@ def _cores(p, labels, n, p_max, connectivity) -> np.ndarray:
     return np.bincount(owner[1:], minlength=n + 1)[1:]
 
 
+def _ball_volume(radius: float, ndim: int) -> float:
+    """Volume (mm³) of a ball, or area (mm²) of a disc in 2-D."""
+    return 4.0 / 3.0 * math.pi * radius**3 if ndim == 3 else math.pi * radius**2
+
+
 def _elongation(labels, n, spacing) -> np.ndarray:
     """``sqrt(λ1 / λ2)`` of each lesion's voxel-position covariance (mm², voxels as boxes);
     1 for a lesion smaller than two balls of :data:`MERGE_MIN_DIAMETER_MM`."""
     idx = np.nonzero(labels)
     lab = labels[idx]
     count = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
-    r = MERGE_MIN_DIAMETER_MM / 2.0
-    small = count * spacing_volume(spacing) < 2.0 * (4.0 / 3.0 * math.pi * r**3 if len(spacing) == 3 else math.pi * r**2)
+    small = count * spacing_volume(spacing) < 2.0 * _ball_volume(MERGE_MIN_DIAMETER_MM / 2.0, len(spacing))
     pos = [i * s for i, s in zip(idx, spacing)]
     mean = [np.bincount(lab, weights=x, minlength=n + 1)[1:] / count for x in pos]
     cov = np.zeros((n, len(pos), len(pos)))
